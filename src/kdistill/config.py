@@ -1,0 +1,374 @@
+"""Typed run configuration: keyword-only dataclasses, strict YAML loading, round-trip to YAML.
+
+Every field's default lives here and nowhere else. Unknown keys are errors with a suggestion;
+contradictions are errors raised in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kdistill.errors import KdistillError
+
+
+@dataclass(kw_only=True)
+class TaskConfig:
+    """What the model must do and how a generative model is asked to do it."""
+
+    name: str = "custom"
+    """A short name for the task, shown in reports."""
+    kind: Literal["classification"] = "classification"
+    """Task kind. `classification` now; `multiple_choice` and `generation` come later."""
+    labels: list[str] = field(default_factory=list)
+    """The label set, in a fixed order (this order is the order of every probability vector)."""
+    prompt_template: str = "{text}\nAnswer:"
+    """How a causal LM is asked: `{text}` is replaced by the example's text."""
+    verbalizers: dict[str, str] = field(default_factory=dict)
+    """Label -> the word a causal LM answers with (scored by its first token, e.g. ' positive')."""
+    few_shot_template: str = "{prompt}{verbalizer}\n\n"
+    """How one solved example is shown before the question: `{prompt}` and `{verbalizer}`."""
+    description: str = ""
+    """One line for `kdistill ls`."""
+
+    def __post_init__(self) -> None:
+        if self.labels and len(set(self.labels)) != len(self.labels):
+            raise KdistillError(f"task.labels has duplicates: {self.labels}; list each label once.")
+        if "{text}" not in self.prompt_template:
+            raise KdistillError(
+                "task.prompt_template must contain '{text}' where the example goes; "
+                f"found {self.prompt_template!r}."
+            )
+        missing = [label for label in self.labels if label not in self.verbalizers]
+        extra = [key for key in self.verbalizers if key not in self.labels]
+        if self.verbalizers and (missing or extra):
+            raise KdistillError(
+                f"task.verbalizers must have exactly one entry per label; missing {missing}, "
+                f"unknown {extra}. Labels are {self.labels}."
+            )
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the examples come from and how they are cleaned and split."""
+
+    source: Literal["csv", "jsonl", "parquet", "folder", "hf"] = "csv"
+    """File format: csv, jsonl, parquet, folder (`<label>/*.txt`) or hf (a 🤗 datasets name)."""
+    path: str = ""
+    """File or folder path (relative paths are relative to the config file), `asset:NAME` for a
+    built-in data asset, or the 🤗 datasets name when `source: hf`."""
+    text_field: str = "text"
+    """Column holding the input text."""
+    label_field: str = "label"
+    """Column holding the gold label."""
+    columns: list[str] = field(default_factory=list)
+    """For a CSV without a header row: the column names in order."""
+    encoding: str = "utf-8"
+    """Text encoding of csv / jsonl / folder files (e.g. utf-8-sig, latin-1)."""
+    hf_config: str | None = None
+    """🤗 datasets configuration name, if the dataset has several."""
+    hf_split: str = "train"
+    """🤗 datasets split to read; kdistill makes its own train / validation / test split from it."""
+    label_map: dict[str, str] = field(default_factory=dict)
+    """Raw label value -> task label (e.g. '-1': negative). Unmapped values must be task labels."""
+    ignore_labels: list[str] = field(default_factory=list)
+    """Raw label values whose rows are skipped on purpose (e.g. the BBC topics a task leaves out)."""
+    max_examples: int | None = None
+    """Keep at most this many examples (a stratified sample, after deduplication)."""
+    min_chars: int = 1
+    """Texts shorter than this after normalization are reported as bad rows."""
+    max_chars: int = 2000
+    """Texts are cut to this many characters (at a word boundary) after normalization."""
+    validation_fraction: float = 0.1
+    """Share of examples held out for early stopping and model selection."""
+    test_fraction: float = 0.2
+    """Share of examples held out for the report card; never seen in training."""
+    split_seed: int = 0
+    """Seed of the stratified split and of the `max_examples` sample."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.test_fraction < 1 or not 0 <= self.validation_fraction < 1:
+            raise KdistillError("data.test_fraction must be in (0, 1) and data.validation_fraction in [0, 1).")
+        if self.test_fraction + self.validation_fraction >= 0.9:
+            raise KdistillError(
+                "data.test_fraction + data.validation_fraction must leave at least 10 % for training; "
+                f"found {self.test_fraction} + {self.validation_fraction}."
+            )
+        if self.max_examples is not None and self.max_examples < 10:
+            raise KdistillError(f"data.max_examples must be at least 10; found {self.max_examples}.")
+        if self.min_chars < 1 or self.max_chars < self.min_chars:
+            raise KdistillError("data.min_chars must be >= 1 and data.max_chars >= data.min_chars.")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """A teacher or student model."""
+
+    model: str = ""
+    """A built-in model name (see `kdistill ls`), a local directory, a .gguf file, or a hub id."""
+    kind: Literal["auto", "causal_lm", "encoder"] = "auto"
+    """Adapter: causal_lm (label logits from verbalizer tokens) or encoder (classification head)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `model` is a hub id."""
+    trust_remote_code: bool = False
+    """Allow code shipped with a hub model to run. Off unless you trust the model's authors."""
+    max_length: int = 256
+    """Longest input in tokens; longer inputs are truncated from the left of the text."""
+    batch_size: int = 16
+    """Batch size for inference (elicitation, evaluation)."""
+    input_template: str = "{text}"
+    """Encoder students: how the text is given to the model (`{text}`)."""
+
+
+@dataclass(kw_only=True)
+class TeacherConfig(ModelConfig):
+    """The teacher and how its knowledge is elicited."""
+
+    few_shot_per_label: int = 0
+    """Solved training examples per label shown in the prompt (seed knowledge)."""
+    calibrate: bool = False
+    """Divide out the label bias the prompt has on content-free inputs (Zhao et al., 2021)."""
+    content_free_inputs: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
+    """Inputs whose averaged label distribution is the prompt's bias, when `calibrate` is on."""
+
+
+@dataclass(kw_only=True)
+class ObjectiveConfig:
+    """(1 - alpha) * CE(hard labels) + alpha * T^2 * KL(teacher_T || student_T)."""
+
+    alpha: float = 0.5
+    """Weight of the KD term; 0 trains on hard labels alone."""
+    kd_temperature: float = 2.0
+    """Softening temperature applied to teacher and student logits inside the KD term."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise KdistillError(f"objective.alpha must be in [0, 1]; found {self.alpha}.")
+        if self.kd_temperature <= 0:
+            raise KdistillError(f"objective.kd_temperature must be > 0; found {self.kd_temperature}.")
+
+
+@dataclass(kw_only=True)
+class TrainingConfig:
+    """The one training loop's settings."""
+
+    epochs: int = 3
+    """Passes over the training split."""
+    batch_size: int = 32
+    """Examples per optimizer step (split into `grad_accum_steps` micro-batches)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; the result does not depend on it."""
+    learning_rate: float = 5e-5
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_ratio: float = 0.1
+    """Share of steps with linear warm-up; linear decay to 0 afterwards."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 on a CUDA device that supports it, fp32 on CPU."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:1, mps ..."""
+    eval_every_steps: int = 0
+    """Validate every N optimizer steps; 0 validates at the end of every epoch."""
+    early_stopping_patience: int = 3
+    """Stop after this many validations without a better validation macro-F1; 0 never stops."""
+    checkpoint_every_steps: int = 50
+    """Write a resumable checkpoint every N optimizer steps (and at every validation)."""
+    keep_checkpoints: int = 1
+    """How many of the newest checkpoints to keep."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.grad_accum_steps:
+            raise KdistillError(
+                f"training.batch_size ({self.batch_size}) must be divisible by training.grad_accum_steps "
+                f"({self.grad_accum_steps})."
+            )
+        if self.epochs < 1 or self.learning_rate <= 0:
+            raise KdistillError("training.epochs must be >= 1 and training.learning_rate > 0.")
+
+
+@dataclass(kw_only=True)
+class EvaluationConfig:
+    """What the report card compares and how cost is measured."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Student variants are trained once per seed; the report gives mean ± std."""
+    baselines: bool = True
+    """Also train the labels-only student and evaluate the untrained student."""
+    latency_examples: int = 30
+    """Test examples timed one by one (batch 1) for p50 / p95 latency."""
+    throughput_batch_size: int = 32
+    """Batch size of the throughput measurement."""
+    throughput_batches: int = 3
+    """Batches timed for throughput."""
+    warmup_batches: int = 2
+    """Untimed calls before each timing, so one-off set-up is not counted."""
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise KdistillError("evaluation.seeds must list at least one seed.")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """One distillation run: task, data, teacher, student, objective, training, evaluation."""
+
+    name: str = "run"
+    """Run name; outputs go to `<output_dir>/<name>/`."""
+    output_dir: str = "runs"
+    """Folder that holds run directories (relative to the working directory)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    def __post_init__(self) -> None:
+        if not self.task.labels:
+            raise KdistillError("task.labels is empty: name the labels (or use a built-in task with `task: NAME`).")
+        if not self.teacher.model:
+            raise KdistillError("teacher.model is empty: name a built-in model, a local folder, a .gguf file or a hub id.")
+        if not self.student.model:
+            raise KdistillError("student.model is empty: name a built-in model, a local folder, a .gguf file or a hub id.")
+        if not self.task.verbalizers and "causal_lm" in (self.teacher.kind, self.student.kind):
+            raise KdistillError("task.verbalizers are needed to ask a causal LM: give one word per label.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# --------------------------------------------------------------------------------------------
+# Loading from plain data, with errors that name the field and suggest the fix
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            extra = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise KdistillError(f"{where}: {value!r} is not one of {list(args)}.{extra}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise KdistillError(f"{where}: expected a list, found {type(value).__name__} {value!r}.")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise KdistillError(f"{where}: expected a mapping, found {type(value).__name__} {value!r}.")
+        return {str(k): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):
+        raise KdistillError(f"{where}: expected {_type_name(tp)}, found {type(value).__name__} {value!r}.")
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise KdistillError."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise KdistillError(f"{where}: expected a mapping of fields, found {type(data).__name__} {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            extra = f" Did you mean {hint[0]!r}?" if hint else f" Known fields: {', '.join(names)}."
+            raise KdistillError(f"{where}: unknown field {key!r}.{extra}")
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except KdistillError as err:
+        raise KdistillError(f"{where}: {err}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data form of a config (what `config.yaml` in a run directory holds)."""
+    return dataclasses.asdict(obj)
+
+
+def dump_yaml(config: RunConfig) -> str:
+    data = to_dict(config)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KdistillError(f"{path}: no such config file.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise KdistillError(f"{path}:{line} is not valid YAML: {getattr(err, 'problem', err)}.") from None
+    if not isinstance(data, dict):
+        raise KdistillError(f"{path}: a config must be a YAML mapping of sections (task, data, teacher, ...).")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a run config from YAML (``None`` = the built-in default job).
+
+    ``task: NAME`` pulls a built-in task, whose YAML also gives the default ``data`` section.
+    """
+    from kdistill.tasks import builtin_config_path, load_builtin_task  # tasks imports this module
+
+    path = Path(path) if path is not None else builtin_config_path("default")
+    data = _read_yaml(path)
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    task = data.get("task")
+    if isinstance(task, str):
+        builtin = load_builtin_task(task)
+        data["task"] = builtin["task"]
+        if "data" not in data and "data" in builtin:
+            data["data"] = builtin["data"]
+    config = from_dict(RunConfig, data, str(path))
+    _resolve_data_path(config.data, path.parent)
+    return config
+
+
+def _resolve_data_path(data: DataConfig, config_dir: Path) -> None:
+    """Make a relative data path absolute, so the resolved config.yaml runs from anywhere."""
+    if data.source == "hf" or not data.path or data.path.startswith("asset:"):
+        return
+    if not Path(data.path).is_absolute():
+        data.path = str((config_dir / data.path).resolve())
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value

@@ -1,0 +1,319 @@
+"""Read a data source (csv, jsonl, parquet, a folder of .txt files, 🤗 datasets) into validated Examples.
+
+A bad row stops loading with a KdistillError naming the file, the line and the field, what was
+expected and how to fix it, so nothing downstream ever sees a half-valid dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdistill.config import DataConfig, TaskConfig
+from kdistill.errors import KdistillError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled text, normalized and validated."""
+
+    id: str
+    """First 16 hex chars of the sha1 of the casefolded text: equal ids mean duplicate texts."""
+    text: str
+    """NFKC-normalized, whitespace runs collapsed to one space, stripped, cut to data.max_chars."""
+    label: str
+    """A task label (after data.label_map)."""
+    origin: str
+    """Where the row came from: 'path:line' (csv, jsonl), 'path:row N' (parquet, hf; N counts
+    from 0, as in ``ds[N]``) or the .txt file's path (folder)."""
+
+
+@dataclass
+class LoadedExamples:
+    """The examples of a source plus what was dropped on the way, for the data report."""
+
+    examples: list[Example] = field(default_factory=list)
+    rows_read: int = 0
+    ignored_by_label: Counter[str] = field(default_factory=Counter)
+    truncated: int = 0
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A row as read from the source, before normalization and label checks."""
+
+    text: Any
+    label: Any
+    origin: str
+
+
+def load_examples(data: DataConfig, task: TaskConfig) -> list[Example]:
+    """Read, normalize and validate every row of ``data`` (not yet deduplicated)."""
+    return read_examples(data, task).examples
+
+
+def read_examples(data: DataConfig, task: TaskConfig) -> LoadedExamples:
+    """Like `load_examples`, also counting rows read, rows ignored and texts truncated."""
+    _check_labels_config(data, task)
+    text_name, label_name = _field_names(data)
+    loaded = LoadedExamples()
+    for record in _read_records(data):
+        loaded.rows_read += 1
+        # None (a null cell) is an empty label, not the label 'None'.
+        raw_label = "" if record.label is None else str(record.label).strip()
+        if raw_label in data.ignore_labels:
+            loaded.ignored_by_label[raw_label] += 1
+            continue
+        label = _task_label(raw_label, record.origin, label_name, data, task)
+        text = _normalized_text(record, text_name, data)
+        cut = _cut_at_word(text, data.max_chars)
+        loaded.truncated += cut != text
+        loaded.examples.append(Example(id=text_id(cut), text=cut, label=label, origin=record.origin))
+    return loaded
+
+
+def text_id(text: str) -> str:
+    """The dedupe key: texts that differ only in case get the same id."""
+    return hashlib.sha1(text.casefold().encode("utf-8")).hexdigest()[:16]
+
+
+def normalize_text(text: str) -> str:
+    """NFKC (so ligatures and full-width forms compare equal), one space per whitespace run."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def _cut_at_word(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    if text[max_chars] != " " and " " in cut:
+        cut = cut[: cut.rindex(" ")]  # don't leave half a word at the end
+    return cut.rstrip()
+
+
+def _check_labels_config(data: DataConfig, task: TaskConfig) -> None:
+    if not task.labels:
+        raise KdistillError("task.labels is empty: name the labels before loading data.")
+    wrong = {raw: label for raw, label in data.label_map.items() if label not in task.labels}
+    if wrong:
+        raise KdistillError(
+            f"data.label_map maps to values that are not task labels: {wrong}; "
+            f"map each raw value to one of: {', '.join(task.labels)}."
+        )
+
+
+def _field_names(data: DataConfig) -> tuple[str, str]:
+    """How error messages name the text and the label of a row."""
+    if data.source == "folder":
+        return "file text", "folder name"
+    return f"field '{data.text_field}'", f"field '{data.label_field}'"
+
+
+def _task_label(raw: str, origin: str, label_name: str, data: DataConfig, task: TaskConfig) -> str:
+    label = data.label_map.get(raw, raw)
+    if label not in task.labels:
+        raise KdistillError(
+            f"{origin}: {label_name}: unknown label {raw!r} (expected one of: {', '.join(task.labels)}); "
+            "fix the row, or map it with data.label_map / skip it with data.ignore_labels."
+        )
+    return label
+
+
+def _normalized_text(record: _Record, text_name: str, data: DataConfig) -> str:
+    if record.text is not None and not isinstance(record.text, str):
+        raise KdistillError(
+            f"{record.origin}: {text_name}: expected a string, found {type(record.text).__name__} "
+            f"{record.text!r}; check that data.text_field names the column that holds the text."
+        )
+    text = normalize_text(record.text or "")
+    if len(text) < data.min_chars:
+        found = "is empty" if not text else f"has {len(text)} characters, fewer than data.min_chars = {data.min_chars}"
+        raise KdistillError(
+            f"{record.origin}: {text_name}: the text {found} after normalization; "
+            "fix or remove the row, or lower data.min_chars."
+        )
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: each yields _Records in file order and names the file and line of every problem
+
+
+def _read_records(data: DataConfig) -> Iterator[_Record]:
+    if not data.path:
+        raise KdistillError(
+            "data.path is empty: give a file, a folder, asset:NAME, or a 🤗 datasets name (source: hf)."
+        )
+    if data.source == "hf":
+        return _read_hf(data)
+    path = _source_path(data)
+    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet, "folder": _read_folder}
+    return readers[data.source](path, data)
+
+
+def _source_path(data: DataConfig) -> Path:
+    if data.path.startswith("asset:"):
+        from kdistill.assets import fetch_data_asset  # may download; only asset paths need it
+
+        return fetch_data_asset(data.path.removeprefix("asset:"))
+    path = Path(data.path)
+    want_folder = data.source == "folder"
+    if not path.exists():
+        kind = "folder" if want_folder else f"{data.source} file"
+        raise KdistillError(
+            f"{path}: no such {kind} (data.path); check the path (relative paths are relative to the config file)."
+        )
+    if path.is_dir() != want_folder:
+        expected = "a folder of <label>/*.txt files" if want_folder else f"a {data.source} file"
+        raise KdistillError(f"{path}: data.source is {data.source!r}, so data.path must be {expected}.")
+    return path
+
+
+def _decode(path: Path, encoding: str) -> str:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode(encoding)
+    except LookupError:
+        raise KdistillError(
+            f"data.encoding {encoding!r} is not a known text encoding; use e.g. utf-8, utf-8-sig or latin-1."
+        ) from None
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].decode(encoding, errors="replace").count("\n") + 1
+        raise KdistillError(
+            f"{path}:{line}: bytes {raw[err.start:err.end]!r} cannot be decoded as {encoding}; "
+            "set data.encoding to the file's encoding (e.g. latin-1 or cp1252)."
+        ) from None
+    return text.removeprefix("\ufeff")  # a BOM would otherwise glue itself to the first column name
+
+
+def _require_columns(found: list[str], data: DataConfig, where: str) -> None:
+    for key, name in (("text_field", data.text_field), ("label_field", data.label_field)):
+        if name not in found:
+            raise KdistillError(
+                f"{where}: column '{name}' (data.{key}) not found; columns found: {', '.join(found)}. "
+                f"Set data.{key} to the column that holds it."
+            )
+
+
+def _read_csv(path: Path, data: DataConfig) -> Iterator[_Record]:
+    rows = _csv_rows(path, _decode(path, data.encoding))
+    if data.columns:
+        columns = data.columns
+        _require_columns(columns, data, f"{path}: data.columns")
+    else:
+        line, header = next(rows, (1, None))
+        if header is None:
+            raise KdistillError(f"{path}: the file is empty; expected a header row and one row per example.")
+        columns = [name.strip() for name in header]
+        _require_columns(columns, data, f"{path}:{line}: header")
+    text_at, label_at = columns.index(data.text_field), columns.index(data.label_field)
+    for line, row in rows:
+        origin = f"{path}:{line}"
+        _check_row_width(row, columns, origin)
+        yield _Record(row[text_at], row[label_at], origin)
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line where the record starts, fields) for every non-blank record; quoted fields may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise KdistillError(f"{path}:{start}: not valid CSV ({err}); fix the quoting of this row.") from None
+        if row:
+            yield start, row
+
+
+def _check_row_width(row: list[str], columns: list[str], origin: str) -> None:
+    if len(row) < len(columns):
+        raise KdistillError(
+            f"{origin}: field '{columns[len(row)]}' is missing: the row has {len(row)} field(s) but there are "
+            f"{len(columns)} columns ({', '.join(columns)}); fix the row (a missing delimiter or an unclosed quote?)."
+        )
+    if len(row) > len(columns):
+        raise KdistillError(
+            f"{origin}: the row has {len(row)} fields but there are {len(columns)} columns "
+            f"({', '.join(columns)}); quote fields that contain the delimiter."
+        )
+
+
+def _read_jsonl(path: Path, data: DataConfig) -> Iterator[_Record]:
+    # split on "\n" only: str.splitlines would also break on U+2028 inside JSON strings
+    for line_no, line in enumerate(_decode(path, data.encoding).split("\n"), start=1):
+        if not line.strip():
+            continue
+        origin = f"{path}:{line_no}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise KdistillError(
+                f"{origin}: invalid JSON ({err.msg} at column {err.colno}); write one JSON object per line."
+            ) from None
+        if not isinstance(obj, dict):
+            raise KdistillError(
+                f"{origin}: expected a JSON object, found {type(obj).__name__}; write one object per line."
+            )
+        text, label = _json_field(obj, "text_field", origin, data), _json_field(obj, "label_field", origin, data)
+        yield _Record(text, label, origin)
+
+
+def _json_field(obj: dict[str, Any], key: str, origin: str, data: DataConfig) -> Any:
+    name = getattr(data, key)
+    if name not in obj:
+        raise KdistillError(
+            f"{origin}: field '{name}' is missing; keys found: {', '.join(obj)}. "
+            f"Fix the row, or set data.{key} to the key that holds it."
+        )
+    return obj[name]
+
+
+def _read_parquet(path: Path, data: DataConfig) -> Iterator[_Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        _require_columns(pq.read_schema(path).names, data, str(path))
+        table = pq.read_table(path, columns=[data.text_field, data.label_field])
+    except (pa.ArrowInvalid, OSError) as err:
+        raise KdistillError(f"{path}: not a readable parquet file ({err}); check data.source and data.path.") from None
+    texts, labels = table.column(data.text_field).to_pylist(), table.column(data.label_field).to_pylist()
+    for row, (text, label) in enumerate(zip(texts, labels)):
+        yield _Record(text, label, f"{path}:row {row}")
+
+
+def _read_folder(path: Path, data: DataConfig) -> Iterator[_Record]:
+    files = sorted(file for file in path.glob("*/*.txt") if file.is_file())
+    if not files:
+        raise KdistillError(
+            f"{path}: no <label>/*.txt files found; put one subfolder per label, one .txt file per example."
+        )
+    for file in files:
+        yield _Record(_decode(file, data.encoding), file.parent.name, str(file))
+
+
+def _read_hf(data: DataConfig) -> Iterator[_Record]:
+    import datasets  # heavy import; only this source needs it
+
+    where = f"🤗 dataset '{data.path}' (config {data.hf_config!r}, split {data.hf_split!r})"
+    try:
+        dataset = datasets.load_dataset(data.path, data.hf_config, split=data.hf_split)
+    except Exception as err:  # the hub raises many types; every one means "cannot load this name"
+        raise KdistillError(
+            f"{where} could not be loaded ({err}); check data.path, data.hf_config and data.hf_split."
+        ) from None
+    _require_columns(dataset.column_names, data, where)
+    for row, (text, label) in enumerate(zip(dataset[data.text_field], dataset[data.label_field])):
+        yield _Record(text, label, f"{data.path}:row {row}")

@@ -1,0 +1,249 @@
+"""Turn loaded examples into deterministic, leak-free train / validation / test splits and a data report.
+
+The order matters: deduplicate on the casefolded text first, so one text (in any casing or spacing)
+can land in one split only; then sample; then split, stratified by label. The same config gives the
+same splits, bit for bit.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from kdistill.config import DataConfig, TaskConfig
+from kdistill.data.loaders import Example, LoadedExamples, read_examples
+from kdistill.errors import KdistillError
+
+SPLITS = ("train", "validation", "test")
+NUM_CONFLICT_EXAMPLES = 5
+
+
+@dataclass
+class PreparedData:
+    """The three splits and the data report (JSON-serialisable) that describes them."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    report: dict[str, Any]
+
+    def splits(self) -> dict[str, list[Example]]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
+def prepare_data(data: DataConfig, task: TaskConfig) -> PreparedData:
+    """Load, deduplicate, sample (if data.max_examples) and split, stratified by label."""
+    loaded = read_examples(data, task)
+    unique, duplicates_removed, conflicts = deduplicate(loaded.examples)
+    if not unique:
+        raise KdistillError(
+            f"{data.path}: no examples left ({loaded.rows_read} rows read, "
+            f"{sum(loaded.ignored_by_label.values())} ignored, {len(conflicts)} texts with conflicting labels)."
+        )
+    sampled = stratified_sample(unique, data.max_examples, data.split_seed)
+    train, validation, test = stratified_split(sampled, data)
+    ids = [{example.id for example in split} for split in (train, validation, test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2]), "a text is in two splits"
+    prepared = PreparedData(train=train, validation=validation, test=test, report={})
+    prepared.report = _build_report(data, task, loaded, prepared, duplicates_removed, conflicts, len(unique))
+    return prepared
+
+
+def deduplicate(examples: list[Example]) -> tuple[list[Example], int, list[list[Example]]]:
+    """Keep the first of each id; drop every copy of a text that carries two different labels.
+
+    Returns (kept examples in first-seen order, copies removed, groups of conflicting rows).
+    """
+    groups: dict[str, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(example.id, []).append(example)
+    kept, conflicts, duplicates_removed = [], [], 0
+    for group in groups.values():
+        if len({example.label for example in group}) > 1:
+            conflicts.append(group)  # we cannot know which label is right, so neither is trusted
+        else:
+            kept.append(group[0])
+            duplicates_removed += len(group) - 1
+    return kept, duplicates_removed, conflicts
+
+
+def stratified_sample(examples: list[Example], max_examples: int | None, seed: int) -> list[Example]:
+    """At most ``max_examples`` examples with the label shares of ``examples``, in their original order."""
+    if max_examples is None or len(examples) <= max_examples:
+        return examples
+    by_label: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_label.setdefault(example.label, []).append(index)
+    quotas = _proportional_quotas({label: len(indices) for label, indices in by_label.items()}, max_examples)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label, indices in by_label.items():
+        chosen += rng.choice(indices, size=quotas[label], replace=False).tolist()
+    return [examples[i] for i in sorted(chosen)]
+
+
+def _proportional_quotas(counts: dict[str, int], total: int) -> dict[str, int]:
+    """Largest-remainder rounding: the quotas sum to ``total`` and each is within 1 of its exact share."""
+    num_examples = sum(counts.values())
+    quotas = {label: count * total // num_examples for label, count in counts.items()}
+    # sorted() is stable, so ties go to the label seen first
+    by_remainder = sorted(counts, key=lambda label: counts[label] * total % num_examples, reverse=True)
+    for label in by_remainder[: total - sum(quotas.values())]:
+        quotas[label] += 1
+    return quotas
+
+
+def stratified_split(examples: list[Example], data: DataConfig) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, validation, test), each with the label shares of ``examples``."""
+    labels = [example.label for example in examples]
+    _check_class_sizes(labels, data)
+    indices = list(range(len(examples)))
+    try:
+        rest, test = train_test_split(
+            indices, test_size=data.test_fraction, stratify=labels, random_state=data.split_seed
+        )
+        train, validation = rest, []
+        if data.validation_fraction > 0:
+            share_of_rest = data.validation_fraction / (1 - data.test_fraction)
+            train, validation = train_test_split(
+                rest, test_size=share_of_rest, stratify=[labels[i] for i in rest], random_state=data.split_seed
+            )
+    except ValueError as err:  # sklearn's word for "too few examples to stratify"
+        raise KdistillError(
+            f"cannot split {len(examples)} examples ({dict(Counter(labels))}) into stratified train / validation / "
+            f"test sets: {err}; add examples, or change data.test_fraction and data.validation_fraction."
+        ) from None
+    return [examples[i] for i in train], [examples[i] for i in validation], [examples[i] for i in test]
+
+
+def _check_class_sizes(labels: list[str], data: DataConfig) -> None:
+    # stratifying needs two members per class in every split step, and the validation step
+    # draws from what the test step left, hence one more
+    minimum = 3 if data.validation_fraction > 0 else 2
+    for label, count in Counter(labels).items():
+        if count < minimum:
+            raise KdistillError(
+                f"label {label!r} has only {count} example(s) after deduplication, too few to split stratified "
+                f"(at least {minimum} needed); add examples of it, or skip it with data.ignore_labels."
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# The data report
+
+
+def _build_report(
+    data: DataConfig,
+    task: TaskConfig,
+    loaded: LoadedExamples,
+    prepared: PreparedData,
+    duplicates_removed: int,
+    conflicts: list[list[Example]],
+    num_unique: int,
+) -> dict[str, Any]:
+    splits = prepared.splits()
+    counts = {name: _label_counts(split, task.labels) for name, split in splits.items()}
+    overall = {label: sum(counts[name][label] for name in SPLITS) for label in task.labels}
+    return {
+        "source": data.source,
+        "path": data.path,
+        "rows_read": loaded.rows_read,
+        "ignored_rows": sum(loaded.ignored_by_label.values()),
+        "ignored_by_label": dict(loaded.ignored_by_label),
+        "truncated": loaded.truncated,
+        "duplicates_removed": duplicates_removed,
+        "label_conflicts": _conflict_summary(conflicts),
+        "examples_before_sampling": num_unique,
+        "counts": counts,
+        "totals": {**{name: len(split) for name, split in splits.items()}, "all": sum(overall.values())},
+        "text_chars": {name: _length_stats(split) for name, split in splits.items()},
+        "class_balance": {name: _largest_share(counts[name]) for name in SPLITS},
+        "imbalance_warning": _imbalance_warning(overall),
+    }
+
+
+def _label_counts(split: list[Example], labels: list[str]) -> dict[str, int]:
+    counter = Counter(example.label for example in split)
+    return {label: counter[label] for label in labels}
+
+
+def _conflict_summary(conflicts: list[list[Example]]) -> dict[str, Any]:
+    shown = [
+        {"text": _shorten(group[0].text, 100), "rows": [{"label": e.label, "origin": e.origin} for e in group]}
+        for group in conflicts[:NUM_CONFLICT_EXAMPLES]
+    ]
+    return {"count": len(conflicts), "rows_dropped": sum(len(group) for group in conflicts), "examples": shown}
+
+
+def _length_stats(split: list[Example]) -> dict[str, float | None]:
+    lengths = [len(example.text) for example in split]
+    if not lengths:
+        return {"min": None, "median": None, "max": None}
+    return {"min": min(lengths), "median": float(statistics.median(lengths)), "max": max(lengths)}
+
+
+def _largest_share(counts: dict[str, int]) -> float | None:
+    total = sum(counts.values())
+    return round(max(counts.values()) / total, 4) if total else None
+
+
+def _imbalance_warning(counts: dict[str, int]) -> str | None:
+    largest = max(counts, key=counts.__getitem__)
+    smallest = min(counts, key=counts.__getitem__)
+    if counts[smallest] == 0:
+        return f"label {smallest!r} has no examples; the student cannot learn it."
+    if counts[largest] <= 2 * counts[smallest]:
+        return None
+    return (
+        f"label {largest!r} has {counts[largest] / counts[smallest]:.1f}x as many examples as {smallest!r} "
+        f"({counts[largest]} vs {counts[smallest]}); accuracy will flatter the model, read macro-F1."
+    )
+
+
+def _shorten(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------------
+# Human-readable form, for `kdistill validate`
+
+
+def format_report(prepared: PreparedData, num_samples: int = 3) -> str:
+    """The data report as text: counts per split and label, dropped rows, warnings, sample rows."""
+    report = prepared.report
+    conflicts = report["label_conflicts"]
+    lines = [
+        f"data: {report['source']} {report['path']}",
+        f"rows read {report['rows_read']}, ignored {report['ignored_rows']}, "
+        f"truncated to data.max_chars {report['truncated']}",
+        f"duplicates removed {report['duplicates_removed']}, label conflicts {conflicts['count']} "
+        f"texts ({conflicts['rows_dropped']} rows dropped)",
+        "",
+        *_count_table(report["counts"]),
+    ]
+    for conflict in conflicts["examples"]:
+        where = ", ".join(f"{row['label']} at {row['origin']}" for row in conflict["rows"])
+        lines.append(f"conflict: {conflict['text']!r}: {where}")
+    if report["imbalance_warning"]:
+        lines.append(f"warning: {report['imbalance_warning']}")
+    for name, split in prepared.splits().items():
+        if split and num_samples > 0:
+            lines += ["", f"{name} samples:"]
+            lines += [f"  [{e.label}] {e.origin}  {_shorten(e.text, 100)}" for e in split[:num_samples]]
+    return "\n".join(lines)
+
+
+def _count_table(counts: dict[str, dict[str, int]]) -> list[str]:
+    labels = list(counts["train"])
+    rows = [[label, *(counts[name][label] for name in SPLITS)] for label in labels]
+    rows = [[*row, sum(row[1:])] for row in rows]
+    rows.append(["total", *(sum(column) for column in zip(*(row[1:] for row in rows)))])
+    width = max(len("label"), *(len(label) for label in labels))
+    header = f"{'label':<{width}}  {'train':>7}  {'validation':>10}  {'test':>7}  {'total':>7}"
+    body = [f"{row[0]:<{width}}  {row[1]:>7}  {row[2]:>10}  {row[3]:>7}  {row[4]:>7}" for row in rows]
+    return [header, *body]

@@ -1,0 +1,123 @@
+"""Knowledge elicitation: ask the teacher once, in label space, and keep its answers.
+
+Task-aligned prompting with optional solved examples (seed knowledge) in the prompt, and optional
+content-free calibration: the label distribution a prompt gives to "N/A" is the prompt's own bias,
+and dividing it out makes a small prompted LLM a usable teacher (see MODELS.md's probe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from kdistill.config import TaskConfig, TeacherConfig
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from kdistill.data import Example
+from kdistill.io import atomic_write_json, sha256_file
+from kdistill.models import LabelModel
+from kdistill.store import TeacherTargets
+
+
+def few_shot_prefix(task: TaskConfig, train: "list[Example]", per_label: int, seed: int,
+                    max_chars: int = 200) -> str:
+    """Solved training examples, one label after another, shortest-first pool to keep prompts short."""
+    if per_label <= 0:
+        return ""
+    rng = random.Random(seed)
+    chosen: "list[Example]" = []
+    for label in task.labels:
+        pool = [e for e in train if e.label == label and len(e.text) <= max_chars] or \
+               [e for e in train if e.label == label]
+        chosen += rng.sample(pool, min(per_label, len(pool)))
+    order = [chosen[i::per_label] for i in range(per_label)]  # interleave: a, b, c, a, b, c
+    shots = [e for group in order for e in group]
+    return "".join(task.few_shot_template.replace("{prompt}", task.prompt_template.replace("{text}", e.text))
+                   .replace("{verbalizer}", task.verbalizers[e.label]) for e in shots)
+
+
+def label_logprobs(model: LabelModel, texts: list[str], *, batch_size: int, desc: str = "eliciting",
+                   progress: bool = True) -> torch.Tensor:
+    """(N, L) label log-probabilities in input order; batches are sorted by length to waste no padding."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts), len(model.labels))
+    bar = tqdm(total=len(texts), desc=desc, unit="ex", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        logits_bl = model.predict_logits([texts[i] for i in idx])
+        out[idx] = F.log_softmax(logits_bl, dim=-1)
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
+def elicit(model: LabelModel, examples: "list[Example]", cfg: TeacherConfig, *, progress: bool = True) -> TeacherTargets:
+    logprobs_nl = label_logprobs(model, [e.text for e in examples], batch_size=cfg.batch_size,
+                                 desc="teacher", progress=progress)
+    if cfg.calibrate:
+        logprobs_nl = calibrate(logprobs_nl, content_free_bias(model, cfg.content_free_inputs))
+    return TeacherTargets([e.id for e in examples], logprobs_nl)
+
+
+def content_free_bias(model: LabelModel, inputs: list[str]) -> torch.Tensor:
+    """(L,) log of the mean label distribution the prompt gives to content-free inputs."""
+    logprobs = label_logprobs(model, inputs, batch_size=len(inputs), progress=False)
+    return logprobs.exp().mean(0).log()
+
+
+def calibrate(logprobs_nl: torch.Tensor, bias_l: torch.Tensor) -> torch.Tensor:
+    """p(y|x) / p_cf(y), renormalized (Zhao et al., 2021, diagonal W)."""
+    return F.log_softmax(logprobs_nl - bias_l, dim=-1)
+
+
+def weights_fingerprint(model_path: str) -> str:
+    """sha256 over the weight files of a local model folder; a hub id stands for itself."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return f"hub:{model_path}"
+    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
+    return ",".join(f"{p.name}:{_cached_sha256(p)}" for p in files)
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256 of a large file, remembered beside it by size and mtime (hashing 1 GB takes seconds)."""
+    from kdistill.assets import home
+
+    stat = path.stat()
+    memo = home() / "hashes" / f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()}.json"
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["stamp"] == stamp:
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = sha256_file(path)
+    atomic_write_json(memo, {"path": str(path), "stamp": stamp, "sha256": digest})
+    return digest
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps([vocab, type(tokenizer).__name__]).encode()).hexdigest()
+
+
+def teacher_key(cfg: TeacherConfig, model: LabelModel, model_path: str, examples: "list[Example]") -> dict[str, Any]:
+    """Everything that determines the teacher's targets; any change is a store miss."""
+    data = json.dumps([(e.id, e.text) for e in examples])
+    return {
+        "kind": "label_logprobs",
+        "teacher": cfg.model, "revision": cfg.revision, "weights": weights_fingerprint(model_path),
+        "tokenizer": tokenizer_fingerprint(model.tokenizer),
+        "adapter": model.metadata(),  # labels, verbalizers, prompt template, few-shot prefix
+        "calibrate": cfg.calibrate, "content_free_inputs": cfg.content_free_inputs if cfg.calibrate else None,
+        "max_length": cfg.max_length, "input_template": cfg.input_template,
+        "data": hashlib.sha256(data.encode()).hexdigest(),
+    }

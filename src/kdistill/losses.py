@@ -1,0 +1,52 @@
+"""Loss terms as pure tensor functions, each returning one value per example (B,).
+
+Normalizing per example (not per batch) is what lets the training loop sum micro-batches and divide
+by the step's example count, so the gradient does not depend on how a batch is split.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(student_logits_bl: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
+    """Hard-label cross-entropy per example, (B,)."""
+    return F.cross_entropy(student_logits_bl.float(), labels_b, reduction="none")
+
+
+def kl_divergence(student_logits_bl: torch.Tensor, teacher_logprobs_bl: torch.Tensor, *,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher_T || student_T) per example, (B,), both softened by ``temperature``.
+
+    The teacher arrives as log-probabilities (what the teacher store holds); softening them is
+    ``softmax(log p / T)``, the same as softening the logits they came from.
+    """
+    student_logp = F.log_softmax(student_logits_bl.float() / temperature, dim=-1)
+    teacher_logp = F.log_softmax(teacher_logprobs_bl.float() / temperature, dim=-1)
+    # xlogy-style: a zero-probability teacher label contributes 0, not nan
+    teacher_p = teacher_logp.exp()
+    return (teacher_p * (teacher_logp - student_logp)).where(teacher_p > 0, 0.0).sum(-1)
+
+
+LOSSES = {
+    "ce": "hard-label cross-entropy; weight 1 - alpha",
+    "kd": "forward KL(teacher_T || student_T) * T^2 over the labels; weight alpha, temperature objective.kd_temperature",
+}
+
+
+def distillation_loss(student_logits_bl: torch.Tensor, labels_b: torch.Tensor,
+                      teacher_logprobs_bl: torch.Tensor | None, *, alpha: float,
+                      temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(1 - alpha) * CE + alpha * T^2 * KL, per example (B,), with each term for logging.
+
+    T^2 keeps the KD gradient's scale independent of the temperature (Hinton et al., 2015).
+    """
+    terms = {"ce": cross_entropy(student_logits_bl, labels_b)}
+    total = (1.0 - alpha) * terms["ce"]
+    if alpha > 0:
+        if teacher_logprobs_bl is None:
+            raise ValueError("alpha > 0 needs teacher targets")
+        terms["kd"] = temperature**2 * kl_divergence(student_logits_bl, teacher_logprobs_bl, temperature=temperature)
+        total = total + alpha * terms["kd"]
+    return total, terms

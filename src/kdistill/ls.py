@@ -1,0 +1,33 @@
+"""`kdistill ls`: what is built in (tasks, configs, models, data, losses, teacher sources)."""
+
+from __future__ import annotations
+
+import yaml
+
+from kdistill.assets import ASSETS
+from kdistill.losses import LOSSES
+from kdistill.tasks import builtin_configs, builtin_tasks
+
+TEACHER_SOURCES = {
+    "local": "an in-process transformers model (built-in name, local folder, .gguf file or hub id); "
+             "causal LMs are prompted, encoders use their classification head",
+}
+
+
+def listing(what: str = "all") -> str:
+    sections = {
+        "tasks": {name: yaml.safe_load(p.read_text(encoding="utf-8"))["task"].get("description", "")
+                  for name, p in builtin_tasks().items()},
+        "configs": {name: (p.read_text(encoding="utf-8").splitlines() or [""])[0].lstrip("# ")
+                    for name, p in builtin_configs().items()},
+        "models": {a.name: f"{a.description} [{a.licence}]" for a in ASSETS.values() if a.kind == "model"},
+        "data": {a.name: f"{a.description} [{a.licence}]" for a in ASSETS.values() if a.kind == "data"},
+        "losses": LOSSES,
+        "teachers": TEACHER_SOURCES,
+    }
+    chosen = sections if what == "all" else {what: sections[what]}
+    lines = []
+    for title, entries in chosen.items():
+        lines.append(f"{title}:")
+        lines += [f"  {name:<20} {text}" for name, text in entries.items()]
+    return "\n".join(lines)

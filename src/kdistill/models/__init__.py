@@ -1,0 +1,109 @@
+"""Model loading: a built-in name, a local folder, a .gguf file or a hub id -> a LabelModel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from kdistill.config import ModelConfig, TaskConfig
+from kdistill.errors import KdistillError
+from kdistill.models.base import LabelModel
+from kdistill.models.causal_lm import CausalLMLabelModel
+from kdistill.models.encoder import EncoderLabelModel
+
+__all__ = ["LabelModel", "CausalLMLabelModel", "EncoderLabelModel", "load_label_model", "load_saved",
+           "resolve_model_path", "pick_device"]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_model_path(name: str) -> str:
+    """A folder transformers can load, or a hub id left as it is for users who are online."""
+    from kdistill import assets
+
+    if name in assets.ASSETS:
+        return str(assets.model_dir(name))
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(assets.convert_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise KdistillError(f"{path}: a model folder needs config.json (a transformers save_pretrained folder).")
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise KdistillError(f"{name}: not a model folder or .gguf file.")
+    return name  # a hub id
+
+
+def _detect_kind(config) -> str:
+    archs = " ".join(config.architectures or [])
+    if "CausalLM" in archs or "LMHead" in archs:
+        return "causal_lm"
+    if getattr(config, "is_encoder_decoder", False):
+        raise KdistillError(f"{config.model_type}: encoder-decoder models are not supported for label-space tasks yet.")
+    return "encoder"
+
+
+def load_label_model(cfg: ModelConfig, task: TaskConfig, *, prefix: str = "",
+                     device: torch.device | None = None) -> LabelModel:
+    """Load ``cfg.model`` as a teacher or student for ``task``."""
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoTokenizer)
+
+    path = resolve_model_path(cfg.model)
+    common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    try:
+        hf_config = AutoConfig.from_pretrained(path, **common)
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    except OSError as err:
+        raise KdistillError(f"model {cfg.model!r}: could not load it ({str(err).splitlines()[0]}). "
+                            "Name a built-in model (kdistill ls models), a local folder, or a hub id while online.") from None
+    kind = _detect_kind(hf_config) if cfg.kind == "auto" else cfg.kind
+    if kind == "causal_lm":
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **common)
+        model: LabelModel = CausalLMLabelModel(
+            module, tokenizer, labels=task.labels, verbalizers=[task.verbalizers[label] for label in task.labels],
+            prompt_template=task.prompt_template, prefix=prefix, max_length=cfg.max_length, name=cfg.model)
+    else:
+        module = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=torch.float32, num_labels=len(task.labels),
+            id2label=dict(enumerate(task.labels)), label2id={label: i for i, label in enumerate(task.labels)},
+            ignore_mismatched_sizes=True, **common)
+        model = EncoderLabelModel(module, tokenizer, labels=task.labels, input_template=cfg.input_template,
+                                  max_length=cfg.max_length)
+    model.module.to(device or torch.device("cpu"))
+    return model
+
+
+def load_saved(path: str | Path, device: torch.device | None = None) -> LabelModel:
+    """A student saved by kdistill (save_pretrained + kdistill.json)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    meta_path = path / "kdistill.json"
+    if not meta_path.exists():
+        raise KdistillError(f"{path}: no kdistill.json here; point to a student folder saved by kdistill "
+                            "(runs/<name>/student).")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if meta["kind"] == "causal_lm":
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model: LabelModel = CausalLMLabelModel(module, tokenizer, labels=meta["labels"], verbalizers=meta["verbalizers"],
+                                               prompt_template=meta["prompt_template"], prefix=meta["prefix"],
+                                               max_length=meta["max_length"], name=str(path))
+    else:
+        module = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        model = EncoderLabelModel(module, tokenizer, labels=meta["labels"], input_template=meta["input_template"],
+                                  max_length=meta["max_length"])
+    model.module.to(device or torch.device("cpu"))
+    return model

@@ -1,0 +1,273 @@
+"""The pipeline as plain functions: validate, elicit, train, evaluate, report, run, predict.
+
+Each takes a config (a RunConfig, a YAML path, or None for the built-in default job) and writes
+into the run directory `<output_dir>/<name>/`. The CLI is a thin table over these functions.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdistill.config import RunConfig, dump_yaml, load_config
+from kdistill.data import Example, PreparedData, format_report, prepare_data
+from kdistill.elicit import elicit as elicit_targets
+from kdistill.elicit import few_shot_prefix, teacher_key
+from kdistill.errors import KdistillError
+from kdistill.evaluate import label_metrics, measure_cost, predict as predict_logits
+from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
+from kdistill.store import TeacherStore, TeacherTargets
+from kdistill.train import Trainer
+
+log = logging.getLogger(__name__)
+
+VARIANTS = {"labels_only": "student trained on hard labels only", "distilled": "distilled student"}
+ConfigLike = RunConfig | str | Path | None
+
+
+def _config(config: ConfigLike, overrides: dict[str, Any] | None = None) -> RunConfig:
+    return config if isinstance(config, RunConfig) else load_config(config, overrides)
+
+
+def _data(cfg: RunConfig) -> PreparedData:
+    return prepare_data(cfg.data, cfg.task)
+
+
+def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
+    """Check a config, its data and the verbalizers against the tokenizers; write nothing."""
+    cfg = _config(config)
+    text = format_report(_data(cfg))
+    if check_models:
+        from transformers import AutoTokenizer
+
+        from kdistill.models.causal_lm import verbalizer_token_ids
+
+        for role, model_cfg in (("teacher", cfg.teacher), ("student", cfg.student)):
+            path = resolve_model_path(model_cfg.model)
+            tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
+                                                      trust_remote_code=model_cfg.trust_remote_code)
+            if model_cfg.kind != "encoder" and cfg.task.verbalizers:
+                verbalizer_token_ids(tokenizer, [cfg.task.verbalizers[label] for label in cfg.task.labels], model_cfg.model)
+            text += f"\n{role}: {model_cfg.model} -> {path} (tokenizer ok, {len(tokenizer)} tokens)"
+    return text + "\nconfig ok"
+
+
+def _teacher(cfg: RunConfig, data: PreparedData) -> tuple[LabelModel, str]:
+    prefix = few_shot_prefix(cfg.task, data.train, cfg.teacher.few_shot_per_label, cfg.data.split_seed)
+    path = resolve_model_path(cfg.teacher.model)
+    return load_label_model(cfg.teacher, cfg.task, prefix=prefix, device=pick_device(cfg.training.device)), path
+
+
+def elicit(config: ConfigLike = None, *, progress: bool = True, teacher: LabelModel | None = None) -> TeacherTargets:
+    """Teacher label distributions for the train and test splits, from the store or computed once."""
+    cfg = _config(config)
+    data = _data(cfg)
+    examples = data.train + data.test
+    model, path = (teacher, resolve_model_path(cfg.teacher.model)) if teacher else _teacher(cfg, data)
+    store = TeacherStore(cfg.run_dir / "teacher_cache")
+    key = teacher_key(cfg.teacher, model, path, examples)
+    targets = store.load(key)
+    if targets is None:
+        start = time.perf_counter()
+        targets = elicit_targets(model, examples, cfg.teacher, progress=progress)
+        seconds = time.perf_counter() - start
+        store.save(key, targets)
+        atomic_write_json(cfg.run_dir / "teacher_cache" / "last_elicitation.json",
+                          {"examples": len(examples), "seconds": seconds, "examples_per_s": len(examples) / seconds})
+        log.info("elicited %d examples in %.1f s", len(examples), seconds)
+    else:
+        log.info("teacher targets found in the store (%d examples)", len(targets.ids))
+    return targets
+
+
+def _student_dir(cfg: RunConfig, variant: str, seed: int) -> Path:
+    return cfg.run_dir / "students" / f"{variant}-seed{seed}"
+
+
+def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | None = None, resume: bool = False,
+          progress: bool = True, targets: TeacherTargets | None = None) -> Path:
+    """Train one student variant with one seed; returns the saved student folder."""
+    if variant not in VARIANTS:
+        raise KdistillError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    cfg = _config(config)
+    seed = cfg.evaluation.seeds[0] if seed is None else seed
+    data = _data(cfg)
+    objective = cfg.objective
+    if variant == "labels_only":
+        objective = replace(objective, alpha=0.0)
+    elif targets is None:
+        targets = elicit(cfg, progress=progress)
+    torch.manual_seed(seed)  # the new head's initialization depends on the seed
+    student = load_label_model(cfg.student, cfg.task, device=pick_device(cfg.training.device))
+    trainer = Trainer(student, train_examples=data.train, val_examples=data.validation,
+                      targets=targets.subset([e.id for e in data.train]) if targets and objective.alpha > 0 else None,
+                      objective=objective, cfg=cfg.training, seed=seed,
+                      checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}", progress=progress)
+    result = trainer.run(resume=resume)
+    out = _student_dir(cfg, variant, seed)
+    student.save(out)
+    atomic_write_json(out.parent / f"{out.name}.training.json", {
+        "variant": variant, "seed": seed, "seconds": result.seconds, "steps": result.state.global_step,
+        "best_step": result.state.best_step, "best_val_macro_f1": result.state.best_metric,
+        "stopped_early": result.state.stopped_early, "history": result.state.history})
+    return out
+
+
+def _metrics_for(model: LabelModel, examples: list[Example], cfg: RunConfig, teacher_pred: list[int],
+                 progress: bool, desc: str) -> dict[str, Any]:
+    logits = predict_logits(model, examples, batch_size=cfg.student.batch_size, desc=desc, progress=progress)
+    gold = [cfg.task.labels.index(e.label) for e in examples]
+    return label_metrics(gold, logits.argmax(-1).tolist(), cfg.task.labels, teacher_pred)
+
+
+def _cost(model: LabelModel, examples: list[Example], cfg: RunConfig, model_dir: str | Path | None) -> dict[str, Any]:
+    ev = cfg.evaluation
+    return measure_cost(model, examples, latency_examples=ev.latency_examples,
+                        throughput_batch_size=ev.throughput_batch_size, throughput_batches=ev.throughput_batches,
+                        warmup_batches=ev.warmup_batches, model_dir=model_dir)
+
+
+def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+    return {k: {"mean": statistics.fmean(r[k] for r in runs),
+                "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0} for k in keys}
+
+
+def evaluate(config: ConfigLike = None, *, progress: bool = True, teacher: LabelModel | None = None) -> Path:
+    """Score teacher, untrained student and every trained student on the test split; cost of each."""
+    cfg = _config(config)
+    data = _data(cfg)
+    test = data.test
+    gold = [cfg.task.labels.index(e.label) for e in test]
+    targets = elicit(cfg, progress=progress, teacher=teacher)
+    teacher_pred = targets.rows([e.id for e in test]).argmax(-1).tolist()
+    models: dict[str, Any] = {}
+    if teacher is None:
+        teacher, _ = _teacher(cfg, data)
+    models["teacher"] = {"name": cfg.teacher.model, "metrics": label_metrics(gold, teacher_pred, cfg.task.labels),
+                         "cost": _cost(teacher, test, cfg, resolve_model_path(cfg.teacher.model))}
+    del teacher
+    gc.collect()
+    if cfg.evaluation.baselines:
+        torch.manual_seed(cfg.evaluation.seeds[0])
+        untrained = load_label_model(cfg.student, cfg.task, device=pick_device(cfg.training.device))
+        models["student_untrained"] = {"name": cfg.student.model,
+                                       "metrics": _metrics_for(untrained, test, cfg, teacher_pred, progress, "untrained"),
+                                       "cost": _cost(untrained, test, cfg, resolve_model_path(cfg.student.model))}
+    for variant in VARIANTS:
+        per_seed, cost, training = {}, None, {}
+        for seed in cfg.evaluation.seeds:
+            folder = _student_dir(cfg, variant, seed)
+            if not folder.exists():
+                continue
+            student = load_saved(folder, device=pick_device(cfg.training.device))
+            per_seed[seed] = _metrics_for(student, test, cfg, teacher_pred, progress, f"{variant} seed {seed}")
+            training[seed] = {k: v for k, v in json.loads((folder.parent / f"{folder.name}.training.json")
+                                                          .read_text()).items() if k != "history"}
+            if cost is None:
+                cost = _cost(student, test, cfg, folder)
+        if per_seed:
+            models[f"student_{variant}"] = {"name": cfg.student.model, "seeds": per_seed, "training": training,
+                                            "summary": _mean_std(list(per_seed.values())), "cost": cost}
+    results = {"run": cfg.name, "task": cfg.task.name, "labels": cfg.task.labels,
+               "test_examples": len(test), "data": data.report, "models": models,
+               "comparison": _comparison(models)}
+    path = cfg.run_dir / "eval" / "results.json"
+    atomic_write_json(path, results)
+    return path
+
+
+def _comparison(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model: macro-F1 (mean ± std), % of the teacher's macro-F1 kept, speed-up."""
+    teacher = models["teacher"]
+    rows = []
+    for key, entry in models.items():
+        if "summary" in entry:
+            f1, std = entry["summary"]["macro_f1"]["mean"], entry["summary"]["macro_f1"]["std"]
+            acc = entry["summary"]["accuracy"]["mean"]
+        else:
+            f1, std, acc = entry["metrics"]["macro_f1"], 0.0, entry["metrics"]["accuracy"]
+        cost = entry["cost"]
+        rows.append({
+            "model": key, "name": entry["name"], "seeds": len(entry.get("seeds", {})) or None,
+            "macro_f1": f1, "macro_f1_std": std, "accuracy": acc,
+            "retained_pct": 100 * f1 / teacher["metrics"]["macro_f1"] if teacher["metrics"]["macro_f1"] else None,
+            "parameters": cost["parameters"], "latency_p50_ms": cost["latency_p50_ms"],
+            "throughput_examples_per_s": cost["throughput_examples_per_s"],
+            "speedup_latency": teacher["cost"]["latency_p50_ms"] / cost["latency_p50_ms"],
+            "speedup_throughput": cost["throughput_examples_per_s"] / teacher["cost"]["throughput_examples_per_s"],
+        })
+    return rows
+
+
+def report(config: ConfigLike = None) -> Path:
+    from kdistill.report import render_markdown
+
+    cfg = _config(config)
+    results_path = cfg.run_dir / "eval" / "results.json"
+    if not results_path.exists():
+        raise KdistillError(f"{results_path}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    path = cfg.run_dir / "report.md"
+    atomic_write_text(path, render_markdown(results, dump_yaml(cfg)))
+    return path
+
+
+def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = True,
+        overrides: dict[str, Any] | None = None) -> Path:
+    """The whole pipeline: data, elicitation, every student variant and seed, evaluation, report."""
+    start = time.perf_counter()
+    cfg = _config(config, overrides)
+    data = _data(cfg)  # a bad row stops the run here, before anything is written
+    atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
+    atomic_write_json(cfg.run_dir / "data" / "splits.json",
+                      {split: [e.id for e in examples] for split, examples in data.splits().items()})
+    timings = {}
+    t = time.perf_counter()
+    teacher, _ = _teacher(cfg, data)
+    targets = elicit(cfg, progress=progress, teacher=teacher)
+    timings["elicit_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for seed in cfg.evaluation.seeds:
+        for variant in VARIANTS:
+            if variant == "labels_only" and not cfg.evaluation.baselines:
+                continue
+            train(cfg, variant=variant, seed=seed, resume=resume, progress=progress, targets=targets)
+    timings["train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    results_path = evaluate(cfg, progress=progress, teacher=teacher)
+    timings["eval_s"] = time.perf_counter() - t
+    _export_best_student(cfg)
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    results["timings"] = {**timings, "total_s": time.perf_counter() - start}
+    atomic_write_json(results_path, results)
+    report(cfg)
+    return cfg.run_dir
+
+
+def _export_best_student(cfg: RunConfig) -> None:
+    """runs/<name>/student: the distilled seed with the best validation macro-F1 (chosen on validation)."""
+    best = max((json.loads(p.read_text())["best_val_macro_f1"], p) for p in
+               (cfg.run_dir / "students").glob("distilled-seed*.training.json"))
+    source = best[1].with_name(best[1].name.removesuffix(".training.json"))
+    with atomic_dir(cfg.run_dir / "student") as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+
+
+def predict(model_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
+    """Label and probabilities for each text, from a saved student."""
+    model = load_saved(model_dir)
+    probs = torch.softmax(model.predict_logits(texts), dim=-1)
+    return [{"text": text, "label": model.labels[int(p.argmax())],
+             "probabilities": {label: round(float(v), 4) for label, v in zip(model.labels, p)}}
+            for text, p in zip(texts, probs)]

@@ -1,0 +1,105 @@
+"""The report card: results.json rendered as Markdown. Every figure comes from results.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROW_NAMES = {
+    "teacher": "teacher",
+    "student_untrained": "student, untrained",
+    "student_labels_only": "student, labels only",
+    "student_distilled": "student, distilled",
+}
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "—" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+def _comparison_table(rows: list[dict[str, Any]], models: dict[str, Any]) -> list[str]:
+    lines = ["| model | macro-F1 | accuracy | % of teacher | params | size on disk | latency p50 / p95 (ms, batch 1) "
+             "| throughput (ex/s) | speed-up (latency / throughput) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        cost = models[row["model"]]["cost"]
+        f1 = f"{row['macro_f1']:.3f}" + (f" ± {row['macro_f1_std']:.3f} ({row['seeds']} seeds)" if row["seeds"] else "")
+        retained = "—" if row["retained_pct"] is None else f"{row['retained_pct']:.1f} %"
+        lines.append(
+            f"| {ROW_NAMES.get(row['model'], row['model'])} (`{row['name']}`) | {f1} | {row['accuracy']:.3f} | {retained} "
+            f"| {row['parameters'] / 1e6:,.1f} M | {_fmt_bytes(cost['size_on_disk_bytes'])} "
+            f"| {cost['latency_p50_ms']:.1f} / {cost['latency_p95_ms']:.1f} | {row['throughput_examples_per_s']:.1f} "
+            f"| {row['speedup_latency']:.1f}× / {row['speedup_throughput']:.1f}× |")
+    return lines
+
+
+def _model_metrics(key: str, entry: dict[str, Any], labels: list[str]) -> list[str]:
+    metrics = entry["metrics"] if "metrics" in entry else next(iter(entry["seeds"].values()))
+    note = "" if "metrics" in entry else f" (first seed, {next(iter(entry['seeds']))}; mean ± std over seeds below)"
+    lines = [f"### {ROW_NAMES.get(key, key)}{note}", ""]
+    lines.append(f"macro precision {metrics['macro_precision']:.3f} · macro recall {metrics['macro_recall']:.3f} · "
+                 f"macro-F1 {metrics['macro_f1']:.3f} · accuracy {metrics['accuracy']:.3f} · "
+                 f"most-predicted class {metrics['majority_prediction_label']!r} gets "
+                 f"{100 * metrics['majority_prediction_share']:.1f} % of predictions"
+                 + (f" · agreement with the teacher {100 * metrics['teacher_agreement']:.1f} %"
+                    if "teacher_agreement" in metrics else ""))
+    lines += ["", "| gold \\ predicted | " + " | ".join(labels) + " | recall |",
+              "|---" * (len(labels) + 2) + "|"]
+    for label, row in zip(labels, metrics["confusion_matrix"]):
+        lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row)
+                     + f" | {metrics['per_class_recall'][label]:.3f} |")
+    if "summary" in entry:
+        s = entry["summary"]
+        lines += ["", "Over seeds: " + " · ".join(f"{k} {s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
+                                                  for k in ("macro_f1", "accuracy", "macro_precision", "macro_recall",
+                                                            "majority_prediction_share", "teacher_agreement") if k in s)]
+    return lines + [""]
+
+
+def _verdict(rows: list[dict[str, Any]]) -> list[str]:
+    by = {r["model"]: r for r in rows}
+    if "student_distilled" not in by:
+        return []
+    d = by["student_distilled"]
+    lines = [f"The distilled student keeps **{d['retained_pct']:.1f} %** of the teacher's macro-F1 "
+             f"({d['macro_f1']:.3f} vs {by['teacher']['macro_f1']:.3f}) and answers "
+             f"**{d['speedup_latency']:.1f}×** faster at batch 1 ({d['speedup_throughput']:.1f}× the throughput)."]
+    if "student_labels_only" in by:
+        lo = by["student_labels_only"]
+        delta = d["macro_f1"] - lo["macro_f1"]
+        word = "better than" if delta > 0 else "worse than" if delta < 0 else "the same as"
+        lines.append(f"Against the same student trained on the labels alone ({lo['macro_f1']:.3f} ± "
+                     f"{lo['macro_f1_std']:.3f}), distillation is {word} it by {abs(delta):.3f} macro-F1.")
+    return lines
+
+
+def render_markdown(results: dict[str, Any], config_yaml: str) -> str:
+    models, labels = results["models"], results["labels"]
+    data = results["data"]
+    lines = [f"# Report card: `{results['run']}` ({results['task']})", ""]
+    lines += _verdict(results["comparison"]) + [""]
+    lines += ["## Teacher vs students (held-out test split, "
+              f"{results['test_examples']} examples)", ""]
+    lines += _comparison_table(results["comparison"], models) + [""]
+    cost = models["teacher"]["cost"]
+    lines += [f"Cost measured by one harness for every model: end to end from text (tokenization included), "
+              f"on `{cost['device']}` with {cost['threads']} threads; latency over {cost['latency_examples']} "
+              f"test examples one by one, throughput at batch {cost['throughput_batch_size']}. "
+              "% of teacher = macro-F1 / the teacher's macro-F1.", ""]
+    if "timings" in results:
+        t = results["timings"]
+        lines += ["Wall time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items()), ""]
+    lines += ["## Per-model detail", ""]
+    for key, entry in models.items():
+        lines += _model_metrics(key, entry, labels)
+    lines += ["## Data", "", "| split | " + " | ".join(labels) + " | total |", "|---" * (len(labels) + 2) + "|"]
+    for split, counts in data["counts"].items():
+        lines.append(f"| {split} | " + " | ".join(str(counts.get(label, 0)) for label in labels)
+                     + f" | {sum(counts.values())} |")
+    lines += ["", f"Rows read {data['rows_read']}, duplicates removed {data['duplicates_removed']}, "
+              f"label conflicts dropped {data['label_conflicts']['count']}, ignored rows {data['ignored_rows']}, "
+              f"texts truncated {data['truncated']}. Test texts never appear in training (deduplicated before the split).",
+              ""]
+    if data.get("imbalance_warning"):
+        lines += [f"⚠ {data['imbalance_warning']}", ""]
+    lines += ["## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""The one training loop every method shares; methods differ only by objective and teacher targets.
+
+AdamW with linear warm-up and decay, gradient accumulation that does not change the gradient
+(each micro-batch's per-example losses are summed and divided by the whole step's example count),
+mixed precision where the device supports it, validation macro-F1 with early stopping and
+best-weights restore, and atomic checkpoints holding everything needed for a bit-identical resume:
+weights, optimizer, scheduler, RNG, data position and the early-stopping state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import f1_score
+from tqdm.auto import tqdm
+
+from kdistill.config import ObjectiveConfig, TrainingConfig
+from kdistill.io import atomic_dir
+from kdistill.losses import distillation_loss
+from kdistill.models import LabelModel, pick_device
+from kdistill.store import TeacherTargets
+
+if TYPE_CHECKING:
+    from kdistill.data import Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in every checkpoint (JSON)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_metric: float = -1.0
+    best_step: int = 0
+    bad_validations: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    state: LoopState
+    seconds: float
+
+
+class StopTraining(Exception):
+    """Raised by the `stop_after_steps` hook (tests: a crash at a chosen step)."""
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if mode == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+
+def _optimizer(module: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # cloned one by one: tied weights become separate tensors, which safetensors can store
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def macro_f1(model: LabelModel, examples: list["Example"], batch_size: int) -> float:
+    label_ids = {label: i for i, label in enumerate(model.labels)}
+    preds = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        preds += model.predict_logits([e.text for e in chunk]).argmax(-1).tolist()
+    gold = [label_ids[e.label] for e in examples]
+    return float(f1_score(gold, preds, average="macro", labels=list(range(len(model.labels))), zero_division=0))
+
+
+class Trainer:
+    """Trains one student; `run()` resumes from the newest checkpoint in `checkpoint_dir` if asked."""
+
+    def __init__(self, model: LabelModel, *, train_examples: list["Example"], val_examples: list["Example"],
+                 targets: TeacherTargets | None, objective: ObjectiveConfig, cfg: TrainingConfig, seed: int,
+                 checkpoint_dir: str | Path, progress: bool = True) -> None:
+        if objective.alpha > 0 and targets is None:
+            raise ValueError("objective.alpha > 0 needs teacher targets")
+        self.model, self.train_examples, self.val_examples = model, train_examples, val_examples
+        self.targets, self.objective, self.cfg, self.seed = targets, objective, cfg, seed
+        self.checkpoint_dir, self.progress = Path(checkpoint_dir), progress
+        self.device = pick_device(cfg.device)
+        self.label_ids = {label: i for i, label in enumerate(model.labels)}
+        self.steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        _seed_everything(seed)
+        model.module.to(self.device)
+        self.optimizer = _optimizer(model.module, cfg)
+        from transformers import get_linear_schedule_with_warmup
+
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.mixed_precision == "fp16")
+        self.state = LoopState()
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
+        start = time.perf_counter()
+        if resume:
+            self._load_latest()
+        bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="training", unit="step",
+                   disable=not self.progress)
+        while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
+            order = self._epoch_order(self.state.epoch)
+            while self.state.step_in_epoch < self.steps_per_epoch and not self.state.stopped_early:
+                s = self.state.step_in_epoch * self.cfg.batch_size
+                terms = self._step([self.train_examples[i] for i in order[s:s + self.cfg.batch_size]])
+                self.state.step_in_epoch += 1
+                self.state.global_step += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
+                self._after_step(terms)
+                if stop_after_steps is not None and self.state.global_step >= stop_after_steps:
+                    raise StopTraining(f"stopped after {self.state.global_step} steps")
+            if not self.state.stopped_early:
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+                if self.cfg.eval_every_steps == 0:
+                    self._validate()
+                self._checkpoint()
+        bar.close()
+        if self.best_weights is not None:
+            self.model.module.load_state_dict(self.best_weights)
+        return TrainResult(self.state, time.perf_counter() - start)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        # a function of (seed, epoch) only, so a resumed run sees the same order
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.train_examples), generator=gen).tolist()
+
+    def _step(self, batch: list["Example"]) -> dict[str, float]:
+        """One optimizer step over `batch`, split into `grad_accum_steps` micro-batches."""
+        self.model.module.train()
+        micro = math.ceil(len(batch) / self.cfg.grad_accum_steps)
+        sums: dict[str, float] = {}
+        for s in range(0, len(batch), micro):
+            chunk = batch[s:s + micro]
+            inputs = {k: v.to(self.device) for k, v in self.model.encode([e.text for e in chunk]).items()}
+            labels_b = torch.tensor([self.label_ids[e.label] for e in chunk], device=self.device)
+            teacher_bl = self.targets.rows([e.id for e in chunk]).to(self.device) if self.targets else None
+            with _autocast(self.device, self.cfg.mixed_precision):
+                logits_bl = self.model.label_logits(inputs)
+            total_b, terms = distillation_loss(logits_bl, labels_b, teacher_bl, alpha=self.objective.alpha,
+                                               temperature=self.objective.kd_temperature)
+            # divide by the step's example count, not the micro-batch's: accumulation-invariant
+            self.scaler.scale(total_b.sum() / len(batch)).backward()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach().sum())
+        if self.cfg.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.module.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {name: total / len(batch) for name, total in sums.items()}
+
+    def _after_step(self, terms: dict[str, float]) -> None:
+        step = self.state.global_step
+        if step % 10 == 0 or step == 1:
+            self.state.history.append({"step": step, "epoch": self.state.epoch, "lr": self.scheduler.get_last_lr()[0],
+                                       **{f"train_{k}": v for k, v in terms.items()}})
+        validated = self.cfg.eval_every_steps > 0 and step % self.cfg.eval_every_steps == 0
+        if validated:
+            self._validate()
+        if validated or (self.cfg.checkpoint_every_steps > 0 and step % self.cfg.checkpoint_every_steps == 0):
+            self._checkpoint()
+
+    def _validate(self) -> None:
+        if not self.val_examples:
+            return
+        score = macro_f1(self.model, self.val_examples, batch_size=max(self.cfg.batch_size, 32))
+        st = self.state
+        st.history.append({"step": st.global_step, "epoch": st.epoch, "val_macro_f1": score})
+        if score > st.best_metric:
+            st.best_metric, st.best_step, st.bad_validations = score, st.global_step, 0
+            self.best_weights = _cpu_state(self.model.module)
+        else:
+            st.bad_validations += 1
+            patience = self.cfg.early_stopping_patience
+            if patience and st.bad_validations >= patience:
+                log.info("early stopping at step %d: no better validation macro-F1 for %d validations",
+                         st.global_step, patience)
+                st.stopped_early = True
+
+    # ---------------------------------------------------------------- checkpoints
+    def _checkpoint(self) -> None:
+        path = self.checkpoint_dir / f"step-{self.state.global_step:07d}"
+        with atomic_dir(path) as tmp:
+            save_file(_cpu_state(self.model.module), str(tmp / "model.safetensors"))
+            if self.best_weights is not None:
+                save_file(self.best_weights, str(tmp / "best.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save({"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}, tmp / "scheduler.pt")
+            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            torch.save(rng, tmp / "rng.pt")
+            (tmp / "state.json").write_text(json.dumps(asdict(self.state), indent=1), encoding="utf-8")
+        for old in sorted(self.checkpoint_dir.glob("step-*"))[:-max(self.cfg.keep_checkpoints, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_latest(self) -> None:
+        found = sorted(self.checkpoint_dir.glob("step-*")) if self.checkpoint_dir.exists() else []
+        if not found:
+            return
+        path = found[-1]
+        log.info("resuming from %s", path)
+        self.model.module.load_state_dict(load_file(str(path / "model.safetensors"), device=str(self.device)))
+        if (path / "best.safetensors").exists():
+            self.best_weights = load_file(str(path / "best.safetensors"))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=self.device))
+        sched = torch.load(path / "scheduler.pt", weights_only=True)
+        self.scheduler.load_state_dict(sched["scheduler"])
+        self.scaler.load_state_dict(sched["scaler"])
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_as_tuple(rng["python"]))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.state = LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
+
+
+def _as_tuple(state: Any) -> Any:
+    return tuple(_as_tuple(s) for s in state) if isinstance(state, (list, tuple)) else state
