@@ -82,6 +82,10 @@ class DataConfig:
     """Raw label values whose rows are skipped on purpose (e.g. the BBC topics a task leaves out)."""
     max_examples: int | None = None
     """Keep at most this many examples (a stratified sample, after deduplication)."""
+    num_labelled: int | None = None
+    """Keep gold labels for only this many training examples (stratified); the rest of the training
+    split becomes a transfer set of unlabelled text that only the teacher labels. The labels-only
+    student then trains on the labelled part. None keeps every label."""
     min_chars: int = 1
     """Texts shorter than this after normalization are reported as bad rows."""
     max_chars: int = 2000
@@ -103,6 +107,8 @@ class DataConfig:
             )
         if self.max_examples is not None and self.max_examples < 10:
             raise KdistillError(f"data.max_examples must be at least 10; found {self.max_examples}.")
+        if self.num_labelled is not None and self.num_labelled < 2:
+            raise KdistillError(f"data.num_labelled must be at least 2 (or null for all); found {self.num_labelled}.")
         if self.min_chars < 1 or self.max_chars < self.min_chars:
             raise KdistillError("data.min_chars must be >= 1 and data.max_chars >= data.min_chars.")
 
@@ -137,6 +143,11 @@ class TeacherConfig(ModelConfig):
     """Divide out the label bias the prompt has on content-free inputs (Zhao et al., 2021)."""
     content_free_inputs: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
     """Inputs whose averaged label distribution is the prompt's bias, when `calibrate` is on."""
+    fit_temperature: bool = True
+    """Rescale the teacher's label log-probabilities by one temperature fitted on the labelled
+    training examples (temperature scaling), so its confidence matches its accuracy. A prompted
+    LLM's label probabilities are often timid (0.55 where it is right 80 % of the time); its
+    argmax never changes."""
 
 
 @dataclass(kw_only=True)
@@ -177,6 +188,8 @@ class TrainingConfig:
     """auto: bf16 on a CUDA device that supports it, fp32 on CPU."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:1, mps ..."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding; same examples every epoch)."""
     eval_every_steps: int = 0
     """Validate every N optimizer steps; 0 validates at the end of every epoch."""
     early_stopping_patience: int = 3

@@ -77,6 +77,29 @@ def calibrate(logprobs_nl: torch.Tensor, bias_l: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logprobs_nl - bias_l, dim=-1)
 
 
+def fit_temperature(logprobs_nl: torch.Tensor, gold_n: torch.Tensor, steps: int = 100) -> float:
+    """The one temperature that makes the teacher's confidence match its accuracy on labelled data.
+
+    Temperature scaling (Guo et al., 2017): minimize the NLL of the gold labels under
+    softmax(log p / tau). It never changes the teacher's argmax, only how sure it sounds.
+    """
+    log_tau = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_tau], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logprobs_nl / log_tau.exp(), gold_n)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_tau.detach().exp())
+
+
+def rescale(targets: TeacherTargets, tau: float) -> TeacherTargets:
+    return TeacherTargets(targets.ids, F.log_softmax(targets.logprobs / tau, dim=-1))
+
+
 def weights_fingerprint(model_path: str) -> str:
     """sha256 over the weight files of a local model folder; a hub id stands for itself."""
     folder = Path(model_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -21,7 +22,7 @@ import torch
 from kdistill.config import RunConfig, dump_yaml, load_config
 from kdistill.data import Example, PreparedData, format_report, prepare_data
 from kdistill.elicit import elicit as elicit_targets
-from kdistill.elicit import few_shot_prefix, teacher_key
+from kdistill.elicit import few_shot_prefix, fit_temperature, rescale, teacher_key
 from kdistill.errors import KdistillError
 from kdistill.evaluate import label_metrics, measure_cost, predict as predict_logits
 from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
@@ -63,7 +64,8 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
 
 
 def _teacher(cfg: RunConfig, data: PreparedData) -> tuple[LabelModel, str]:
-    prefix = few_shot_prefix(cfg.task, data.train, cfg.teacher.few_shot_per_label, cfg.data.split_seed)
+    labelled = data.labelled_train if data.labelled_train is not None else data.train
+    prefix = few_shot_prefix(cfg.task, labelled, cfg.teacher.few_shot_per_label, cfg.data.split_seed)
     path = resolve_model_path(cfg.teacher.model)
     return load_label_model(cfg.teacher, cfg.task, prefix=prefix, device=pick_device(cfg.training.device)), path
 
@@ -90,6 +92,17 @@ def elicit(config: ConfigLike = None, *, progress: bool = True, teacher: LabelMo
     return targets
 
 
+def fitted_teacher(cfg: RunConfig, data: PreparedData, targets: TeacherTargets) -> tuple[TeacherTargets, float | None]:
+    """The stored targets, temperature-scaled on the labelled training examples if configured."""
+    if not cfg.teacher.fit_temperature:
+        return targets, None
+    labelled = data.labelled_train if data.labelled_train is not None else data.train
+    gold = torch.tensor([cfg.task.labels.index(e.label) for e in labelled])
+    tau = fit_temperature(targets.rows([e.id for e in labelled]), gold)
+    log.info("teacher temperature fitted on %d labelled examples: %.3f", len(labelled), tau)
+    return rescale(targets, tau), tau
+
+
 def _student_dir(cfg: RunConfig, variant: str, seed: int) -> Path:
     return cfg.run_dir / "students" / f"{variant}-seed{seed}"
 
@@ -105,19 +118,28 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
     objective = cfg.objective
     if variant == "labels_only":
         objective = replace(objective, alpha=0.0)
-    elif targets is None:
-        targets = elicit(cfg, progress=progress)
+    tau = None
+    if objective.alpha > 0:
+        targets, tau = fitted_teacher(cfg, data, targets if targets is not None else elicit(cfg, progress=progress))
+    train_examples, labelled_ids = data.train, None
+    if data.labelled_train is not None:  # a transfer set: only the distilled student sees its text
+        labelled_ids = {e.id for e in data.labelled_train}
+        if variant == "labels_only":
+            train_examples, labelled_ids = data.labelled_train, None
+            # a fair baseline: as many optimizer steps as the distilled student, over its smaller set
+            epochs = math.ceil(cfg.training.epochs * len(data.train) / len(data.labelled_train))
+            cfg = replace(cfg, training=replace(cfg.training, epochs=epochs))
     torch.manual_seed(seed)  # the new head's initialization depends on the seed
     student = load_label_model(cfg.student, cfg.task, device=pick_device(cfg.training.device))
-    trainer = Trainer(student, train_examples=data.train, val_examples=data.validation,
-                      targets=targets.subset([e.id for e in data.train]) if targets and objective.alpha > 0 else None,
-                      objective=objective, cfg=cfg.training, seed=seed,
+    trainer = Trainer(student, train_examples=train_examples, val_examples=data.validation,
+                      targets=targets.subset([e.id for e in train_examples]) if objective.alpha > 0 else None,
+                      objective=objective, cfg=cfg.training, seed=seed, labelled_ids=labelled_ids,
                       checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}", progress=progress)
     result = trainer.run(resume=resume)
     out = _student_dir(cfg, variant, seed)
     student.save(out)
     atomic_write_json(out.parent / f"{out.name}.training.json", {
-        "variant": variant, "seed": seed, "seconds": result.seconds, "steps": result.state.global_step,
+        "variant": variant, "seed": seed, "teacher_temperature": tau, "seconds": result.seconds, "steps": result.state.global_step,
         "best_step": result.state.best_step, "best_val_macro_f1": result.state.best_metric,
         "stopped_early": result.state.stopped_early, "history": result.state.history})
     return out

@@ -77,6 +77,12 @@ def render_markdown(results: dict[str, Any], config_yaml: str) -> str:
     data = results["data"]
     lines = [f"# Report card: `{results['run']}` ({results['task']})", ""]
     lines += _verdict(results["comparison"]) + [""]
+    num_train, num_labelled = data["totals"]["train"], data.get("labelled_train", data["totals"]["train"])
+    if num_labelled < num_train:
+        lines += [f"Setting: gold labels for **{num_labelled}** of the {num_train} training examples. The labels-only "
+                  f"student trains on those {num_labelled} (for as many optimizer steps as the distilled one); the "
+                  f"distilled student also learns from the other {num_train - num_labelled} texts, labelled by the "
+                  "teacher alone (a transfer set).", ""]
     lines += ["## Teacher vs students (held-out test split, "
               f"{results['test_examples']} examples)", ""]
     lines += _comparison_table(results["comparison"], models) + [""]

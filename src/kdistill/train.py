@@ -103,12 +103,15 @@ class Trainer:
 
     def __init__(self, model: LabelModel, *, train_examples: list["Example"], val_examples: list["Example"],
                  targets: TeacherTargets | None, objective: ObjectiveConfig, cfg: TrainingConfig, seed: int,
-                 checkpoint_dir: str | Path, progress: bool = True) -> None:
+                 checkpoint_dir: str | Path, labelled_ids: set[str] | None = None, progress: bool = True) -> None:
         if objective.alpha > 0 and targets is None:
             raise ValueError("objective.alpha > 0 needs teacher targets")
         self.model, self.train_examples, self.val_examples = model, train_examples, val_examples
         self.targets, self.objective, self.cfg, self.seed = targets, objective, cfg, seed
         self.checkpoint_dir, self.progress = Path(checkpoint_dir), progress
+        self.labelled_ids = labelled_ids  # None: every training example's gold label may be used
+        if labelled_ids is not None and objective.alpha == 0:
+            raise ValueError("examples without gold labels need a teacher (alpha > 0)")
         self.device = pick_device(cfg.device)
         self.label_ids = {label: i for i, label in enumerate(model.labels)}
         self.steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
@@ -129,6 +132,8 @@ class Trainer:
         start = time.perf_counter()
         if resume:
             self._load_latest()
+        else:  # a fresh start: an older run's checkpoints must not be mistaken for ours
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="training", unit="step",
                    disable=not self.progress)
         while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
@@ -155,9 +160,24 @@ class Trainer:
         return TrainResult(self.state, time.perf_counter() - start)
 
     def _epoch_order(self, epoch: int) -> list[int]:
-        # a function of (seed, epoch) only, so a resumed run sees the same order
+        """Example order for one epoch: a function of (seed, epoch) only, so a resumed run sees the same.
+
+        With `group_by_length`, examples of similar length share a batch (less padding, the same
+        examples per epoch): shuffle, sort within windows of 16 batches, then shuffle whole batches.
+        """
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.train_examples), generator=gen).tolist()
+        order = torch.randperm(len(self.train_examples), generator=gen).tolist()
+        if not self.cfg.group_by_length:
+            return order
+        size, window = self.cfg.batch_size, self.cfg.batch_size * 16
+        length = [len(e.text) for e in self.train_examples]
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: length[i], reverse=True)
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        tail = [batches.pop()] if len(batches[-1]) < size else []  # a short batch must stay last
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()] + tail
+        return [i for batch in shuffled for i in batch]
 
     def _step(self, batch: list["Example"]) -> dict[str, float]:
         """One optimizer step over `batch`, split into `grad_accum_steps` micro-batches."""
@@ -169,10 +189,12 @@ class Trainer:
             inputs = {k: v.to(self.device) for k, v in self.model.encode([e.text for e in chunk]).items()}
             labels_b = torch.tensor([self.label_ids[e.label] for e in chunk], device=self.device)
             teacher_bl = self.targets.rows([e.id for e in chunk]).to(self.device) if self.targets else None
+            labelled_b = None if self.labelled_ids is None else \
+                torch.tensor([e.id in self.labelled_ids for e in chunk], device=self.device)
             with _autocast(self.device, self.cfg.mixed_precision):
                 logits_bl = self.model.label_logits(inputs)
             total_b, terms = distillation_loss(logits_bl, labels_b, teacher_bl, alpha=self.objective.alpha,
-                                               temperature=self.objective.kd_temperature)
+                                               temperature=self.objective.kd_temperature, labelled_b=labelled_b)
             # divide by the step's example count, not the micro-batch's: accumulation-invariant
             self.scaler.scale(total_b.sum() / len(batch)).backward()
             for name, value in terms.items():

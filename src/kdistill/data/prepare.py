@@ -31,6 +31,8 @@ class PreparedData:
     validation: list[Example]
     test: list[Example]
     report: dict[str, Any]
+    labelled_train: list[Example] | None = None
+    """The training examples whose gold label training may use (data.num_labelled); None = all."""
 
     def splits(self) -> dict[str, list[Example]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
@@ -50,7 +52,11 @@ def prepare_data(data: DataConfig, task: TaskConfig) -> PreparedData:
     ids = [{example.id for example in split} for split in (train, validation, test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2]), "a text is in two splits"
     prepared = PreparedData(train=train, validation=validation, test=test, report={})
+    if data.num_labelled is not None and data.num_labelled < len(train):
+        # the rest of the training split is a transfer set: text only the teacher labels
+        prepared.labelled_train = stratified_sample(train, data.num_labelled, data.split_seed + 1)
     prepared.report = _build_report(data, task, loaded, prepared, duplicates_removed, conflicts, len(unique))
+    prepared.report["labelled_train"] = len(prepared.labelled_train if prepared.labelled_train is not None else train)
     return prepared
 
 

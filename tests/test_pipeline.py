@@ -1,0 +1,127 @@
+"""The whole pipeline on tiny models, the CLI's error contract, and the saved student's loadability."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kdistill import pipeline
+from kdistill.cli import COMMANDS, build_parser, main
+
+from conftest import tiny_config_dict
+import yaml
+
+
+def test_run_end_to_end_writes_every_field(tiny_config):
+    cfg = tiny_config()
+    run_dir = pipeline.run(cfg, progress=False)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    models = results["models"]
+    assert set(models) == {"teacher", "student_untrained", "student_labels_only", "student_distilled"}
+    for key in ("student_labels_only", "student_distilled"):
+        assert set(models[key]["seeds"]) == {"0", "1"}
+        assert set(models[key]["summary"]["macro_f1"]) == {"mean", "std"}
+    for entry in models.values():
+        metrics = entry.get("metrics") or next(iter(entry["seeds"].values()))
+        for field in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "per_class_recall",
+                      "confusion_matrix", "majority_prediction_share"):
+            assert field in metrics
+        for field in ("parameters", "size_on_disk_bytes", "latency_p50_ms", "latency_p95_ms",
+                      "throughput_examples_per_s"):
+            assert entry["cost"][field] is not None and entry["cost"][field] > 0
+    assert "teacher_agreement" in models["student_distilled"]["seeds"]["0"]
+    rows = {r["model"]: r for r in results["comparison"]}
+    assert rows["teacher"]["retained_pct"] == pytest.approx(100.0)
+    assert rows["student_distilled"]["retained_pct"] == pytest.approx(
+        100 * rows["student_distilled"]["macro_f1"] / rows["teacher"]["macro_f1"])
+    assert set(results["timings"]) == {"elicit_s", "train_s", "eval_s", "total_s"}
+    report = (run_dir / "report.md").read_text()
+    assert "% of teacher" in report and "student, distilled" in report
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "tiny"
+
+    # the exported student loads with plain transformers and agrees with kdistill predict
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import torch
+
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "student")
+    tok = AutoTokenizer.from_pretrained(run_dir / "student")
+    text = "the film was great and fun"
+    with torch.no_grad():
+        plain = model(**tok([text], return_tensors="pt")).logits.argmax(-1).item()
+    assert model.config.id2label[plain] == pipeline.predict(run_dir / "student", [text])[0]["label"]
+
+
+def test_lm_student_runs_end_to_end(tiny_config, tiny_models):
+    cfg = tiny_config(student={"model": str(tiny_models["lm2"])}, evaluation={"seeds": [0], "baselines": False})
+    run_dir = pipeline.run(cfg, progress=False)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(results["models"]) == {"teacher", "student_distilled"}
+    assert json.loads((run_dir / "student" / "kdistill.json").read_text())["kind"] == "causal_lm"
+
+
+def _bad_csv_case(tmp_path, tiny_models, content: bytes):
+    config = tiny_config_dict(tmp_path, tiny_models)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(content)
+    config["data"]["path"] = str(bad)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, tmp_path / "runs"
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"text,label\ngood film,positive\nbad film,postive\n", "bad.csv:3: field 'label'"),
+    (b"text,label\ngood film,positive\n,negative\n", "bad.csv:3"),
+    (b"text,label\ngood film,positive\nbad \xff\xfe film,negative\n", "bad.csv:3"),
+    (b"review,label\ngood film,positive\n", "'text'"),
+])
+def test_bad_input_gives_one_line_error_and_no_output(tmp_path, tiny_models, capsys, content, expected):
+    path, runs = _bad_csv_case(tmp_path, tiny_models, content)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdistill: error:") and expected in err and "\n" not in err
+    assert not runs.exists()
+
+
+def test_unknown_config_key_suggests_the_fix(tmp_path, tiny_models, capsys):
+    config = tiny_config_dict(tmp_path, tiny_models)
+    config["training"]["learning_rat"] = 0.1
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["validate", str(path)]) == 2
+    assert "Did you mean 'learning_rate'?" in capsys.readouterr().err
+
+
+def test_cli_table_and_help_agree():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS) >= {"run", "elicit", "train", "eval", "report", "predict", "validate", "ls"}
+    for name in COMMANDS:
+        out = subprocess.run([sys.executable, "-m", "kdistill.cli", name, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: kdistill" in out.stdout
+
+
+def test_unknown_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--epochs", "3"])
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_transfer_set_hides_labels_and_keeps_the_baseline_fair(tiny_config):
+    cfg = tiny_config(data={"num_labelled": 20}, evaluation={"seeds": [0]},
+                      training={"epochs": 1, "early_stopping_patience": 0})
+    from kdistill.data import prepare_data
+
+    data = prepare_data(cfg.data, cfg.task)
+    assert len(data.labelled_train) == 20 and data.report["labelled_train"] == 20
+    assert {e.label for e in data.labelled_train} == {"negative", "positive"}
+    teacher, _ = pipeline._teacher(cfg, data)
+    labelled_ids = {e.id for e in data.labelled_train}
+    assert all(e.id in labelled_ids or e.text not in teacher.prefix for e in data.train)  # few-shot from labelled only
+    logs = {}
+    for variant in ("labels_only", "distilled"):
+        folder = pipeline.train(cfg, variant=variant, seed=0, progress=False)
+        logs[variant] = json.loads(folder.with_name(folder.name + ".training.json").read_text())
+    # the labels-only student sees only its 20 labelled examples, for as many steps as the distilled one
+    assert logs["labels_only"]["steps"] >= logs["distilled"]["steps"] == -(-len(data.train) // 8)

@@ -1,0 +1,92 @@
+"""The training loop's invariants: accumulation does not change the step; resume is bit-identical."""
+
+import pytest
+import torch
+
+from kdistill.config import ObjectiveConfig, TrainingConfig
+from kdistill.data import prepare_data
+from kdistill.models import load_label_model
+from kdistill.store import TeacherTargets
+from kdistill.train import StopTraining, Trainer
+
+
+def _setup(tiny_config, student_key="encoder", **training):
+    cfg = tiny_config()
+    data = prepare_data(cfg.data, cfg.task)
+    gen = torch.Generator().manual_seed(1)
+    ids = [e.id for e in data.train]
+    targets = TeacherTargets(ids, torch.randn(len(ids), 2, generator=gen).log_softmax(-1))
+    return cfg, data, targets
+
+
+def _trainer(cfg, data, targets, model_path, tmp_path, name, **training):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    student = load_label_model(replace(cfg.student, model=str(model_path)), cfg.task)
+    train_cfg = TrainingConfig(**{"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "checkpoint_every_steps": 4,
+                                  "early_stopping_patience": 0, **training})
+    return student, Trainer(student, train_examples=data.train, val_examples=data.validation, targets=targets,
+                            objective=ObjectiveConfig(alpha=0.5, kd_temperature=2.0), cfg=train_cfg, seed=3,
+                            checkpoint_dir=tmp_path / name, progress=False)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+
+def test_accumulation_1x8_equals_8x1(tiny_config, tiny_models, tmp_path):
+    cfg, data, targets = _setup(tiny_config)
+    data.train = data.train[:8]  # exactly one optimizer step per epoch
+    results = []
+    for accum in (1, 8):
+        student, trainer = _trainer(cfg, data, targets, tiny_models["encoder_nodrop"], tmp_path, f"acc{accum}",
+                                    epochs=1, grad_accum_steps=accum, warmup_ratio=0.0, max_grad_norm=0.0)
+        trainer.run()
+        results.append(_weights(student))
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(results[0][n], _weights(load_label_model(cfg.student, cfg.task))[n])
+               for n in results[0] if "classifier" not in n)  # the step really moved the weights
+
+
+@pytest.mark.parametrize("crash_at", [3, 9])
+def test_kill_and_resume_is_bit_identical(tiny_config, tiny_models, tmp_path, crash_at):
+    cfg, data, targets = _setup(tiny_config)
+    student, trainer = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "straight")
+    straight = trainer.run()
+    reference = _weights(student)
+
+    _, crashing = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "crashed")
+    with pytest.raises(StopTraining):
+        crashing.run(stop_after_steps=crash_at)  # everything in memory is lost with this trainer
+    resumed_student, resumed = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "crashed")
+    result = resumed.run(resume=True)
+
+    assert result.state.global_step == straight.state.global_step
+    assert result.state.history == straight.state.history
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, _weights(resumed_student)[name]), name  # bit-identical, dropout included
+
+
+def test_early_stopping_restores_best_weights(tiny_config, tiny_models, tmp_path):
+    cfg, data, targets = _setup(tiny_config)
+    student, trainer = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "es", epochs=6,
+                                eval_every_steps=3, early_stopping_patience=2, learning_rate=5e-2)
+    result = trainer.run()
+    vals = [h["val_macro_f1"] for h in result.state.history if "val_macro_f1" in h]
+    assert result.state.best_metric == max(vals)
+    from kdistill.train import macro_f1
+
+    assert macro_f1(student, data.validation, batch_size=32) == pytest.approx(result.state.best_metric)
+
+
+def test_causal_lm_student_trains_in_label_space(tiny_config, tiny_models, tmp_path):
+    cfg, data, targets = _setup(tiny_config)
+    student, trainer = _trainer(cfg, data, targets, tiny_models["lm2"], tmp_path, "lm", epochs=3, learning_rate=3e-3)
+    before = _weights(student)
+    result = trainer.run()
+    assert result.state.global_step == 3 * -(-len(data.train) // 8)
+    losses = [h["train_ce"] for h in result.state.history if "train_ce" in h]
+    assert losses[-1] < losses[0]
+    assert any(not torch.equal(before[n], v) for n, v in _weights(student).items())
