@@ -143,11 +143,11 @@ class TeacherConfig(ModelConfig):
     """Divide out the label bias the prompt has on content-free inputs (Zhao et al., 2021)."""
     content_free_inputs: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
     """Inputs whose averaged label distribution is the prompt's bias, when `calibrate` is on."""
-    fit_temperature: bool = True
-    """Rescale the teacher's label log-probabilities by one temperature fitted on the labelled
-    training examples (temperature scaling), so its confidence matches its accuracy. A prompted
-    LLM's label probabilities are often timid (0.55 where it is right 80 % of the time); its
-    argmax never changes."""
+    recalibrate: Literal["none", "temperature", "affine"] = "affine"
+    """Fit the teacher's label probabilities to the labelled training examples: `temperature`
+    (one scalar: confidence that matches accuracy; never changes the argmax) or `affine`
+    (temperature + one offset per label: also removes the prompt's lean towards one label).
+    A prompted LLM is often timid (0.55 where it is right 80 % of the time) and biased."""
 
 
 @dataclass(kw_only=True)
@@ -293,8 +293,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise KdistillError(f"{where}: expected a mapping, found {type(value).__name__} {value!r}.")
         return {str(k): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        try:  # YAML reads 2e-4 (no dot) as a string
+            if not isinstance(value, bool):
+                return float(value)
+        except (TypeError, ValueError):
+            pass
+        raise KdistillError(f"{where}: expected a number, found {type(value).__name__} {value!r}.")
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):

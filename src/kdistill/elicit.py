@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,27 +78,40 @@ def calibrate(logprobs_nl: torch.Tensor, bias_l: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logprobs_nl - bias_l, dim=-1)
 
 
-def fit_temperature(logprobs_nl: torch.Tensor, gold_n: torch.Tensor, steps: int = 100) -> float:
-    """The one temperature that makes the teacher's confidence match its accuracy on labelled data.
+@dataclass
+class Recalibration:
+    """log p' = log_softmax(log p / temperature + bias), fitted on labelled examples."""
 
-    Temperature scaling (Guo et al., 2017): minimize the NLL of the gold labels under
-    softmax(log p / tau). It never changes the teacher's argmax, only how sure it sounds.
+    temperature: float
+    bias: list[float]
+
+    def apply(self, targets: TeacherTargets) -> TeacherTargets:
+        logits_nl = targets.logprobs / self.temperature + torch.tensor(self.bias)
+        return TeacherTargets(targets.ids, F.log_softmax(logits_nl, dim=-1))
+
+
+def fit_recalibration(logprobs_nl: torch.Tensor, gold_n: torch.Tensor, *, with_bias: bool,
+                      steps: int = 200) -> Recalibration:
+    """Minimize the gold labels' NLL under softmax(log p / T + b) (temperature / vector scaling).
+
+    A prompted LLM's label probabilities are often timid and lean towards one label; one
+    temperature (and, with ``with_bias``, one offset per label) fitted on the labelled examples
+    fixes both. The temperature alone never changes the argmax; the bias may, on purpose.
     """
-    log_tau = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_tau], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+    log_t = torch.zeros((), requires_grad=True)
+    bias_l = torch.zeros(logprobs_nl.shape[-1], requires_grad=with_bias)
+    params = [log_t, bias_l] if with_bias else [log_t]
+    optimizer = torch.optim.LBFGS(params, lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(logprobs_nl / log_tau.exp(), gold_n)
+        # the tiny penalty pins the bias's free shift (softmax ignores a constant)
+        loss = F.cross_entropy(logprobs_nl / log_t.exp() + bias_l, gold_n) + 1e-4 * bias_l.square().sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return float(log_tau.detach().exp())
-
-
-def rescale(targets: TeacherTargets, tau: float) -> TeacherTargets:
-    return TeacherTargets(targets.ids, F.log_softmax(targets.logprobs / tau, dim=-1))
+    return Recalibration(float(log_t.detach().exp()), bias_l.detach().tolist())
 
 
 def weights_fingerprint(model_path: str) -> str:

@@ -13,7 +13,7 @@ import math
 import shutil
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from kdistill.config import RunConfig, dump_yaml, load_config
 from kdistill.data import Example, PreparedData, format_report, prepare_data
 from kdistill.elicit import elicit as elicit_targets
-from kdistill.elicit import few_shot_prefix, fit_temperature, rescale, teacher_key
+from kdistill.elicit import few_shot_prefix, fit_recalibration, teacher_key
 from kdistill.errors import KdistillError
 from kdistill.evaluate import label_metrics, measure_cost, predict as predict_logits
 from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
@@ -92,15 +92,21 @@ def elicit(config: ConfigLike = None, *, progress: bool = True, teacher: LabelMo
     return targets
 
 
-def fitted_teacher(cfg: RunConfig, data: PreparedData, targets: TeacherTargets) -> tuple[TeacherTargets, float | None]:
-    """The stored targets, temperature-scaled on the labelled training examples if configured."""
-    if not cfg.teacher.fit_temperature:
+def teacher_targets(cfg: RunConfig, data: PreparedData, *, progress: bool = True,
+                    teacher: LabelModel | None = None) -> tuple[TeacherTargets, dict[str, Any] | None]:
+    """The stored teacher targets, recalibrated on the labelled training examples if configured.
+
+    The store keeps the teacher's own answers; recalibration is cheap and applied on read.
+    """
+    targets = elicit(cfg, progress=progress, teacher=teacher)
+    if cfg.teacher.recalibrate == "none":
         return targets, None
     labelled = data.labelled_train if data.labelled_train is not None else data.train
     gold = torch.tensor([cfg.task.labels.index(e.label) for e in labelled])
-    tau = fit_temperature(targets.rows([e.id for e in labelled]), gold)
-    log.info("teacher temperature fitted on %d labelled examples: %.3f", len(labelled), tau)
-    return rescale(targets, tau), tau
+    fit = fit_recalibration(targets.rows([e.id for e in labelled]), gold, with_bias=cfg.teacher.recalibrate == "affine")
+    log.info("teacher recalibrated on %d labelled examples: temperature %.3f, bias %s",
+             len(labelled), fit.temperature, [round(b, 3) for b in fit.bias])
+    return fit.apply(targets), {"method": cfg.teacher.recalibrate, "examples": len(labelled), **asdict(fit)}
 
 
 def _student_dir(cfg: RunConfig, variant: str, seed: int) -> Path:
@@ -118,9 +124,8 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
     objective = cfg.objective
     if variant == "labels_only":
         objective = replace(objective, alpha=0.0)
-    tau = None
-    if objective.alpha > 0:
-        targets, tau = fitted_teacher(cfg, data, targets if targets is not None else elicit(cfg, progress=progress))
+    if objective.alpha > 0 and targets is None:
+        targets, _ = teacher_targets(cfg, data, progress=progress)
     train_examples, labelled_ids = data.train, None
     if data.labelled_train is not None:  # a transfer set: only the distilled student sees its text
         labelled_ids = {e.id for e in data.labelled_train}
@@ -139,7 +144,7 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
     out = _student_dir(cfg, variant, seed)
     student.save(out)
     atomic_write_json(out.parent / f"{out.name}.training.json", {
-        "variant": variant, "seed": seed, "teacher_temperature": tau, "seconds": result.seconds, "steps": result.state.global_step,
+        "variant": variant, "seed": seed, "seconds": result.seconds, "steps": result.state.global_step,
         "best_step": result.state.best_step, "best_val_macro_f1": result.state.best_metric,
         "stopped_early": result.state.stopped_early, "history": result.state.history})
     return out
@@ -171,13 +176,15 @@ def evaluate(config: ConfigLike = None, *, progress: bool = True, teacher: Label
     data = _data(cfg)
     test = data.test
     gold = [cfg.task.labels.index(e.label) for e in test]
-    targets = elicit(cfg, progress=progress, teacher=teacher)
-    teacher_pred = targets.rows([e.id for e in test]).argmax(-1).tolist()
-    models: dict[str, Any] = {}
     if teacher is None:
         teacher, _ = _teacher(cfg, data)
+    targets, recalibration = teacher_targets(cfg, data, progress=progress, teacher=teacher)
+    teacher_pred = targets.rows([e.id for e in test]).argmax(-1).tolist()
+    models: dict[str, Any] = {}
     models["teacher"] = {"name": cfg.teacher.model, "metrics": label_metrics(gold, teacher_pred, cfg.task.labels),
-                         "cost": _cost(teacher, test, cfg, resolve_model_path(cfg.teacher.model))}
+                         "cost": _cost(teacher, test, cfg, resolve_model_path(cfg.teacher.model)),
+                         "prompt": {"few_shot_per_label": cfg.teacher.few_shot_per_label,
+                                    "content_free_calibration": cfg.teacher.calibrate, "recalibration": recalibration}}
     del teacher
     gc.collect()
     if cfg.evaluation.baselines:
@@ -257,7 +264,7 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
     timings = {}
     t = time.perf_counter()
     teacher, _ = _teacher(cfg, data)
-    targets = elicit(cfg, progress=progress, teacher=teacher)
+    targets, _ = teacher_targets(cfg, data, progress=progress, teacher=teacher)
     timings["elicit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     for seed in cfg.evaluation.seeds:
