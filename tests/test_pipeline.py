@@ -125,3 +125,21 @@ def test_transfer_set_hides_labels_and_keeps_the_baseline_fair(tiny_config):
         logs[variant] = json.loads(folder.with_name(folder.name + ".training.json").read_text())
     # the labels-only student sees only its 20 labelled examples, for as many steps as the distilled one
     assert logs["labels_only"]["steps"] >= logs["distilled"]["steps"] == -(-len(data.train) // 8)
+
+
+def test_a_head_with_other_labels_is_refused(tmp_path, tiny_models, tiny_config):
+    from transformers import AutoModelForSequenceClassification
+
+    from kdistill.errors import KdistillError
+    from kdistill.models import load_label_model
+
+    head = AutoModelForSequenceClassification.from_pretrained(
+        tiny_models["encoder"], num_labels=2, id2label={0: "positive", 1: "negative"},
+        label2id={"positive": 0, "negative": 1})
+    head.save_pretrained(tmp_path / "head")
+    (tmp_path / "head").joinpath("tokenizer.json").write_bytes((tiny_models["encoder"] / "tokenizer.json").read_bytes())
+    cfg = tiny_config()
+    from dataclasses import replace
+
+    with pytest.raises(KdistillError, match="reorder task.labels"):
+        load_label_model(replace(cfg.student, model=str(tmp_path / "head")), cfg.task)

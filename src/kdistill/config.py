@@ -361,7 +361,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """
     from kdistill.tasks import builtin_config_path, load_builtin_task  # tasks imports this module
 
-    path = Path(path) if path is not None else builtin_config_path("default")
+    if path is None:
+        path = builtin_config_path("default")
+    elif not Path(path).exists() and not str(path).endswith((".yaml", ".yml")):
+        path = builtin_config_path(str(path))  # a built-in config by name, e.g. `kdistill run news-topics`
+    path = Path(path)
     data = _read_yaml(path)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)

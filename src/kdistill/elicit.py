@@ -3,6 +3,7 @@
 Task-aligned prompting with optional solved examples (seed knowledge) in the prompt, and optional
 content-free calibration: the label distribution a prompt gives to "N/A" is the prompt's own bias,
 and dividing it out makes a small prompted LLM a usable teacher (see MODELS.md's probe).
+Recalibration on labelled examples (temperature, per-label offset) then fixes what is left.
 """
 
 from __future__ import annotations
@@ -12,34 +13,35 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kdistill.config import TaskConfig, TeacherConfig
-from typing import TYPE_CHECKING
-if TYPE_CHECKING:
-    from kdistill.data import Example
 from kdistill.io import atomic_write_json, sha256_file
 from kdistill.models import LabelModel
 from kdistill.store import TeacherTargets
 
+if TYPE_CHECKING:
+    from kdistill.data import Example
 
-def few_shot_prefix(task: TaskConfig, train: "list[Example]", per_label: int, seed: int,
+
+def few_shot_prefix(task: TaskConfig, train: list[Example], per_label: int, seed: int,
                     max_chars: int = 200) -> str:
-    """Solved training examples, one label after another, shortest-first pool to keep prompts short."""
+    """Solved examples for the prompt: `per_label` of each label, interleaved (a, b, a, b), drawn from
+    texts of at most `max_chars` characters so the prompt stays short."""
     if per_label <= 0:
         return ""
     rng = random.Random(seed)
-    chosen: "list[Example]" = []
+    chosen: list[Example] = []
     for label in task.labels:
         pool = [e for e in train if e.label == label and len(e.text) <= max_chars] or \
                [e for e in train if e.label == label]
         chosen += rng.sample(pool, min(per_label, len(pool)))
-    order = [chosen[i::per_label] for i in range(per_label)]  # interleave: a, b, c, a, b, c
-    shots = [e for group in order for e in group]
+    rounds = [chosen[i::per_label] for i in range(per_label)]  # interleave: a, b, c, a, b, c
+    shots = [e for group in rounds for e in group]
     return "".join(task.few_shot_template.replace("{prompt}", task.prompt_template.replace("{text}", e.text))
                    .replace("{verbalizer}", task.verbalizers[e.label]) for e in shots)
 
@@ -59,7 +61,7 @@ def label_logprobs(model: LabelModel, texts: list[str], *, batch_size: int, desc
     return out
 
 
-def elicit(model: LabelModel, examples: "list[Example]", cfg: TeacherConfig, *, progress: bool = True) -> TeacherTargets:
+def elicit(model: LabelModel, examples: list[Example], cfg: TeacherConfig, *, progress: bool = True) -> TeacherTargets:
     logprobs_nl = label_logprobs(model, [e.text for e in examples], batch_size=cfg.batch_size,
                                  desc="teacher", progress=progress)
     if cfg.calibrate:
@@ -124,7 +126,7 @@ def weights_fingerprint(model_path: str) -> str:
 
 
 def _cached_sha256(path: Path) -> str:
-    """sha256 of a large file, remembered beside it by size and mtime (hashing 1 GB takes seconds)."""
+    """sha256 of a large file, remembered in $KDISTILL_HOME/hashes by path, size and mtime (1 GB takes seconds)."""
     from kdistill.assets import home
 
     stat = path.stat()
@@ -146,7 +148,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps([vocab, type(tokenizer).__name__]).encode()).hexdigest()
 
 
-def teacher_key(cfg: TeacherConfig, model: LabelModel, model_path: str, examples: "list[Example]") -> dict[str, Any]:
+def teacher_key(cfg: TeacherConfig, model: LabelModel, model_path: str, examples: list[Example]) -> dict[str, Any]:
     """Everything that determines the teacher's targets; any change is a store miss."""
     data = json.dumps([(e.id, e.text) for e in examples])
     return {

@@ -286,11 +286,13 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
 
 def _export_best_student(cfg: RunConfig) -> None:
     """runs/<name>/student: the distilled seed with the best validation macro-F1 (chosen on validation)."""
-    best = max((json.loads(p.read_text())["best_val_macro_f1"], p) for p in
-               (cfg.run_dir / "students").glob("distilled-seed*.training.json"))
-    source = best[1].with_name(best[1].name.removesuffix(".training.json"))
+    scores = {}
+    for seed in cfg.evaluation.seeds:
+        folder = _student_dir(cfg, "distilled", seed)
+        scores[folder] = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())["best_val_macro_f1"]
+    best = max(scores, key=scores.get)
     with atomic_dir(cfg.run_dir / "student") as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        shutil.copytree(best, tmp, dirs_exist_ok=True)
 
 
 def predict(model_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:

@@ -54,6 +54,17 @@ def _detect_kind(config) -> str:
     return "encoder"
 
 
+def _check_head_labels(hf_config, labels: list[str], name: str) -> None:
+    """A fine-tuned head must already speak the task's labels in the task's order, or be replaced."""
+    trained = [str(v) for _, v in sorted((getattr(hf_config, "id2label", None) or {}).items())]
+    generic = all(v.startswith("LABEL_") for v in trained)
+    has_head = any("SequenceClassification" in a for a in (hf_config.architectures or []))
+    if has_head and not generic and [v.lower() for v in trained] != [v.lower() for v in labels]:
+        raise KdistillError(
+            f"model {name!r} has a classification head for labels {trained}, but the task's labels are {labels}; "
+            "rename or reorder task.labels to match the head (or start from a model without a head).")
+
+
 def load_label_model(cfg: ModelConfig, task: TaskConfig, *, prefix: str = "",
                      device: torch.device | None = None) -> LabelModel:
     """Load ``cfg.model`` as a teacher or student for ``task``."""
@@ -75,6 +86,7 @@ def load_label_model(cfg: ModelConfig, task: TaskConfig, *, prefix: str = "",
             module, tokenizer, labels=task.labels, verbalizers=[task.verbalizers[label] for label in task.labels],
             prompt_template=task.prompt_template, prefix=prefix, max_length=cfg.max_length, name=cfg.model)
     else:
+        _check_head_labels(hf_config, task.labels, cfg.model)
         module = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=torch.float32, num_labels=len(task.labels),
             id2label=dict(enumerate(task.labels)), label2id={label: i for i, label in enumerate(task.labels)},
@@ -102,6 +114,7 @@ def load_saved(path: str | Path, device: torch.device | None = None) -> LabelMod
                                                prompt_template=meta["prompt_template"], prefix=meta["prefix"],
                                                max_length=meta["max_length"], name=str(path))
     else:
+        _check_head_labels(hf_config, task.labels, cfg.model)
         module = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
         model = EncoderLabelModel(module, tokenizer, labels=meta["labels"], input_template=meta["input_template"],
                                   max_length=meta["max_length"])

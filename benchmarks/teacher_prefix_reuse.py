@@ -1,0 +1,79 @@
+"""Benchmark: teacher elicitation with the few-shot prefix's KV cache reused vs the full prompt.
+
+    python benchmarks/teacher_prefix_reuse.py [--examples 96] [--repeats 3]
+
+Same teacher (the default job's), same examples, same batch size, measured in one process;
+writes benchmarks/results/teacher_prefix_reuse.{json,md} with medians and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from kdistill import pipeline
+from kdistill.config import load_config
+from kdistill.elicit import label_logprobs
+from kdistill.models.base import LabelModel
+
+HERE = Path(__file__).resolve().parent
+
+
+class FullPrompt:
+    """The same teacher without prefix reuse: every batch runs the whole prompt."""
+
+    def __init__(self, teacher):
+        self.teacher, self.labels = teacher, teacher.labels
+
+    def predict_logits(self, texts):
+        return LabelModel.predict_logits(self.teacher, texts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    cfg = load_config(None)
+    data = pipeline._data(cfg)
+    teacher, _ = pipeline._teacher(cfg, data)
+    texts = [e.text for e in data.train[: args.examples]]
+    variants = {"prefix_reuse": teacher, "full_prompt": FullPrompt(teacher)}
+    label_logprobs(teacher, texts[:16], batch_size=16, progress=False)  # warm-up, builds the prefix cache
+    seconds = {name: [] for name in variants}
+    outputs = {}
+    for _ in range(args.repeats):
+        for name, model in variants.items():
+            start = time.perf_counter()
+            outputs[name] = label_logprobs(model, texts, batch_size=cfg.teacher.batch_size, progress=False)
+            seconds[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(s) for name, s in seconds.items()}
+    result = {
+        "teacher": cfg.teacher.model, "few_shot_per_label": cfg.teacher.few_shot_per_label,
+        "prefix_chars": len(teacher.prefix), "examples": len(texts), "batch_size": cfg.teacher.batch_size,
+        "threads": torch.get_num_threads(), "seconds": seconds, "median_s": medians,
+        "examples_per_s": {name: len(texts) / m for name, m in medians.items()},
+        "speedup": medians["full_prompt"] / medians["prefix_reuse"],
+        "max_abs_logprob_diff": float((outputs["prefix_reuse"] - outputs["full_prompt"]).abs().max()),
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "teacher_prefix_reuse.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = ["# Teacher elicitation: few-shot prefix KV reuse vs full prompt", "",
+          f"{result['teacher']}, {result['few_shot_per_label']} shots per label ({result['prefix_chars']} characters "
+          f"of prefix), {len(texts)} examples, batch {result['batch_size']}, {result['threads']} threads, "
+          f"median of {args.repeats}.", "",
+          "| variant | median s | examples/s |", "|---|---|---|"]
+    md += [f"| {name} | {medians[name]:.2f} | {result['examples_per_s'][name]:.1f} |" for name in variants]
+    md += ["", f"Speed-up: **{result['speedup']:.2f}×**; largest difference in label log-probabilities "
+               f"{result['max_abs_logprob_diff']:.1e}."]
+    (HERE / "results" / "teacher_prefix_reuse.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
