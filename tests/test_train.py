@@ -90,3 +90,48 @@ def test_causal_lm_student_trains_in_label_space(tiny_config, tiny_models, tmp_p
     losses = [h["train_ce"] for h in result.state.history if "train_ce" in h]
     assert losses[-1] < losses[0]
     assert any(not torch.equal(before[n], v) for n, v in _weights(student).items())
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_models):
+    """A real `kill -9` of `kdistill train` mid-run, then `--resume`, against an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from conftest import tiny_config_dict
+
+    def config(name):
+        data = tiny_config_dict(tmp_path, tiny_models, training={"epochs": 4, "checkpoint_every_steps": 2,
+                                                                 "early_stopping_patience": 0})
+        data["output_dir"] = str(tmp_path / name)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def train(path, *extra):
+        return [sys.executable, "-m", "kdistill.cli", "train", str(path), "--variant", "labels_only", *extra]
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    subprocess.run(train(config("straight")), check=True, capture_output=True, env=env)
+    killed_cfg = config("killed")
+    proc = subprocess.Popen(train(killed_cfg), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    checkpoints = tmp_path / "killed" / "tiny" / "checkpoints" / "labels_only-seed0"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(checkpoints.glob("step-*"))) == 0:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere between checkpoints
+    assert proc.poll() is None, "training finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "tiny" / "students" / "labels_only-seed0").exists()
+    subprocess.run(train(killed_cfg, "--resume"), check=True, capture_output=True, env=env)
+    straight = load_file(tmp_path / "straight" / "tiny" / "students" / "labels_only-seed0" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "tiny" / "students" / "labels_only-seed0" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
