@@ -114,7 +114,6 @@ def load_saved(path: str | Path, device: torch.device | None = None) -> LabelMod
                                                prompt_template=meta["prompt_template"], prefix=meta["prefix"],
                                                max_length=meta["max_length"], name=str(path))
     else:
-        _check_head_labels(hf_config, task.labels, cfg.model)
         module = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
         model = EncoderLabelModel(module, tokenizer, labels=meta["labels"], input_template=meta["input_template"],
                                   max_length=meta["max_length"])
