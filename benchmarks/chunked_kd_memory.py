@@ -21,6 +21,7 @@ import functools
 import json
 import resource
 import statistics
+import os
 import subprocess
 import sys
 import time
@@ -97,7 +98,9 @@ def _markdown(result: dict) -> str:
           f"{a['repeats']}, {naive['threads']} threads.", "",
           "Memory is the rise in the process's peak resident set size (ru_maxrss) from after the inputs were "
           "built to after the last backward, each variant in a fresh subprocess; RSS sees every page torch "
-          "touched, and allocator slack can only inflate it. *Above inputs* includes the gradients w.r.t. "
+          "touched, and allocator slack can only inflate it (glibc's mmap threshold is fixed at 64 KiB with "
+          "MALLOC_MMAP_THRESHOLD_, else its heap fragments and RSS grows with the number of chunks, though "
+          "no tensor is kept). *Above inputs* includes the gradients w.r.t. "
           "hidden (N, H) and lm_head (V, H), which any implementation returns (the lm_head one alone is "
           f"{a['vocab'] * a['hidden'] * 4 / 2**20:,.1f} MB); *working* excludes them and is what chunking "
           "controls: about six live (chunk x V) fp32 tensors, independent of the number of tokens.", "",
@@ -143,8 +146,12 @@ def main() -> None:
         return
     rows = {}
     for variant in ["naive"] + [f"chunked:{c}" for c in args.chunk_tokens]:
+        # glibc raises its mmap threshold after freeing a large block, then serves equal-sized blocks
+        # from a heap that fragments: RSS then grows with the number of chunks though no tensor is
+        # kept. A fixed threshold returns freed blocks to the OS, so RSS tracks live tensors.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", variant],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, env=env)
         if child.returncode != 0:
             sys.exit(f"{variant} failed (exit {child.returncode}; -9 is usually out of memory):\n{child.stderr}")
         rows[variant] = json.loads(child.stdout.splitlines()[-1])
