@@ -56,3 +56,4 @@ def test_unlabelled_examples_are_taught_by_the_teacher_alone():
     full, _ = distillation_loss(student, labels, teacher, alpha=0.3, temperature=2.0)
     torch.testing.assert_close(total[labelled], full[labelled])
     torch.testing.assert_close(total[~labelled], terms["kd"][~labelled])
+

@@ -42,9 +42,25 @@ def label_metrics(gold: list[int], pred: list[int], labels: list[str],
         "majority_prediction_share": max(counts) / max(len(pred), 1),
         "majority_prediction_label": labels[counts.index(max(counts))],
     }
+    metrics["collapse_warning"] = collapse_warning(metrics, gold, labels)
     if reference_pred is not None:
         metrics["teacher_agreement"] = sum(a == b for a, b in zip(pred, reference_pred)) / max(len(pred), 1)
     return metrics
+
+
+def collapse_warning(metrics: dict[str, Any], gold: list[int], labels: list[str],
+                     excess_share: float = 0.2) -> str | None:
+    """The seeds' "shortcutting": a model that sends far more answers to one class than the data
+    holds, or never predicts a class at all. None when neither happens."""
+    top = metrics["majority_prediction_label"]
+    gold_share = gold.count(labels.index(top)) / max(len(gold), 1)
+    never = [label for label, recall in metrics["per_class_recall"].items() if recall == 0]
+    if metrics["majority_prediction_share"] - gold_share > excess_share:
+        return (f"collapse: {100 * metrics['majority_prediction_share']:.0f} % of predictions are {top!r}, "
+                f"which is {100 * gold_share:.0f} % of the test labels")
+    if never:
+        return f"collapse: no example of {never} is ever recognized (recall 0)"
+    return None
 
 
 def size_on_disk(path: str | Path | None) -> int | None:

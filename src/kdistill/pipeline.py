@@ -154,7 +154,10 @@ def _metrics_for(model: LabelModel, examples: list[Example], cfg: RunConfig, tea
                  progress: bool, desc: str) -> dict[str, Any]:
     logits = predict_logits(model, examples, batch_size=cfg.student.batch_size, desc=desc, progress=progress)
     gold = [cfg.task.labels.index(e.label) for e in examples]
-    return label_metrics(gold, logits.argmax(-1).tolist(), cfg.task.labels, teacher_pred)
+    metrics = label_metrics(gold, logits.argmax(-1).tolist(), cfg.task.labels, teacher_pred)
+    if metrics["collapse_warning"]:
+        log.warning("%s: %s", desc, metrics["collapse_warning"])
+    return metrics
 
 
 def _cost(model: LabelModel, examples: list[Example], cfg: RunConfig, model_dir: str | Path | None) -> dict[str, Any]:

@@ -42,6 +42,8 @@ def _model_metrics(key: str, entry: dict[str, Any], labels: list[str]) -> list[s
                  f"{100 * metrics['majority_prediction_share']:.1f} % of predictions"
                  + (f" · agreement with the teacher {100 * metrics['teacher_agreement']:.1f} %"
                     if "teacher_agreement" in metrics else ""))
+    if metrics.get("collapse_warning"):
+        lines += ["", f"⚠ {metrics['collapse_warning']}"]
     lines += ["", "| gold \\ predicted | " + " | ".join(labels) + " | recall |",
               "|---" * (len(labels) + 2) + "|"]
     for label, row in zip(labels, metrics["confusion_matrix"]):
