@@ -11,3 +11,27 @@ def test_collapse_is_flagged_and_a_healthy_model_is_not():
     never = label_metrics(gold, [0] * 45 + [1] * 45 + [0] * 10, labels)
     assert "['positive']" in never["collapse_warning"]
     assert label_metrics(gold, gold, labels)["collapse_warning"] is None
+
+
+def test_recalibration_recovers_a_timid_biased_teacher():
+    """A teacher whose log-probs were squashed 5x and shifted towards label 1 is fitted back."""
+    import torch
+    import torch.nn.functional as F
+
+    from kdistill.elicit import fit_recalibration
+    from kdistill.store import TeacherTargets
+
+    gen = torch.Generator().manual_seed(0)
+    gold = torch.randint(0, 2, (400,), generator=gen)
+    sharp = torch.randn(400, 2, generator=gen) + 3.0 * F.one_hot(gold, 2)  # a confident, mostly right teacher
+    timid = F.log_softmax(sharp / 5.0 + torch.tensor([0.0, 0.4]), dim=-1)
+    temp_only = fit_recalibration(timid, gold, with_bias=False)
+    assert temp_only.temperature < 0.5  # sharpened back
+    assert temp_only.bias == [0.0, 0.0]
+    fixed = temp_only.apply(TeacherTargets([str(i) for i in range(400)], timid)).logprobs
+    assert torch.equal(fixed.argmax(-1), timid.argmax(-1))  # a temperature never changes the answer
+    assert F.nll_loss(fixed, gold) < F.nll_loss(timid, gold) - 0.1
+    affine = fit_recalibration(timid, gold, with_bias=True)
+    assert affine.bias[1] - affine.bias[0] < -0.5  # the lean towards label 1 is removed
+    rebalanced = affine.apply(TeacherTargets([str(i) for i in range(400)], timid)).logprobs.argmax(-1)
+    assert (rebalanced == gold).float().mean() >= (timid.argmax(-1) == gold).float().mean()

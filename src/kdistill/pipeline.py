@@ -64,8 +64,7 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
 
 
 def _teacher(cfg: RunConfig, data: PreparedData) -> tuple[LabelModel, str]:
-    labelled = data.labelled_train if data.labelled_train is not None else data.train
-    prefix = few_shot_prefix(cfg.task, labelled, cfg.teacher.few_shot_per_label, cfg.data.split_seed)
+    prefix = few_shot_prefix(cfg.task, data.labelled, cfg.teacher.few_shot_per_label, cfg.data.split_seed)
     path = resolve_model_path(cfg.teacher.model)
     return load_label_model(cfg.teacher, cfg.task, prefix=prefix, device=pick_device(cfg.training.device)), path
 
@@ -101,7 +100,7 @@ def teacher_targets(cfg: RunConfig, data: PreparedData, *, progress: bool = True
     targets = elicit(cfg, progress=progress, teacher=teacher)
     if cfg.teacher.recalibrate == "none":
         return targets, None
-    labelled = data.labelled_train if data.labelled_train is not None else data.train
+    labelled = data.labelled
     gold = torch.tensor([cfg.task.labels.index(e.label) for e in labelled])
     fit = fit_recalibration(targets.rows([e.id for e in labelled]), gold, with_bias=cfg.teacher.recalibrate == "affine")
     log.info("teacher recalibrated on %d labelled examples: temperature %.3f, bias %s",

@@ -34,6 +34,11 @@ class PreparedData:
     labelled_train: list[Example] | None = None
     """The training examples whose gold label training may use (data.num_labelled); None = all."""
 
+    @property
+    def labelled(self) -> list[Example]:
+        """The training examples whose gold labels may be used (all of them without data.num_labelled)."""
+        return self.labelled_train if self.labelled_train is not None else self.train
+
     def splits(self) -> dict[str, list[Example]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
@@ -56,7 +61,7 @@ def prepare_data(data: DataConfig, task: TaskConfig) -> PreparedData:
         # the rest of the training split is a transfer set: text only the teacher labels
         prepared.labelled_train = stratified_sample(train, data.num_labelled, data.split_seed + 1)
     prepared.report = _build_report(data, task, loaded, prepared, duplicates_removed, conflicts, len(unique))
-    prepared.report["labelled_train"] = len(prepared.labelled_train if prepared.labelled_train is not None else train)
+    prepared.report["labelled_train"] = len(prepared.labelled)
     return prepared
 
 
