@@ -101,7 +101,7 @@ def tiny_config_dict(tmp_path: Path, models: dict[str, Path], **sections) -> dic
         "data": {"source": "csv", "path": str(data_path), "test_fraction": 0.25, "validation_fraction": 0.125},
         "teacher": {"model": str(models["lm"]), "few_shot_per_label": 1, "calibrate": True, "batch_size": 8},
         "student": {"model": str(models["encoder"]), "max_length": 32},
-        "objective": {"alpha": 0.5, "kd_temperature": 2.0},
+        "objective": {"ce": {"weight": 0.5}, "kd": {"weight": 0.5, "temperature": 2.0}},
         "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "checkpoint_every_steps": 5},
         "evaluation": {"seeds": [0, 1], "latency_examples": 3, "throughput_batch_size": 4, "throughput_batches": 1,
                        "warmup_batches": 1},

@@ -22,7 +22,10 @@ def test_round_trip(tmp_path, tiny_models):
 
 @pytest.mark.parametrize("section,field,value,message", [
     ("training", "batchsize", 8, "Did you mean 'batch_size'?"),
-    ("objective", "alpha", 1.5, "objective.alpha must be in [0, 1]"),
+    ("objective", "alpha", 0.5, "write `ce: {weight: 1 - alpha}` and `kd: {weight: alpha}`"),
+    ("objective", "kd", {"temperature": 0}, "objective.kd.temperature must be > 0"),
+    ("objective", "kd", {"divergence": "forward_lk"}, "Did you mean 'forward_kl'?"),
+    ("objective", "hidden", {"layers": 3}, "objective.hidden.layers"),
     ("training", "grad_accum_steps", 3, "must be divisible"),
     ("training", "mixed_precision", "bf61", "Did you mean 'bf16'?"),
     ("training", "epochs", "three", "expected int"),

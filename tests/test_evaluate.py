@@ -28,10 +28,10 @@ def test_recalibration_recovers_a_timid_biased_teacher():
     temp_only = fit_recalibration(timid, gold, with_bias=False)
     assert temp_only.temperature < 0.5  # sharpened back
     assert temp_only.bias == [0.0, 0.0]
-    fixed = temp_only.apply(TeacherTargets([str(i) for i in range(400)], timid)).logprobs
+    fixed = temp_only.apply(TeacherTargets([str(i) for i in range(400)], timid)).values
     assert torch.equal(fixed.argmax(-1), timid.argmax(-1))  # a temperature never changes the answer
     assert F.nll_loss(fixed, gold) < F.nll_loss(timid, gold) - 0.1
     affine = fit_recalibration(timid, gold, with_bias=True)
     assert affine.bias[1] - affine.bias[0] < -0.5  # the lean towards label 1 is removed
-    rebalanced = affine.apply(TeacherTargets([str(i) for i in range(400)], timid)).logprobs.argmax(-1)
+    rebalanced = affine.apply(TeacherTargets([str(i) for i in range(400)], timid)).values.argmax(-1)
     assert (rebalanced == gold).float().mean() >= (timid.argmax(-1) == gold).float().mean()

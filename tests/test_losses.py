@@ -1,59 +1,152 @@
-"""Loss identities: our KL is torch's KL, alpha = 0 is plain CE, no NaN at the extremes."""
+"""Label-space terms and the objective that weighs them: identities, masking, the balance surrogate."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses import cross_entropy, distillation_loss, kl_divergence
+from kdistill.config import BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveConfig
+from kdistill.errors import KdistillError
+from kdistill.losses import balance_surrogate, balance_value, cross_entropy, hidden_alignment, soft_label_loss
+from kdistill.models.base import pool_states
+from kdistill.objective import Objective, StepTargets, layer_pairs, schedule_factor
 
 
-def test_kl_equals_torch_kl_div():
-    gen = torch.Generator().manual_seed(0)
-    student = torch.randn(16, 5, generator=gen, dtype=torch.float64)
-    teacher = torch.randn(16, 5, generator=gen, dtype=torch.float64)
+def _batch(n=10, labels=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    student = torch.randn(n, labels, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(n, labels, generator=gen, dtype=torch.float64).log_softmax(-1)
+    return student, torch.randint(0, labels, (n,), generator=gen), teacher
+
+
+def test_soft_label_loss_is_t_squared_torch_kl():
+    student, _, teacher = _batch()
     for temperature in (1.0, 2.0, 4.5):
-        ours = kl_divergence(student, F.log_softmax(teacher, -1), temperature=temperature)
+        ours = soft_label_loss(student, teacher, temperature=temperature)
         ref = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
                        log_target=True, reduction="none").sum(-1)
-        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
-        fp32 = kl_divergence(student.float(), F.log_softmax(teacher, -1).float(), temperature=temperature)
-        torch.testing.assert_close(fp32, ref.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours, temperature**2 * ref, rtol=1e-6, atol=0)
 
 
-def test_kl_is_zero_for_identical_and_positive_otherwise():
-    logits = torch.randn(8, 3)
-    assert kl_divergence(logits, F.log_softmax(logits, -1)).abs().max() < 1e-6
-    assert (kl_divergence(logits, F.log_softmax(torch.randn(8, 3), -1)) >= 0).all()
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"])
+def test_every_divergence_is_a_soft_label_loss(kind):
+    student, _, teacher = _batch()
+    values = soft_label_loss(student, teacher, kind=kind, temperature=2.0)
+    assert values.shape == (10,) and (values >= 0).all()
+    assert soft_label_loss(teacher, teacher, kind=kind, temperature=2.0).abs().max() < 1e-6
 
 
-def test_alpha_zero_is_plain_cross_entropy():
-    student, labels = torch.randn(10, 4), torch.randint(0, 4, (10,))
-    total, terms = distillation_loss(student, labels, torch.randn(10, 4).log_softmax(-1), alpha=0.0, temperature=3.0)
+def test_ce_only_objective_is_plain_cross_entropy():
+    student, labels, teacher = _batch()
+    objective = Objective(ObjectiveConfig(ce=CETerm(weight=1.0), kd=KDTerm(weight=0.0)))
+    total, terms = objective(student, StepTargets(labels_b=labels))
     torch.testing.assert_close(total, F.cross_entropy(student, labels, reduction="none"))
     assert set(terms) == {"ce"}
 
 
-def test_mixture_weights_and_temperature_squared():
-    student, labels = torch.randn(6, 3), torch.randint(0, 3, (6,))
-    teacher = torch.randn(6, 3).log_softmax(-1)
-    total, _ = distillation_loss(student, labels, teacher, alpha=0.25, temperature=2.0)
-    expected = 0.75 * cross_entropy(student, labels) + 0.25 * 4.0 * kl_divergence(student, teacher, temperature=2.0)
+def test_weighted_sum_of_ce_and_kd():
+    student, labels, teacher = _batch()
+    objective = Objective(ObjectiveConfig(ce=CETerm(weight=0.75), kd=KDTerm(weight=0.25, temperature=2.0)))
+    total, _ = objective(student, StepTargets(labels_b=labels, teacher_logprobs_bl=teacher))
+    expected = 0.75 * cross_entropy(student, labels) + 0.25 * soft_label_loss(student, teacher, temperature=2.0)
     torch.testing.assert_close(total, expected)
+
+
+def test_unlabelled_examples_are_taught_by_the_teacher_alone():
+    student, labels, teacher = _batch(4, 3)
+    objective = Objective(ObjectiveConfig(ce=CETerm(weight=0.7), kd=KDTerm(weight=0.3)))
+    labelled = torch.tensor([True, False, True, False])
+    total, terms = objective(student, StepTargets(labels_b=labels, teacher_logprobs_bl=teacher, labelled_b=labelled))
+    full, _ = objective(student, StepTargets(labels_b=labels, teacher_logprobs_bl=teacher))
+    torch.testing.assert_close(total[labelled], full[labelled])
+    torch.testing.assert_close(total[~labelled], terms["kd"][~labelled])  # CE's weight moved to KD: 0.7 + 0.3
+
+
+@pytest.mark.parametrize("schedule,expected", [("constant", [1, 1, 1]), ("linear_warmup", [0, 0.5, 1]),
+                                               ("linear_decay", [1, 0.5, 0]), ("cosine_decay", [1, 0.5, 0])])
+def test_kd_schedules(schedule, expected):
+    assert [schedule_factor(schedule, p) for p in (0.0, 0.5, 1.0)] == pytest.approx(expected, abs=1e-12)
 
 
 def test_no_nan_for_extreme_logits_and_zero_probability_targets():
     student = torch.tensor([[1e4, -1e4, 0.0]], requires_grad=True)
     teacher = torch.tensor([[0.0, float("-inf"), float("-inf")]])  # all mass on label 0
-    loss = kl_divergence(student, teacher, temperature=1.0)
-    loss.sum().backward()
-    assert torch.isfinite(loss).all() and torch.isfinite(student.grad).all()
+    objective = Objective(ObjectiveConfig(balance=BalanceTerm(weight=1.0)))
+    targets = StepTargets(labels_b=torch.tensor([0]), teacher_logprobs_bl=teacher,
+                          balance_mean_probs_l=torch.softmax(student.detach(), -1).mean(0),
+                          balance_target_l=torch.tensor([0.5, 0.3, 0.2]))
+    total, terms = objective(student, targets)
+    total.sum().backward()
+    assert all(torch.isfinite(v).all() for v in terms.values())
+    assert torch.isfinite(student.grad).all()
 
 
-def test_unlabelled_examples_are_taught_by_the_teacher_alone():
-    student, labels = torch.randn(4, 3), torch.randint(0, 3, (4,))
-    teacher = torch.randn(4, 3).log_softmax(-1)
-    labelled = torch.tensor([True, False, True, False])
-    total, terms = distillation_loss(student, labels, teacher, alpha=0.3, temperature=2.0, labelled_b=labelled)
-    full, _ = distillation_loss(student, labels, teacher, alpha=0.3, temperature=2.0)
-    torch.testing.assert_close(total[labelled], full[labelled])
-    torch.testing.assert_close(total[~labelled], terms["kd"][~labelled])
+def test_balance_surrogate_has_the_full_batch_gradient_however_split():
+    """The step's balance is KL(target || mean_i softmax(z_i)); split into micro-batches, the surrogates'
+    gradients, summed and divided by the step's size, must equal autograd on the whole batch."""
+    student, _, _ = _batch(12, 3)
+    target = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    z = student.clone().requires_grad_(True)
+    balance_value(torch.softmax(z, -1).mean(0), target).backward()
+    mean = torch.softmax(student, -1).mean(0)
+    for split in (1, 3, 12):
+        w = student.clone().requires_grad_(True)
+        for part in w.split(12 // split):
+            (balance_surrogate(part, mean, target).sum() / 12).backward()
+        torch.testing.assert_close(w.grad, z.grad, rtol=1e-10, atol=1e-12)
 
+
+def test_balance_pushes_a_collapsed_student_towards_the_minority_label():
+    z = torch.tensor([[3.0, 1.0, -2.0]] * 8, requires_grad=True)  # everything on label 0
+    target = torch.tensor([0.42, 0.39, 0.19])
+    balance_surrogate(z, torch.softmax(z.detach(), -1).mean(0), target).mean().backward()
+    assert (z.grad[:, 2] < 0).all() and (z.grad[:, 0] > 0).all()  # descent raises label 2, lowers label 0
+    assert balance_value(torch.softmax(z.detach(), -1).mean(0), target) > balance_value(target, target) + 0.5
+
+
+def test_hidden_alignment_identities():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 2, 16, generator=gen), torch.randn(5, 2, 16, generator=gen)
+    for loss in ("mse", "cosine"):
+        assert hidden_alignment(a, a, loss=loss).abs().max() < 1e-5
+        assert (hidden_alignment(a, b, loss=loss) > 0).all()
+    # normalized: the teacher's scale does not matter
+    torch.testing.assert_close(hidden_alignment(a, 300 * b), hidden_alignment(a, b), rtol=1e-4, atol=1e-5)  # up to eps
+    unnormalized = hidden_alignment(a, b, normalize=False)
+    torch.testing.assert_close(unnormalized, (a - b).square().mean(-1).mean(-1))
+
+
+def test_hidden_term_trains_its_projection():
+    cfg = ObjectiveConfig(hidden=HiddenTerm(weight=1.0))
+    objective = Objective(cfg, pairs=[(1, 2), (2, 4)], student_width=8, teacher_width=12)
+    student_hidden = torch.randn(4, 2, 8, requires_grad=True)
+    targets = StepTargets(labels_b=torch.tensor([0, 1, 0, 1]), teacher_logprobs_bl=torch.randn(4, 2).log_softmax(-1),
+                          teacher_hidden_bnd=torch.randn(4, 2, 12))
+    total, terms = objective(torch.randn(4, 2), targets, student_hidden_bnd=student_hidden)
+    total.sum().backward()
+    assert "hidden" in terms and all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters())
+    assert student_hidden.grad.abs().sum() > 0
+
+
+def test_layer_maps():
+    assert layer_pairs("uniform", 6, 18) == [(1, 3), (2, 6), (3, 9), (4, 12), (5, 15), (6, 18)]
+    assert layer_pairs("last-2", 6, 18) == [(5, 17), (6, 18)]
+    assert layer_pairs("every-2", 6, 12) == [(s, 2 * s) for s in range(1, 7)]
+    assert layer_pairs("every-4", 6, 18) == [(1, 4), (2, 8), (3, 12), (4, 16)]
+    assert layer_pairs([[0, 0], [6, 18]], 6, 18) == [(0, 0), (6, 18)]
+    with pytest.raises(KdistillError, match=r"out of range.*0\.\.6.*0\.\.18"):
+        layer_pairs([[7, 1]], 6, 18)
+    with pytest.raises(KdistillError, match="not a layer map"):
+        HiddenTerm(layers="middle")
+
+
+def test_pool_states_left_and_right_padding():
+    states = tuple(torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3) + 100 * i for i in range(3))
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    last = pool_states(states, right, [0, 2], "last")  # (B, n, D)
+    assert last.shape == (2, 2, 3)
+    torch.testing.assert_close(last[0, 0], states[0][0, 2])
+    torch.testing.assert_close(last[1, 1], states[2][1, 3])
+    torch.testing.assert_close(pool_states(states, left, [1], "last")[0, 0], states[1][0, 3])
+    torch.testing.assert_close(pool_states(states, left, [1], "cls")[0, 0], states[1][0, 1])
+    torch.testing.assert_close(pool_states(states, right, [0], "mean")[0, 0], states[0][0, :3].mean(0))

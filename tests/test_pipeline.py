@@ -143,3 +143,35 @@ def test_a_head_with_other_labels_is_refused(tmp_path, tiny_models, tiny_config)
 
     with pytest.raises(KdistillError, match="reorder task.labels"):
         load_label_model(replace(cfg.student, model=str(tmp_path / "head")), cfg.task)
+
+
+def test_hidden_and_balance_terms_run_through_the_pipeline(tiny_config):
+    """Teacher hidden states are elicited once and stored; the projections are saved with the run,
+    never inside the exported student."""
+    cfg = tiny_config(objective={"hidden": {"weight": 0.5, "layers": "last-1"}, "balance": {"weight": 0.2}},
+                      evaluation={"seeds": [0], "baselines": False})
+    folder = pipeline.train(cfg, variant="distilled", seed=0, progress=False)
+    training = json.loads((folder.parent / f"{folder.name}.training.json").read_text())
+    assert training["layer_pairs"] == [[2, 2]]
+    assert any("train_hidden" in h and "train_balance" in h for h in training["history"])
+    from safetensors.torch import load_file
+
+    projection = load_file(folder.parent / f"{folder.name}.objective.safetensors")
+    assert set(projection) == {"projections.0.weight", "projections.0.bias"}
+    assert not any("projection" in k for k in load_file(folder / "model.safetensors"))
+    stored = list((cfg.run_dir / "teacher_cache").glob("*/manifest.json"))
+    kinds = sorted(json.loads(p.read_text())["fields"]["kind"] for p in stored)
+    assert kinds == ["label_logprobs", "pooled_hidden"]
+    pipeline.train(cfg, variant="distilled", seed=0, progress=False)  # again: both come from the store
+    assert len(list((cfg.run_dir / "teacher_cache").glob("*/manifest.json"))) == 2
+
+
+def test_ls_losses_lists_every_term_with_parameters():
+    from kdistill.ls import listing
+
+    text = listing("losses")
+    for term in ("ce", "kd", "hidden", "balance"):
+        assert f"\n  {term} " in text
+    for parameter in ("divergence='forward_kl'", "temperature=2.0", "layers='uniform'", "target='prior'",
+                      "kd.divergence: jsd", "schedule='constant'"):
+        assert parameter in text

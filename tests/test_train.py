@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from kdistill.config import ObjectiveConfig, TrainingConfig
+from kdistill.config import BalanceTerm, HiddenTerm, KDTerm, ObjectiveConfig, TrainingConfig
+from kdistill.objective import Objective, layer_pairs
 from kdistill.data import prepare_data
 from kdistill.models import load_label_model
 from kdistill.store import TeacherTargets
@@ -19,49 +20,71 @@ def _setup(tiny_config, student_key="encoder", **training):
     return cfg, data, targets
 
 
-def _trainer(cfg, data, targets, model_path, tmp_path, name, **training):
+def _trainer(cfg, data, targets, model_path, tmp_path, name, objective_cfg=None, **training):
     from dataclasses import replace
 
     torch.manual_seed(0)
     student = load_label_model(replace(cfg.student, model=str(model_path)), cfg.task)
     train_cfg = TrainingConfig(**{"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "checkpoint_every_steps": 4,
                                   "early_stopping_patience": 0, **training})
+    objective_cfg = objective_cfg or ObjectiveConfig()
+    pairs, hidden = None, None
+    if objective_cfg.hidden.weight > 0:  # a made-up 3-layer teacher of width 12
+        pairs = layer_pairs(objective_cfg.hidden.layers, student.num_layers, 3)
+        gen = torch.Generator().manual_seed(2)
+        hidden = TeacherTargets(targets.ids, torch.randn(len(targets.ids), len(pairs), 12, generator=gen))
+    objective = Objective(objective_cfg, pairs=pairs, student_width=student.hidden_size, teacher_width=12)
     return student, Trainer(student, train_examples=data.train, val_examples=data.validation, targets=targets,
-                            objective=ObjectiveConfig(alpha=0.5, kd_temperature=2.0), cfg=train_cfg, seed=3,
-                            checkpoint_dir=tmp_path / name, progress=False)
+                            teacher_hidden=hidden, label_prior=torch.tensor([0.7, 0.3]), objective=objective,
+                            cfg=train_cfg, seed=3, checkpoint_dir=tmp_path / name, progress=False)
+
+
+ALL_TERMS = ObjectiveConfig(hidden=HiddenTerm(weight=0.5), balance=BalanceTerm(weight=0.3),
+                            kd=KDTerm(weight=0.5, divergence="jsd", schedule="linear_decay"))
 
 
 def _weights(model):
     return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
 
 
-def test_accumulation_1x8_equals_8x1(tiny_config, tiny_models, tmp_path):
+@pytest.mark.parametrize("objective_cfg", [None, ALL_TERMS], ids=["ce+kd", "every-term"])
+def test_accumulation_1x8_equals_8x1(tiny_config, tiny_models, tmp_path, objective_cfg):
     cfg, data, targets = _setup(tiny_config)
     data.train = data.train[:8]  # exactly one optimizer step per epoch
-    results = []
-    for accum in (1, 8):
+    results, projections = [], []
+    for accum in (1, 2, 8):
         student, trainer = _trainer(cfg, data, targets, tiny_models["encoder_nodrop"], tmp_path, f"acc{accum}",
-                                    epochs=1, grad_accum_steps=accum, warmup_ratio=0.0, max_grad_norm=0.0)
+                                    objective_cfg, epochs=1, grad_accum_steps=accum, warmup_ratio=0.0,
+                                    max_grad_norm=0.0)
         trainer.run()
         results.append(_weights(student))
+        projections.append({k: v.clone() for k, v in trainer.objective.state_dict().items()})
+    for other, other_projection in zip(results[1:], projections[1:]):
+        for name in results[0]:
+            torch.testing.assert_close(other[name], results[0][name], rtol=1e-5, atol=1e-6, msg=name)
+        for name in projections[0]:
+            torch.testing.assert_close(other_projection[name], projections[0][name], rtol=1e-5, atol=1e-6, msg=name)
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(results[0][n], _weights(load_label_model(cfg.student, cfg.task))[n])
                for n in results[0] if "classifier" not in n)  # the step really moved the weights
 
 
-@pytest.mark.parametrize("crash_at", [3, 9])
-def test_kill_and_resume_is_bit_identical(tiny_config, tiny_models, tmp_path, crash_at):
+@pytest.mark.parametrize("crash_at,objective_cfg", [(3, None), (9, None), (5, ALL_TERMS)])
+def test_kill_and_resume_is_bit_identical(tiny_config, tiny_models, tmp_path, crash_at, objective_cfg):
     cfg, data, targets = _setup(tiny_config)
-    student, trainer = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "straight")
+    student, trainer = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "straight", objective_cfg)
     straight = trainer.run()
     reference = _weights(student)
+    reference_projection = trainer.objective.state_dict()
 
-    _, crashing = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "crashed")
+    _, crashing = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "crashed", objective_cfg)
     with pytest.raises(StopTraining):
         crashing.run(stop_after_steps=crash_at)  # everything in memory is lost with this trainer
-    resumed_student, resumed = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "crashed")
+    resumed_student, resumed = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "crashed", objective_cfg)
     result = resumed.run(resume=True)
+    for name, tensor in reference_projection.items():
+        assert torch.equal(tensor, resumed.objective.state_dict()[name]), name
 
     assert result.state.global_step == straight.state.global_step
     assert result.state.history == straight.state.history

@@ -61,6 +61,23 @@ def label_logprobs(model: LabelModel, texts: list[str], *, batch_size: int, desc
     return out
 
 
+def pooled_hidden(model: LabelModel, texts: list[str], *, layers: list[int], pool: str, batch_size: int,
+                  progress: bool = True) -> torch.Tensor:
+    """(N, n, D) the teacher's pooled hidden states of ``layers``, in input order, length-sorted batches."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: torch.Tensor | None = None
+    bar = tqdm(total=len(texts), desc="teacher hidden states", unit="ex", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        _, pooled_bnd = model.predict_logits_and_hidden([texts[i] for i in idx], layers, pool)
+        if out is None:
+            out = torch.empty(len(texts), *pooled_bnd.shape[1:])
+        out[idx] = pooled_bnd
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
 def elicit(model: LabelModel, examples: list[Example], cfg: TeacherConfig, *, progress: bool = True) -> TeacherTargets:
     logprobs_nl = label_logprobs(model, [e.text for e in examples], batch_size=cfg.batch_size,
                                  desc="teacher", progress=progress)
@@ -88,7 +105,7 @@ class Recalibration:
     bias: list[float]
 
     def apply(self, targets: TeacherTargets) -> TeacherTargets:
-        logits_nl = targets.logprobs / self.temperature + torch.tensor(self.bias)
+        logits_nl = targets.values / self.temperature + torch.tensor(self.bias)
         return TeacherTargets(targets.ids, F.log_softmax(logits_nl, dim=-1))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from kdistill.assets import ASSETS
-from kdistill.losses import LOSSES
+from kdistill.objective import describe_terms
 from kdistill.tasks import builtin_configs, builtin_tasks
 
 TEACHER_SOURCES = {
@@ -22,7 +22,7 @@ def listing(what: str = "all") -> str:
                     for name, p in builtin_configs().items()},
         "models": {a.name: f"{a.description} [{a.licence}]" for a in ASSETS.values() if a.kind == "model"},
         "data": {a.name: f"{a.description} [{a.licence}]" for a in ASSETS.values() if a.kind == "data"},
-        "losses": LOSSES,
+        "losses": describe_terms(),
         "teachers": TEACHER_SOURCES,
     }
     chosen = sections if what == "all" else {what: sections[what]}

@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as save_safetensors
 
 from kdistill.config import RunConfig, dump_yaml, load_config
 from kdistill.data import Example, PreparedData, format_report, prepare_data
 from kdistill.elicit import elicit as elicit_targets
-from kdistill.elicit import few_shot_prefix, fit_recalibration, teacher_key
+from kdistill.elicit import few_shot_prefix, fit_recalibration, pooled_hidden, teacher_key
 from kdistill.errors import KdistillError
 from kdistill.evaluate import label_metrics, measure_cost, predict as predict_logits
-from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdistill.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
+from kdistill.objective import Objective, layer_pairs
 from kdistill.store import TeacherStore, TeacherTargets
 from kdistill.train import Trainer
 
@@ -108,23 +110,59 @@ def teacher_targets(cfg: RunConfig, data: PreparedData, *, progress: bool = True
     return fit.apply(targets), {"method": cfg.teacher.recalibrate, "examples": len(labelled), **asdict(fit)}
 
 
+def _teacher_shape(cfg: RunConfig) -> tuple[int, int]:
+    """(layers, width) of the teacher, from its config alone: the weights need not be loaded."""
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(resolve_model_path(cfg.teacher.model), revision=cfg.teacher.revision,
+                                    trust_remote_code=cfg.teacher.trust_remote_code).get_text_config()
+    return int(hf.num_hidden_layers), int(hf.hidden_size)
+
+
+def _hidden_pairs(cfg: RunConfig, student: LabelModel) -> list[tuple[int, int]]:
+    return layer_pairs(cfg.objective.hidden.layers, student.num_layers, _teacher_shape(cfg)[0])
+
+
+def teacher_hidden(cfg: RunConfig, data: PreparedData, teacher_layers: list[int], *, progress: bool = True,
+                   teacher: LabelModel | None = None) -> TeacherTargets:
+    """The teacher's pooled hidden states of ``teacher_layers`` for the training split, stored like its targets."""
+    examples = data.train
+    model = teacher or _teacher(cfg, data)[0]
+    pool = model.default_pool if cfg.objective.hidden.pool == "auto" else cfg.objective.hidden.pool
+    store = TeacherStore(cfg.run_dir / "teacher_cache")
+    key = {**teacher_key(cfg.teacher, model, resolve_model_path(cfg.teacher.model), examples),
+           "kind": "pooled_hidden", "layers": teacher_layers, "pool": pool}
+    stored = store.load(key)
+    if stored is not None:
+        return stored
+    states = pooled_hidden(model, [e.text for e in examples], layers=teacher_layers, pool=pool,
+                           batch_size=cfg.teacher.batch_size, progress=progress)
+    hidden = TeacherTargets([e.id for e in examples], states)
+    store.save(key, hidden)
+    return hidden
+
+
+def label_prior(cfg: RunConfig, data: PreparedData) -> torch.Tensor:
+    """(L,) label shares among the labelled training examples: the balance term's default target."""
+    counts = torch.zeros(len(cfg.task.labels))
+    for e in data.labelled:
+        counts[cfg.task.labels.index(e.label)] += 1
+    return counts / counts.sum()
+
+
 def _student_dir(cfg: RunConfig, variant: str, seed: int) -> Path:
     return cfg.run_dir / "students" / f"{variant}-seed{seed}"
 
 
 def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | None = None, resume: bool = False,
-          progress: bool = True, targets: TeacherTargets | None = None) -> Path:
+          progress: bool = True, targets: TeacherTargets | None = None, teacher: LabelModel | None = None) -> Path:
     """Train one student variant with one seed; returns the saved student folder."""
     if variant not in VARIANTS:
         raise KdistillError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
     cfg = _config(config)
     seed = cfg.evaluation.seeds[0] if seed is None else seed
     data = _data(cfg)
-    objective = cfg.objective
-    if variant == "labels_only":
-        objective = replace(objective, alpha=0.0)
-    if objective.alpha > 0 and targets is None:
-        targets, _ = teacher_targets(cfg, data, progress=progress)
+    objective_cfg = cfg.objective.labels_only() if variant == "labels_only" else cfg.objective
     train_examples, labelled_ids = data.train, None
     if data.labelled_train is not None:  # a transfer set: only the distilled student sees its text
         labelled_ids = {e.id for e in data.labelled_train}
@@ -133,19 +171,33 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
             # a fair baseline: as many optimizer steps as the distilled student, over its smaller set
             epochs = math.ceil(cfg.training.epochs * len(data.train) / len(data.labelled_train))
             cfg = replace(cfg, training=replace(cfg.training, epochs=epochs))
-    torch.manual_seed(seed)  # the new head's initialization depends on the seed
+    needs_targets = objective_cfg.needs_teacher or labelled_ids is not None
+    if needs_targets and targets is None:
+        targets, _ = teacher_targets(cfg, data, progress=progress, teacher=teacher)
+    torch.manual_seed(seed)  # the new head's and the projections' initialization depend on the seed
     student = load_label_model(cfg.student, cfg.task, device=pick_device(cfg.training.device))
-    trainer = Trainer(student, train_examples=train_examples, val_examples=data.validation,
-                      targets=targets.subset([e.id for e in train_examples]) if objective.alpha > 0 else None,
-                      objective=objective, cfg=cfg.training, seed=seed, labelled_ids=labelled_ids,
+    hidden, pairs = None, None
+    if objective_cfg.hidden.weight > 0:
+        pairs = _hidden_pairs(cfg, student)
+        hidden = teacher_hidden(cfg, data, [t for _, t in pairs], progress=progress, teacher=teacher)
+    objective = Objective(objective_cfg, pairs=pairs, student_width=student.hidden_size,
+                          teacher_width=_teacher_shape(cfg)[1] if pairs else 0)
+    ids = [e.id for e in train_examples]
+    trainer = Trainer(student, train_examples=train_examples, val_examples=data.validation, objective=objective,
+                      targets=targets.subset(ids) if needs_targets else None,
+                      teacher_hidden=hidden.subset(ids) if hidden else None,
+                      label_prior=label_prior(cfg, data), cfg=cfg.training, seed=seed, labelled_ids=labelled_ids,
                       checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}", progress=progress)
     result = trainer.run(resume=resume)
     out = _student_dir(cfg, variant, seed)
     student.save(out)
+    if len(objective.state_dict()):  # the projections belong to the run, not to the exported student
+        atomic_write_bytes(out.parent / f"{out.name}.objective.safetensors",
+                           save_safetensors({k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()}))
     atomic_write_json(out.parent / f"{out.name}.training.json", {
         "variant": variant, "seed": seed, "seconds": result.seconds, "steps": result.state.global_step,
         "best_step": result.state.best_step, "best_val_macro_f1": result.state.best_metric,
-        "stopped_early": result.state.stopped_early, "history": result.state.history})
+        "stopped_early": result.state.stopped_early, "layer_pairs": pairs, "history": result.state.history})
     return out
 
 
@@ -273,7 +325,8 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
         for variant in VARIANTS:
             if variant == "labels_only" and not cfg.evaluation.baselines:
                 continue
-            train(cfg, variant=variant, seed=seed, resume=resume, progress=progress, targets=targets)
+            train(cfg, variant=variant, seed=seed, resume=resume, progress=progress, targets=targets,
+                  teacher=teacher)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
     results_path = evaluate(cfg, progress=progress, teacher=teacher)

@@ -22,23 +22,23 @@ from kdistill.io import atomic_dir, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the tensor is named "values" (label log-probs or pooled hidden states)
 
 
 @dataclass
 class TeacherTargets:
-    """Label-space teacher log-probabilities, one row per example id."""
+    """Teacher outputs, one row per example id: label log-probs (N, L) or pooled hidden states (N, n, D)."""
 
     ids: list[str]
-    logprobs: torch.Tensor  # (N, L)
+    values: torch.Tensor  # (N, ...)
 
     def __post_init__(self) -> None:
-        assert self.logprobs.shape[0] == len(self.ids), "one row per id"
+        assert self.values.shape[0] == len(self.ids), "one row per id"
         self._row = {example_id: i for i, example_id in enumerate(self.ids)}
 
     def rows(self, ids: list[str]) -> torch.Tensor:
         """(len(ids), L) targets for these examples; a missing id is a bug upstream, so it raises."""
-        return self.logprobs[[self._row[i] for i in ids]]
+        return self.values[[self._row[i] for i in ids]]
 
     def subset(self, ids: list[str]) -> "TeacherTargets":
         return TeacherTargets(list(ids), self.rows(ids))
@@ -69,13 +69,13 @@ class TeacherStore:
         if not shard.exists() or sha256_file(shard) != manifest["sha256"]:
             log.warning("teacher store entry %s is damaged (checksum mismatch); eliciting again", folder)
             return None
-        return TeacherTargets(manifest["ids"], load_file(shard)["logprobs"])
+        return TeacherTargets(manifest["ids"], load_file(shard)["values"])
 
     def save(self, fields: dict[str, Any], targets: TeacherTargets) -> Path:
         key = key_of(fields)
         with atomic_dir(self._dir(key)) as tmp:
             shard = tmp / "targets.safetensors"
-            save_file({"logprobs": targets.logprobs.contiguous().float()}, str(shard))
+            save_file({"values": targets.values.contiguous().float()}, str(shard))
             atomic_write_json(tmp / "manifest.json", {  # written last
                 "format_version": FORMAT_VERSION, "key": key, "fields": fields,
                 "sha256": sha256_file(shard), "ids": targets.ids,

@@ -25,10 +25,11 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
-from kdistill.config import ObjectiveConfig, TrainingConfig
+from kdistill.config import TrainingConfig
 from kdistill.io import atomic_dir
-from kdistill.losses import distillation_loss
 from kdistill.models import LabelModel, pick_device
+from kdistill.models.base import pool_states
+from kdistill.objective import Objective, StepTargets
 from kdistill.store import TeacherTargets
 
 if TYPE_CHECKING:
@@ -102,23 +103,37 @@ class Trainer:
     """Trains one student; `run()` resumes from the newest checkpoint in `checkpoint_dir` if asked."""
 
     def __init__(self, model: LabelModel, *, train_examples: list["Example"], val_examples: list["Example"],
-                 targets: TeacherTargets | None, objective: ObjectiveConfig, cfg: TrainingConfig, seed: int,
-                 checkpoint_dir: str | Path, labelled_ids: set[str] | None = None, progress: bool = True) -> None:
-        if objective.alpha > 0 and targets is None:
-            raise ValueError("objective.alpha > 0 needs teacher targets")
+                 objective: Objective, cfg: TrainingConfig, seed: int, checkpoint_dir: str | Path,
+                 targets: TeacherTargets | None = None, teacher_hidden: TeacherTargets | None = None,
+                 label_prior: torch.Tensor | None = None, labelled_ids: set[str] | None = None,
+                 progress: bool = True) -> None:
+        """``targets``: teacher label log-probs by id; ``teacher_hidden``: the teacher's pooled hidden states
+        (N, n, D) for the hidden term; ``label_prior``: (L,) for the balance term's prior target;
+        ``labelled_ids``: the examples whose gold label may be used (None: all)."""
+        terms = objective.cfg
+        if terms.kd.weight > 0 and targets is None:
+            raise ValueError("objective.kd.weight > 0 needs teacher targets")
+        if labelled_ids is not None and targets is None:
+            raise ValueError("examples without gold labels need teacher targets")
+        if objective.uses_hidden and teacher_hidden is None:
+            raise ValueError("objective.hidden.weight > 0 needs the teacher's hidden states")
+        if objective.uses_balance and (label_prior if terms.balance.target == "prior" else targets) is None:
+            raise ValueError(f"the balance term's target {terms.balance.target!r} is missing")
         self.model, self.train_examples, self.val_examples = model, train_examples, val_examples
-        self.targets, self.objective, self.cfg, self.seed = targets, objective, cfg, seed
+        self.targets, self.teacher_hidden, self.label_prior = targets, teacher_hidden, label_prior
+        self.objective, self.cfg, self.seed = objective, cfg, seed
         self.checkpoint_dir, self.progress = Path(checkpoint_dir), progress
-        self.labelled_ids = labelled_ids  # None: every training example's gold label may be used
-        if labelled_ids is not None and objective.alpha == 0:
-            raise ValueError("examples without gold labels need a teacher (alpha > 0)")
+        self.labelled_ids = labelled_ids
         self.device = pick_device(cfg.device)
         self.label_ids = {label: i for i, label in enumerate(model.labels)}
         self.steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         _seed_everything(seed)
         model.module.to(self.device)
-        self.optimizer = _optimizer(model.module, cfg)
+        objective.to(self.device)
+        # the projections of the hidden term train alongside the student
+        self.trainable = torch.nn.ModuleDict({"student": model.module, "objective": objective})
+        self.optimizer = _optimizer(self.trainable, cfg)
         from transformers import get_linear_schedule_with_warmup
 
         self.scheduler = get_linear_schedule_with_warmup(
@@ -182,31 +197,70 @@ class Trainer:
     def _step(self, batch: list["Example"]) -> dict[str, float]:
         """One optimizer step over `batch`, split into `grad_accum_steps` micro-batches."""
         self.model.module.train()
+        self.objective.train()
         micro = math.ceil(len(batch) / self.cfg.grad_accum_steps)
+        chunks = [batch[s:s + micro] for s in range(0, len(batch), micro)]
+        balance = self._balance_inputs(batch, chunks) if self.objective.uses_balance else {}
+        progress = self.state.global_step / max(self.total_steps, 1)
         sums: dict[str, float] = {}
-        for s in range(0, len(batch), micro):
-            chunk = batch[s:s + micro]
+        for chunk in chunks:
             inputs = {k: v.to(self.device) for k, v in self.model.encode([e.text for e in chunk]).items()}
-            labels_b = torch.tensor([self.label_ids[e.label] for e in chunk], device=self.device)
-            teacher_bl = self.targets.rows([e.id for e in chunk]).to(self.device) if self.targets else None
-            labelled_b = None if self.labelled_ids is None else \
-                torch.tensor([e.id in self.labelled_ids for e in chunk], device=self.device)
+            targets = self._targets(chunk, **balance)
             with _autocast(self.device, self.cfg.mixed_precision):
-                logits_bl = self.model.label_logits(inputs)
-            total_b, terms = distillation_loss(logits_bl, labels_b, teacher_bl, alpha=self.objective.alpha,
-                                               temperature=self.objective.kd_temperature, labelled_b=labelled_b)
+                if self.objective.uses_hidden:
+                    logits_bl, states, mask_bs = self.model.label_logits_and_hidden(inputs)
+                    hidden_bnd = pool_states(states, mask_bs, [s for s, _ in self.objective.pairs], self._pool)
+                else:
+                    logits_bl, hidden_bnd = self.model.label_logits(inputs), None
+            if self.objective.uses_balance and len(chunks) == 1:  # the step's mean is this batch's
+                targets.balance_mean_probs_l = torch.softmax(logits_bl.detach().float(), -1).mean(0)
+            total_b, terms = self.objective(logits_bl, targets, progress=progress, student_hidden_bnd=hidden_bnd)
             # divide by the step's example count, not the micro-batch's: accumulation-invariant
             self.scaler.scale(total_b.sum() / len(batch)).backward()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach().sum())
         if self.cfg.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.module.parameters(), self.cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), self.cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {name: total / len(batch) for name, total in sums.items()}
+
+    @property
+    def _pool(self) -> str:
+        pool = self.objective.cfg.hidden.pool
+        return self.model.default_pool if pool == "auto" else pool
+
+    def _targets(self, chunk: list["Example"], **balance: torch.Tensor) -> StepTargets:
+        ids = [e.id for e in chunk]
+        return StepTargets(
+            labels_b=torch.tensor([self.label_ids[e.label] for e in chunk], device=self.device),
+            teacher_logprobs_bl=self.targets.rows(ids).to(self.device) if self.targets else None,
+            teacher_hidden_bnd=self.teacher_hidden.rows(ids).to(self.device) if self.objective.uses_hidden else None,
+            labelled_b=None if self.labelled_ids is None else
+            torch.tensor([i in self.labelled_ids for i in ids], device=self.device),
+            **balance)
+
+    def _balance_inputs(self, batch: list["Example"], chunks: list[list["Example"]]) -> dict[str, torch.Tensor]:
+        """The balance term's target and, when the step is split, the whole step's mean prediction.
+
+        A split step needs one extra forward without gradients to see all of its examples first; an
+        unsplit step takes the mean from its own forward (see `_step`).
+        """
+        if self.objective.cfg.balance.target == "prior":
+            target_l = self.label_prior.to(self.device)
+        else:
+            target_l = self.targets.rows([e.id for e in batch]).exp().mean(0).to(self.device)
+        out = {"balance_target_l": target_l.float()}
+        if len(chunks) > 1:
+            with torch.no_grad(), _autocast(self.device, self.cfg.mixed_precision):
+                probs = [torch.softmax(self.model.label_logits(
+                    {k: v.to(self.device) for k, v in self.model.encode([e.text for e in c]).items()}).float(), -1)
+                    for c in chunks]
+            out["balance_mean_probs_l"] = torch.cat(probs).mean(0)
+        return out
 
     def _after_step(self, terms: dict[str, float]) -> None:
         step = self.state.global_step
@@ -241,6 +295,8 @@ class Trainer:
         path = self.checkpoint_dir / f"step-{self.state.global_step:07d}"
         with atomic_dir(path) as tmp:
             save_file(_cpu_state(self.model.module), str(tmp / "model.safetensors"))
+            if len(self.objective.state_dict()):
+                save_file(_cpu_state(self.objective), str(tmp / "objective.safetensors"))
             if self.best_weights is not None:
                 save_file(self.best_weights, str(tmp / "best.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -260,6 +316,8 @@ class Trainer:
         path = found[-1]
         log.info("resuming from %s", path)
         self.model.module.load_state_dict(load_file(str(path / "model.safetensors"), device=str(self.device)))
+        if (path / "objective.safetensors").exists():
+            self.objective.load_state_dict(load_file(str(path / "objective.safetensors"), device=str(self.device)))
         if (path / "best.safetensors").exists():
             self.best_weights = load_file(str(path / "best.safetensors"))
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=self.device))

@@ -32,6 +32,32 @@ class LabelModel(ABC):
     def label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unnormalized scores over the labels, (B, L), in the order of `labels`."""
 
+    def label_logits_and_hidden(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+        """(B, L) label logits, every layer's hidden states ((B, S, D) each, 0 = embeddings) and the
+        (B, S) attention mask that says which positions are real tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose hidden states")
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.module.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.module.config.hidden_size)
+
+    @property
+    def default_pool(self) -> str:
+        """How one vector stands for a sequence: the last token for a causal LM, the mean for an encoder."""
+        return "last" if self.kind == "causal_lm" else "mean"
+
+    @torch.no_grad()
+    def predict_logits_and_hidden(self, texts: list[str], layers: list[int], pool: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) float32 logits and (B, n, D) pooled float32 hidden states of ``layers``, on CPU."""
+        self.module.eval()
+        batch = {k: v.to(self.device) for k, v in self.encode(texts).items()}
+        logits_bl, states, mask_bs = self.label_logits_and_hidden(batch)
+        return logits_bl.float().cpu(), pool_states(states, mask_bs, layers, pool).float().cpu()
+
     def metadata(self) -> dict[str, Any]:
         """What `kdistill predict` needs besides the transformers files."""
         return {"kind": self.kind, "labels": self.labels}
@@ -56,3 +82,25 @@ class LabelModel(ABC):
             self.module.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             (tmp / "kdistill.json").write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
+
+
+def pool_states(hidden_states: tuple, mask_bs: torch.Tensor, layers: list[int], how: str) -> torch.Tensor:
+    """One vector per sequence for each of ``layers``: (B, n, D).
+
+    mean: over real tokens; last: the last real token (right or left padding alike); cls: the first.
+    """
+    picked_bnsd = torch.stack([hidden_states[i] for i in layers], dim=1)  # (B, n, S, D)
+    mask_bs = mask_bs.to(picked_bnsd.device)
+    if how == "mean":
+        weights_bs = mask_bs.to(picked_bnsd.dtype)
+        summed_bnd = (picked_bnsd * weights_bs[:, None, :, None]).sum(2)
+        return summed_bnd / weights_bs.sum(-1).clamp(min=1)[:, None, None]
+    num_positions = mask_bs.shape[1]
+    if how == "last":
+        index_b = num_positions - 1 - mask_bs.flip(-1).int().argmax(-1)
+    elif how == "cls":
+        index_b = mask_bs.int().argmax(-1)
+    else:
+        raise ValueError(f"unknown pooling {how!r}")
+    index = index_b[:, None, None, None].expand(-1, picked_bnsd.shape[1], 1, picked_bnsd.shape[-1])
+    return picked_bnsd.gather(2, index).squeeze(2)

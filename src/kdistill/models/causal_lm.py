@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.models.base import LabelModel
+from kdistill.models.base import LabelModel, pool_states
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,28 @@ class CausalLMLabelModel(LabelModel):
         last_bv = out.logits[:, -1, :]  # (B, V): the next-token scores after the prompt
         return last_bv[:, self.label_token_ids]  # (B, L)
 
+    def label_logits_and_hidden(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+        out = self.module(**batch, logits_to_keep=1, use_cache=False, output_hidden_states=True)
+        return out.logits[:, -1, self.label_token_ids], out.hidden_states, batch["attention_mask"]
+
     @torch.no_grad()
     def predict_logits(self, texts: list[str]) -> torch.Tensor:
         """Like the base, but a shared few-shot prefix is run once and its KV cache reused."""
         if not self.prefix:
             return super().predict_logits(texts)
+        out, _ = self._forward_after_prefix(texts, hidden=False)
+        return out.logits[:, -1, self.label_token_ids].float().cpu()  # (B, L)
+
+    @torch.no_grad()
+    def predict_logits_and_hidden(self, texts: list[str], layers: list[int], pool: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states are pooled over the example's own tokens, never the shared few-shot prefix."""
+        if not self.prefix:
+            return super().predict_logits_and_hidden(texts, layers, pool)
+        out, mask_bs = self._forward_after_prefix(texts, hidden=True)
+        pooled_bnd = pool_states(out.hidden_states, mask_bs, layers, pool)
+        return out.logits[:, -1, self.label_token_ids].float().cpu(), pooled_bnd.float().cpu()
+
+    def _forward_after_prefix(self, texts: list[str], *, hidden: bool) -> tuple[Any, torch.Tensor]:
         self.module.eval()
         prefix_ids, prefix_cache = self._prefix_state()
         suffixes = [self.prompt_template.replace("{text}", self._fit(t)) for t in texts]
@@ -97,8 +114,8 @@ class CausalLMLabelModel(LabelModel):
         position_ids = num_prefix + (mask_bs.cumsum(-1) - 1).clamp(min=0)
         out = self.module(input_ids=batch["input_ids"].to(self.device), attention_mask=full_mask.to(self.device),
                           position_ids=position_ids.to(self.device), past_key_values=cache,
-                          use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, self.label_token_ids].float().cpu()  # (B, L)
+                          use_cache=True, logits_to_keep=1, output_hidden_states=hidden)
+        return out, mask_bs
 
     def _prefix_state(self) -> tuple[torch.Tensor, Any]:
         if self._prefix_cache is None:

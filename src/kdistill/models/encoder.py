@@ -25,5 +25,9 @@ class EncoderLabelModel(LabelModel):
     def label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.module(**batch).logits  # (B, L)
 
+    def label_logits_and_hidden(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+        out = self.module(**batch, output_hidden_states=True)
+        return out.logits, out.hidden_states, batch["attention_mask"]
+
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "input_template": self.input_template, "max_length": self.max_length}
