@@ -20,6 +20,7 @@ from kdistill import pipeline
 from kdistill.config import load_config
 from kdistill.elicit import label_logprobs
 from kdistill.models.base import LabelModel
+from kdistill.teachers import load_member
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(None)
     data = pipeline._data(cfg)
-    teacher, _ = pipeline._teacher(cfg, data)
+    teacher = load_member(cfg, data, cfg.teacher, progress=False)
     texts = [e.text for e in data.train[: args.examples]]
     variants = {"prefix_reuse": teacher, "full_prompt": FullPrompt(teacher)}
     label_logprobs(teacher, texts[:16], batch_size=16, progress=False)  # warm-up, builds the prefix cache

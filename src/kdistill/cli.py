@@ -39,8 +39,9 @@ def cmd_run(args):
 def cmd_elicit(args):
     from kdistill import pipeline
 
-    targets = pipeline.elicit(_config(args))
-    print(f"teacher targets for {len(targets.ids)} examples are in the store")
+    signal = pipeline.elicit(_config(args))
+    print(f"targets of {len(signal.members)} teacher(s) ({', '.join(signal.members)}) for "
+          f"{len(signal.targets.ids)} examples are in the store")
 
 
 def cmd_train(args):

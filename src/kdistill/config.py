@@ -136,8 +136,17 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class TeacherConfig(ModelConfig):
-    """The teacher and how its knowledge is elicited."""
+    """A teacher and how its knowledge is elicited."""
 
+    name: str = ""
+    """Its name on the report card and in logs; default: the model's name."""
+    finetune: bool = False
+    """Fine-tune this teacher on the task's labelled training examples first (seed 000's "fine-tune
+    the instructor"; teacher correction). Needed for an encoder without a task head."""
+    finetune_epochs: int = 3
+    """Epochs of that fine-tuning (early stopping on validation macro-F1 as for students)."""
+    finetune_learning_rate: float = 5e-5
+    """Peak learning rate of that fine-tuning."""
     few_shot_per_label: int = 0
     """Solved training examples per label shown in the prompt (seed knowledge)."""
     calibrate: bool = False
@@ -149,6 +158,22 @@ class TeacherConfig(ModelConfig):
     (one scalar: confidence that matches accuracy; never changes the argmax) or `affine`
     (temperature + one offset per label: also removes the prompt's lean towards one label).
     A prompted LLM is often timid (0.55 where it is right 80 % of the time) and biased."""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or Path(self.model.rstrip("/")).name
+
+
+@dataclass(kw_only=True)
+class EnsembleConfig:
+    """How several teachers' label distributions become one (used when `teachers` lists any)."""
+
+    combine: Literal["mean", "weighted", "learned", "confidence", "gold_agreement"] = "learned"
+    """mean: equal weights; weighted: `weights`; learned: weights that maximize the validation split's
+    gold-label likelihood; confidence: per example, by each teacher's top probability; gold_agreement:
+    per example, by the probability each teacher gives the gold label (confidence where there is none)."""
+    weights: list[float] = field(default_factory=list)
+    """Fixed weights for `weighted`, one per teacher in order (teacher first, then `teachers`)."""
 
 
 DIVERGENCE_KINDS = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"]
@@ -339,6 +364,9 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    """More teachers: with any, the student learns from the ensemble of `teacher` and these."""
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -350,8 +378,24 @@ class RunConfig:
             raise KdistillError("teacher.model is empty: name a built-in model, a local folder, a .gguf file or a hub id.")
         if not self.student.model:
             raise KdistillError("student.model is empty: name a built-in model, a local folder, a .gguf file or a hub id.")
-        if not self.task.verbalizers and "causal_lm" in (self.teacher.kind, self.student.kind):
+        if not self.task.verbalizers and "causal_lm" in [t.kind for t in self.members] + [self.student.kind]:
             raise KdistillError("task.verbalizers are needed to ask a causal LM: give one word per label.")
+        for i, member in enumerate(self.teachers):
+            if not member.model:
+                raise KdistillError(f"teachers[{i}].model is empty: name a built-in model, a local folder or a hub id.")
+        names = [t.display_name for t in self.members]
+        if len(set(names)) < len(names):
+            raise KdistillError(f"teacher names must differ; found {names}. Give each one a `name`.")
+        if self.ensemble.combine == "weighted" and len(self.ensemble.weights) != len(names):
+            raise KdistillError(f"ensemble.weights must give one weight per teacher ({len(names)}: {', '.join(names)}); "
+                                f"found {len(self.ensemble.weights)}.")
+        if any(w < 0 for w in self.ensemble.weights) or (self.ensemble.weights and sum(self.ensemble.weights) <= 0):
+            raise KdistillError(f"ensemble.weights must be >= 0 and not all 0; found {self.ensemble.weights}.")
+
+    @property
+    def members(self) -> list[TeacherConfig]:
+        """Every teacher: `teacher`, then `teachers`."""
+        return [self.teacher, *self.teachers]
 
     @property
     def run_dir(self) -> Path:

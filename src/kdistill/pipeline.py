@@ -13,7 +13,7 @@ import math
 import shutil
 import statistics
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,14 @@ from safetensors.torch import save as save_safetensors
 
 from kdistill.config import RunConfig, dump_yaml, load_config
 from kdistill.data import Example, PreparedData, format_report, prepare_data
-from kdistill.elicit import elicit as elicit_targets
-from kdistill.elicit import few_shot_prefix, fit_recalibration, pooled_hidden, teacher_key
+from kdistill.elicit import pooled_hidden, teacher_key
 from kdistill.errors import KdistillError
 from kdistill.evaluate import label_metrics, measure_cost, predict as predict_logits
 from kdistill.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
 from kdistill.objective import Objective, layer_pairs
 from kdistill.store import TeacherStore, TeacherTargets
+from kdistill.teachers import TeacherSignal, load_member, member_path, teacher_signal
 from kdistill.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
 
         from kdistill.models.causal_lm import verbalizer_token_ids
 
-        for role, model_cfg in (("teacher", cfg.teacher), ("student", cfg.student)):
+        roles = [(f"teacher {t.display_name}", t) for t in cfg.members if not t.finetune] + [("student", cfg.student)]
+        for role, model_cfg in roles:
             path = resolve_model_path(model_cfg.model)
             tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
                                                       trust_remote_code=model_cfg.trust_remote_code)
@@ -65,72 +66,37 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
     return text + "\nconfig ok"
 
 
-def _teacher(cfg: RunConfig, data: PreparedData) -> tuple[LabelModel, str]:
-    prefix = few_shot_prefix(cfg.task, data.labelled, cfg.teacher.few_shot_per_label, cfg.data.split_seed)
-    path = resolve_model_path(cfg.teacher.model)
-    return load_label_model(cfg.teacher, cfg.task, prefix=prefix, device=pick_device(cfg.training.device)), path
+def load_teachers(cfg: RunConfig, data: PreparedData, *, progress: bool = True) -> dict[str, LabelModel]:
+    """Every teacher of the run, by name (fine-tuned first where asked)."""
+    return {t.display_name: load_member(cfg, data, t, progress=progress) for t in cfg.members}
 
 
-def elicit(config: ConfigLike = None, *, progress: bool = True, teacher: LabelModel | None = None) -> TeacherTargets:
-    """Teacher label distributions for the train and test splits, from the store or computed once."""
+def elicit(config: ConfigLike = None, *, progress: bool = True,
+           teachers: dict[str, LabelModel] | None = None) -> TeacherSignal:
+    """Every teacher's label distributions for the train, validation and test splits, from the store or
+    computed once, recalibrated, and combined when there are several."""
     cfg = _config(config)
-    data = _data(cfg)
-    examples = data.train + data.test
-    model, path = (teacher, resolve_model_path(cfg.teacher.model)) if teacher else _teacher(cfg, data)
-    store = TeacherStore(cfg.run_dir / "teacher_cache")
-    key = teacher_key(cfg.teacher, model, path, examples)
-    targets = store.load(key)
-    if targets is None:
-        start = time.perf_counter()
-        targets = elicit_targets(model, examples, cfg.teacher, progress=progress)
-        seconds = time.perf_counter() - start
-        store.save(key, targets)
-        atomic_write_json(cfg.run_dir / "teacher_cache" / "last_elicitation.json",
-                          {"examples": len(examples), "seconds": seconds, "examples_per_s": len(examples) / seconds})
-        log.info("elicited %d examples in %.1f s", len(examples), seconds)
-    else:
-        log.info("teacher targets found in the store (%d examples)", len(targets.ids))
-    return targets
+    return teacher_signal(cfg, _data(cfg), progress=progress, models=teachers)
 
 
-def teacher_targets(cfg: RunConfig, data: PreparedData, *, progress: bool = True,
-                    teacher: LabelModel | None = None) -> tuple[TeacherTargets, dict[str, Any] | None]:
-    """The stored teacher targets, recalibrated on the labelled training examples if configured.
-
-    The store keeps the teacher's own answers; recalibration is cheap and applied on read.
-    """
-    targets = elicit(cfg, progress=progress, teacher=teacher)
-    if cfg.teacher.recalibrate == "none":
-        return targets, None
-    labelled = data.labelled
-    gold = torch.tensor([cfg.task.labels.index(e.label) for e in labelled])
-    fit = fit_recalibration(targets.rows([e.id for e in labelled]), gold, with_bias=cfg.teacher.recalibrate == "affine")
-    log.info("teacher recalibrated on %d labelled examples: temperature %.3f, bias %s",
-             len(labelled), fit.temperature, [round(b, 3) for b in fit.bias])
-    return fit.apply(targets), {"method": cfg.teacher.recalibrate, "examples": len(labelled), **asdict(fit)}
-
-
-def _teacher_shape(cfg: RunConfig) -> tuple[int, int]:
-    """(layers, width) of the teacher, from its config alone: the weights need not be loaded."""
+def _teacher_shape(cfg: RunConfig, data: PreparedData) -> tuple[int, int]:
+    """(layers, width) of the (first) teacher, from its config alone: the weights need not be loaded."""
     from transformers import AutoConfig
 
-    hf = AutoConfig.from_pretrained(resolve_model_path(cfg.teacher.model), revision=cfg.teacher.revision,
+    hf = AutoConfig.from_pretrained(member_path(cfg, data, cfg.teacher), revision=cfg.teacher.revision,
                                     trust_remote_code=cfg.teacher.trust_remote_code).get_text_config()
     return int(hf.num_hidden_layers), int(hf.hidden_size)
 
 
-def _hidden_pairs(cfg: RunConfig, student: LabelModel) -> list[tuple[int, int]]:
-    return layer_pairs(cfg.objective.hidden.layers, student.num_layers, _teacher_shape(cfg)[0])
-
-
 def teacher_hidden(cfg: RunConfig, data: PreparedData, teacher_layers: list[int], *, progress: bool = True,
                    teacher: LabelModel | None = None) -> TeacherTargets:
-    """The teacher's pooled hidden states of ``teacher_layers`` for the training split, stored like its targets."""
+    """The (first) teacher's pooled hidden states of ``teacher_layers`` for the training split, stored
+    like its targets."""
     examples = data.train
-    model = teacher or _teacher(cfg, data)[0]
+    model = teacher or load_member(cfg, data, cfg.teacher, progress=progress)
     pool = model.default_pool if cfg.objective.hidden.pool == "auto" else cfg.objective.hidden.pool
     store = TeacherStore(cfg.run_dir / "teacher_cache")
-    key = {**teacher_key(cfg.teacher, model, resolve_model_path(cfg.teacher.model), examples),
+    key = {**teacher_key(cfg.teacher, model, member_path(cfg, data, cfg.teacher), examples),
            "kind": "pooled_hidden", "layers": teacher_layers, "pool": pool}
     stored = store.load(key)
     if stored is not None:
@@ -173,15 +139,16 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
             cfg = replace(cfg, training=replace(cfg.training, epochs=epochs))
     needs_targets = objective_cfg.needs_teacher or labelled_ids is not None
     if needs_targets and targets is None:
-        targets, _ = teacher_targets(cfg, data, progress=progress, teacher=teacher)
+        targets = teacher_signal(cfg, data, progress=progress,
+                                 models={cfg.teacher.display_name: teacher} if teacher else None).targets
     torch.manual_seed(seed)  # the new head's and the projections' initialization depend on the seed
     student = load_label_model(cfg.student, cfg.task, device=pick_device(cfg.training.device))
     hidden, pairs = None, None
     if objective_cfg.hidden.weight > 0:
-        pairs = _hidden_pairs(cfg, student)
+        pairs = layer_pairs(cfg.objective.hidden.layers, student.num_layers, _teacher_shape(cfg, data)[0])
         hidden = teacher_hidden(cfg, data, [t for _, t in pairs], progress=progress, teacher=teacher)
     objective = Objective(objective_cfg, pairs=pairs, student_width=student.hidden_size,
-                          teacher_width=_teacher_shape(cfg)[1] if pairs else 0)
+                          teacher_width=_teacher_shape(cfg, data)[1] if pairs else 0)
     ids = [e.id for e in train_examples]
     trainer = Trainer(student, train_examples=train_examples, val_examples=data.validation, objective=objective,
                       targets=targets.subset(ids) if needs_targets else None,
@@ -224,22 +191,34 @@ def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                 "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0} for k in keys}
 
 
-def evaluate(config: ConfigLike = None, *, progress: bool = True, teacher: LabelModel | None = None) -> Path:
-    """Score teacher, untrained student and every trained student on the test split; cost of each."""
+def evaluate(config: ConfigLike = None, *, progress: bool = True,
+             teachers: dict[str, LabelModel] | None = None) -> Path:
+    """Score every teacher (and their ensemble), the untrained student and every trained student on the
+    test split; cost of each."""
     cfg = _config(config)
     data = _data(cfg)
     test = data.test
     gold = [cfg.task.labels.index(e.label) for e in test]
-    if teacher is None:
-        teacher, _ = _teacher(cfg, data)
-    targets, recalibration = teacher_targets(cfg, data, progress=progress, teacher=teacher)
-    teacher_pred = targets.rows([e.id for e in test]).argmax(-1).tolist()
+    teachers = teachers or load_teachers(cfg, data, progress=progress)
+    signal = teacher_signal(cfg, data, progress=progress, models=teachers)
+    test_ids = [e.id for e in test]
+    teacher_pred = signal.targets.rows(test_ids).argmax(-1).tolist()
+    members: dict[str, Any] = {}
+    for member in cfg.members:
+        name = member.display_name
+        pred = signal.members[name].rows(test_ids).argmax(-1).tolist()
+        entry = {"name": member.model, "metrics": label_metrics(gold, pred, cfg.task.labels),
+                 "cost": _cost(teachers[name], test, cfg, member_path(cfg, data, member)),
+                 "prompt": {"few_shot_per_label": member.few_shot_per_label, "finetuned": member.finetune,
+                            "content_free_calibration": member.calibrate,
+                            "recalibration": signal.info["members"][name]}}
+        members["teacher" if len(cfg.members) == 1 else f"teacher:{name}"] = entry
     models: dict[str, Any] = {}
-    models["teacher"] = {"name": cfg.teacher.model, "metrics": label_metrics(gold, teacher_pred, cfg.task.labels),
-                         "cost": _cost(teacher, test, cfg, resolve_model_path(cfg.teacher.model)),
-                         "prompt": {"few_shot_per_label": cfg.teacher.few_shot_per_label,
-                                    "content_free_calibration": cfg.teacher.calibrate, "recalibration": recalibration}}
-    del teacher
+    if len(cfg.members) > 1:  # the ensemble is what the students learn from: "the teacher" of the report
+        models["teacher"] = _ensemble_entry(cfg, members, label_metrics(gold, teacher_pred, cfg.task.labels),
+                                            signal.info["ensemble"])
+    models.update(members)
+    del teachers
     gc.collect()
     if cfg.evaluation.baselines:
         torch.manual_seed(cfg.evaluation.seeds[0])
@@ -268,6 +247,21 @@ def evaluate(config: ConfigLike = None, *, progress: bool = True, teacher: Label
     path = cfg.run_dir / "eval" / "results.json"
     atomic_write_json(path, results)
     return path
+
+
+def _ensemble_entry(cfg: RunConfig, models: dict[str, Any], metrics: dict[str, Any],
+                    info: dict[str, Any]) -> dict[str, Any]:
+    """The ensemble's row: its own metrics; its cost is every member's measured cost added up (one
+    example goes through each member in turn), not a separate measurement."""
+    costs = [models[f"teacher:{t.display_name}"]["cost"] for t in cfg.members]
+    cost = {**costs[0], "parameters": sum(c["parameters"] for c in costs),
+            "size_on_disk_bytes": sum(c["size_on_disk_bytes"] or 0 for c in costs) or None,
+            "latency_p50_ms": sum(c["latency_p50_ms"] for c in costs),
+            "latency_p95_ms": sum(c["latency_p95_ms"] for c in costs),
+            "throughput_examples_per_s": 1.0 / sum(1.0 / c["throughput_examples_per_s"] for c in costs),
+            "derived": "sum of the members' measured costs"}
+    return {"name": " + ".join(t.display_name for t in cfg.members), "metrics": metrics, "cost": cost,
+            "ensemble": info}
 
 
 def _comparison(models: dict[str, Any]) -> list[dict[str, Any]]:
@@ -317,8 +311,9 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
                       {split: [e.id for e in examples] for split, examples in data.splits().items()})
     timings = {}
     t = time.perf_counter()
-    teacher, _ = _teacher(cfg, data)
-    targets, _ = teacher_targets(cfg, data, progress=progress, teacher=teacher)
+    teachers = load_teachers(cfg, data, progress=progress)
+    targets = teacher_signal(cfg, data, progress=progress, models=teachers).targets
+    teacher = teachers[cfg.teacher.display_name]
     timings["elicit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     for seed in cfg.evaluation.seeds:
@@ -329,7 +324,9 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
                   teacher=teacher)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    results_path = evaluate(cfg, progress=progress, teacher=teacher)
+    del teacher
+    results_path = evaluate(cfg, progress=progress, teachers=teachers)
+    del teachers
     timings["eval_s"] = time.perf_counter() - t
     _export_best_student(cfg)
     results = json.loads(results_path.read_text(encoding="utf-8"))

@@ -12,6 +12,14 @@ ROW_NAMES = {
 }
 
 
+def _row_name(key: str, entry: dict[str, Any]) -> str:
+    if "ensemble" in entry:
+        return f"teachers' ensemble ({entry['ensemble']['combine']})"
+    if key.startswith("teacher:"):
+        return f"teacher {key.removeprefix('teacher:')}"
+    return ROW_NAMES.get(key, key)
+
+
 def _fmt_bytes(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:,.1f} MB"
 
@@ -25,7 +33,7 @@ def _comparison_table(rows: list[dict[str, Any]], models: dict[str, Any]) -> lis
         f1 = f"{row['macro_f1']:.3f}" + (f" ± {row['macro_f1_std']:.3f} ({row['seeds']} seeds)" if row["seeds"] else "")
         retained = "—" if row["retained_pct"] is None else f"{row['retained_pct']:.1f} %"
         lines.append(
-            f"| {ROW_NAMES.get(row['model'], row['model'])} (`{row['name']}`) | {f1} | {row['accuracy']:.3f} | {retained} "
+            f"| {_row_name(row['model'], models[row['model']])} (`{row['name']}`) | {f1} | {row['accuracy']:.3f} | {retained} "
             f"| {row['parameters'] / 1e6:,.1f} M | {_fmt_bytes(cost['size_on_disk_bytes'])} "
             f"| {cost['latency_p50_ms']:.1f} / {cost['latency_p95_ms']:.1f} | {row['throughput_examples_per_s']:.1f} "
             f"| {row['speedup_latency']:.1f}× / {row['speedup_throughput']:.1f}× |")
@@ -35,7 +43,13 @@ def _comparison_table(rows: list[dict[str, Any]], models: dict[str, Any]) -> lis
 def _model_metrics(key: str, entry: dict[str, Any], labels: list[str]) -> list[str]:
     metrics = entry["metrics"] if "metrics" in entry else next(iter(entry["seeds"].values()))
     note = "" if "metrics" in entry else f" (first seed, {next(iter(entry['seeds']))}; mean ± std over seeds below)"
-    lines = [f"### {ROW_NAMES.get(key, key)}{note}", ""]
+    lines = [f"### {_row_name(key, entry)}{note}", ""]
+    if "ensemble" in entry:
+        weights = entry["ensemble"].get("weights") or entry["ensemble"].get("mean_weights")
+        lines += [f"Combined by `{entry['ensemble']['combine']}`, weights "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in weights.items())
+                  + ("" if "weights" in entry["ensemble"] else " (mean of the per-example weights)")
+                  + ". Its cost is the sum of its members' measured costs.", ""]
     lines.append(f"macro precision {metrics['macro_precision']:.3f} · macro recall {metrics['macro_recall']:.3f} · "
                  f"macro-F1 {metrics['macro_f1']:.3f} · accuracy {metrics['accuracy']:.3f} · "
                  f"most-predicted class {metrics['majority_prediction_label']!r} gets "
