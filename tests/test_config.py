@@ -60,3 +60,8 @@ def test_every_builtin_task_loads():
     for name in tasks:
         raw = load_builtin_task(name)
         from_dict(TaskConfig, raw["task"]), from_dict(DataConfig, raw["data"])
+
+
+def test_a_data_override_keeps_the_builtin_tasks_data():
+    cfg = load_config("sentiment3", {"data.num_labelled": 300})
+    assert cfg.data.num_labelled == 300 and cfg.data.path == "asset:tweets-sentiment"

@@ -543,8 +543,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if isinstance(task, str):
         builtin = load_builtin_task(task)
         data["task"] = builtin["task"]
-        if "data" not in data and "data" in builtin:
-            data["data"] = builtin["data"]
+        user_data = data.get("data") or {}
+        if "data" in builtin and not {"path", "source"} & set(user_data):
+            # the task's own data, with the user's settings (e.g. --set data.num_labelled=300) on top
+            data["data"] = {**builtin["data"], **user_data}
     config = from_dict(RunConfig, data, str(path))
     _resolve_data_path(config.data, path.parent)
     return config
