@@ -19,7 +19,7 @@ def test_recalibration_recovers_a_timid_biased_teacher():
     import torch.nn.functional as F
 
     from kdistill.elicit import fit_recalibration
-    from kdistill.store import TeacherTargets
+    from kdistill.targets import TeacherTargets
 
     gen = torch.Generator().manual_seed(0)
     gold = torch.randint(0, 2, (400,), generator=gen)

@@ -160,10 +160,14 @@ def test_hidden_and_balance_terms_run_through_the_pipeline(tiny_config):
     projection = load_file(folder.parent / f"{folder.name}.objective.safetensors")
     assert set(projection) == {"projections.0.weight", "projections.0.bias"}
     assert not any("projection" in k for k in load_file(folder / "model.safetensors"))
-    stored = list((cfg.run_dir / "teacher_cache").glob("*/manifest.json"))
-    kinds = sorted(json.loads(p.read_text())["fields"]["kind"] for p in stored)
-    assert kinds == ["label_logprobs", "pooled_hidden"]
-    pipeline.train(cfg, variant="distilled", seed=0, progress=False)  # again: both come from the store
+    from kdistill.cache import open_entry
+
+    entries = [open_entry(p.parent) for p in (cfg.run_dir / "teacher_cache").glob("*/manifest.json")]
+    assert sorted(e.kind for e in entries) == ["labels", "vectors"]
+    hidden = next(e for e in entries if e.kind == "vectors")
+    assert hidden.fields["layers"] == [2] and hidden.fields["pool"] == "last"
+    assert hidden.vectors(hidden.ids()[:3]).shape == (3, *hidden.fields["shape"])
+    pipeline.train(cfg, variant="distilled", seed=0, progress=False)  # again: both come from the cache
     assert len(list((cfg.run_dir / "teacher_cache").glob("*/manifest.json"))) == 2
 
 

@@ -7,7 +7,7 @@ from kdistill.config import BalanceTerm, HiddenTerm, KDTerm, ObjectiveConfig, Tr
 from kdistill.objective import Objective, layer_pairs
 from kdistill.data import prepare_data
 from kdistill.models import load_label_model
-from kdistill.store import TeacherTargets
+from kdistill.targets import TeacherTargets
 from kdistill.train import StopTraining, Trainer
 
 

@@ -81,6 +81,23 @@ def cmd_validate(args):
     print(pipeline.validate(_config(args), check_models=not args.no_models))
 
 
+def cmd_cache(args):
+    from kdistill.cache import cache_export, cache_info, cache_verify
+
+    if args.action == "info":
+        print(cache_info(args.path))
+    elif args.action == "verify":
+        ok, text = cache_verify(args.path)
+        print(text)
+        if not ok:
+            raise KdistillError(f"{args.path}: damaged or incomplete entries (above); `kdistill elicit` asks the "
+                                "teacher again for exactly the damaged or missing shards.")
+    else:
+        if not args.out:
+            raise KdistillError("cache export: give --out FILE.jsonl.")
+        print(f"{cache_export(args.path, args.out)} examples written to {args.out}")
+
+
 def cmd_ls(args):
     from kdistill.ls import listing
 
@@ -89,12 +106,14 @@ def cmd_ls(args):
 
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "run": (cmd_run, "the whole pipeline: data, teacher, students (every variant and seed), evaluation, report"),
-    "elicit": (cmd_elicit, "ask the teacher once and keep its label distributions in the run's teacher store"),
+    "elicit": (cmd_elicit, "ask every teacher once and keep its label distributions in the run's teacher cache "
+                           "(resumes after an interruption)"),
     "train": (cmd_train, "train one student variant with one seed"),
     "eval": (cmd_eval, "score teacher and students on the test split, with cost; writes eval/results.json"),
     "report": (cmd_report, "render report.md from eval/results.json"),
     "predict": (cmd_predict, "label new texts with a saved student"),
     "validate": (cmd_validate, "check a config, its data and the verbalizers; writes nothing"),
+    "cache": (cmd_cache, "inspect, verify or export a teacher cache (runs/NAME/teacher_cache or one entry)"),
     "ls": (cmd_ls, "list built-in tasks, configs, models, data, losses and teacher sources"),
 }
 
@@ -120,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model_dir", help="a saved student folder, e.g. runs/default/student")
     predict.add_argument("text", nargs="*", help="texts to label")
     predict.add_argument("--file", help="a file with one text per line")
+    cache = sub.choices["cache"]
+    cache.add_argument("action", choices=["info", "verify", "export"])
+    cache.add_argument("path", help="a teacher cache folder (runs/NAME/teacher_cache) or one entry in it")
+    cache.add_argument("--out", help="export: the JSONL file to write (one example per line)")
     sub.choices["validate"].add_argument("--no-models", action="store_true", help="check config and data only")
     sub.choices["ls"].add_argument("what", nargs="?", default="all",
                                    choices=["all", "tasks", "configs", "models", "data", "losses", "teachers"])

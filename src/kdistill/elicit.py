@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from kdistill.cache import CacheEntry, elicit_resumable, fingerprint, key_fields
 from kdistill.config import TaskConfig, TeacherConfig
 from kdistill.io import atomic_write_json, sha256_file
 from kdistill.models import LabelModel
-from kdistill.store import TeacherTargets
+from kdistill.targets import TeacherTargets
 
 if TYPE_CHECKING:
     from kdistill.data import Example
@@ -78,12 +79,42 @@ def pooled_hidden(model: LabelModel, texts: list[str], *, layers: list[int], poo
     return out
 
 
-def elicit(model: LabelModel, examples: list[Example], cfg: TeacherConfig, *, progress: bool = True) -> TeacherTargets:
-    logprobs_nl = label_logprobs(model, [e.text for e in examples], batch_size=cfg.batch_size,
-                                 desc="teacher", progress=progress)
-    if cfg.calibrate:
-        logprobs_nl = calibrate(logprobs_nl, content_free_bias(model, cfg.content_free_inputs))
-    return TeacherTargets([e.id for e in examples], logprobs_nl)
+def elicit(model: LabelModel, examples: list[Example], cfg: TeacherConfig, entry: CacheEntry, *,
+           progress: bool = True, shard_size: int = 256) -> TeacherTargets:
+    """Label log-probs for ``examples``, computed into the cache ``entry`` shard by shard.
+
+    Only shards the entry lacks are computed, so a run killed mid-way continues where it stopped, and a
+    finished entry is read back without asking the teacher at all.
+    """
+    text_of = {e.id: e.text for e in examples}
+    bias_l = None
+
+    def compute(ids: list[str]):
+        nonlocal bias_l
+        logprobs_nl = label_logprobs(model, [text_of[i] for i in ids], batch_size=cfg.batch_size, progress=False)
+        if cfg.calibrate:
+            if bias_l is None:  # deterministic, so a resumed run divides by the same bias
+                bias_l = content_free_bias(model, cfg.content_free_inputs)
+            logprobs_nl = calibrate(logprobs_nl, bias_l)
+        return logprobs_nl.numpy()
+
+    ids = [e.id for e in examples]
+    elicit_resumable(entry, ids, compute, shard_size=shard_size, progress=progress)
+    return TeacherTargets(ids, entry.labels(ids))
+
+
+def elicit_hidden(model: LabelModel, examples: list[Example], entry: CacheEntry, *, layers: list[int], pool: str,
+                  batch_size: int, progress: bool = True, shard_size: int = 256) -> TeacherTargets:
+    """The teacher's pooled hidden states (N, n, D) for ``examples``, computed into ``entry`` (kind vectors)."""
+    text_of = {e.id: e.text for e in examples}
+
+    def compute(ids: list[str]):
+        return pooled_hidden(model, [text_of[i] for i in ids], layers=layers, pool=pool, batch_size=batch_size,
+                             progress=False).numpy()
+
+    ids = [e.id for e in examples]
+    elicit_resumable(entry, ids, compute, shard_size=shard_size, progress=progress)
+    return TeacherTargets(ids, entry.vectors(ids))
 
 
 def content_free_bias(model: LabelModel, inputs: list[str]) -> torch.Tensor:
@@ -165,15 +196,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps([vocab, type(tokenizer).__name__]).encode()).hexdigest()
 
 
-def teacher_key(cfg: TeacherConfig, model: LabelModel, model_path: str, examples: list[Example]) -> dict[str, Any]:
-    """Everything that determines the teacher's targets; any change is a store miss."""
-    data = json.dumps([(e.id, e.text) for e in examples])
-    return {
-        "kind": "label_logprobs",
-        "teacher": cfg.model, "revision": cfg.revision, "weights": weights_fingerprint(model_path),
-        "tokenizer": tokenizer_fingerprint(model.tokenizer),
-        "adapter": model.metadata(),  # labels, verbalizers, prompt template, few-shot prefix
-        "calibrate": cfg.calibrate, "content_free_inputs": cfg.content_free_inputs if cfg.calibrate else None,
-        "max_length": cfg.max_length, "input_template": cfg.input_template,
-        "data": hashlib.sha256(data.encode()).hexdigest(),
-    }
+def cache_fields(cfg: TeacherConfig, model: LabelModel, model_path: str, examples: list[Example], *,
+                 kind: str = "labels", **extra: Any) -> dict[str, Any]:
+    """Everything that determines a teacher's outputs for these examples; any change is a cache miss."""
+    return key_fields(
+        kind=kind, teacher=f"{cfg.model}@{cfg.revision or 'default'}", weights=weights_fingerprint(model_path),
+        tokenizer=tokenizer_fingerprint(model.tokenizer),
+        prompt=fingerprint(model.metadata()),  # labels, verbalizers, prompt template, few-shot prefix
+        data=fingerprint([(e.id, e.text) for e in examples]), example_ids=[e.id for e in examples],
+        labels=model.labels if kind == "labels" else None,
+        calibrate=cfg.calibrate, content_free_inputs=cfg.content_free_inputs if cfg.calibrate else None,
+        max_length=cfg.max_length, input_template=cfg.input_template, **extra)

@@ -22,13 +22,14 @@ from safetensors.torch import save as save_safetensors
 
 from kdistill.config import RunConfig, dump_yaml, load_config
 from kdistill.data import Example, PreparedData, format_report, prepare_data
-from kdistill.elicit import pooled_hidden, teacher_key
+from kdistill.cache import TeacherCache
+from kdistill.elicit import cache_fields, elicit_hidden
 from kdistill.errors import KdistillError
 from kdistill.evaluate import label_metrics, measure_cost, predict as predict_logits
 from kdistill.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
 from kdistill.objective import Objective, layer_pairs
-from kdistill.store import TeacherStore, TeacherTargets
+from kdistill.targets import TeacherTargets
 from kdistill.teachers import TeacherSignal, load_member, member_path, teacher_signal
 from kdistill.train import Trainer
 
@@ -95,17 +96,11 @@ def teacher_hidden(cfg: RunConfig, data: PreparedData, teacher_layers: list[int]
     examples = data.train
     model = teacher or load_member(cfg, data, cfg.teacher, progress=progress)
     pool = model.default_pool if cfg.objective.hidden.pool == "auto" else cfg.objective.hidden.pool
-    store = TeacherStore(cfg.run_dir / "teacher_cache")
-    key = {**teacher_key(cfg.teacher, model, member_path(cfg, data, cfg.teacher), examples),
-           "kind": "pooled_hidden", "layers": teacher_layers, "pool": pool}
-    stored = store.load(key)
-    if stored is not None:
-        return stored
-    states = pooled_hidden(model, [e.text for e in examples], layers=teacher_layers, pool=pool,
-                           batch_size=cfg.teacher.batch_size, progress=progress)
-    hidden = TeacherTargets([e.id for e in examples], states)
-    store.save(key, hidden)
-    return hidden
+    entry = TeacherCache(cfg.run_dir / "teacher_cache").entry(cache_fields(
+        cfg.teacher, model, member_path(cfg, data, cfg.teacher), examples, kind="vectors",
+        shape=[len(teacher_layers), _teacher_shape(cfg, data)[1]], layers=teacher_layers, pool=pool))
+    return elicit_hidden(model, examples, entry, layers=teacher_layers, pool=pool, batch_size=cfg.teacher.batch_size,
+                         progress=progress)
 
 
 def label_prior(cfg: RunConfig, data: PreparedData) -> torch.Tensor:

@@ -20,12 +20,13 @@ import torch
 from kdistill.config import ObjectiveConfig, RunConfig, TeacherConfig
 from kdistill.data import PreparedData
 from kdistill.elicit import elicit as elicit_targets
-from kdistill.elicit import few_shot_prefix, fit_recalibration, teacher_key, weights_fingerprint
+from kdistill.elicit import cache_fields, few_shot_prefix, fit_recalibration, weights_fingerprint
 from kdistill.ensemble import confidence_weights, fit_weights, gold_agreement_weights, mixture
 from kdistill.io import atomic_write_json
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
 from kdistill.objective import Objective
-from kdistill.store import TeacherStore, TeacherTargets
+from kdistill.cache import TeacherCache
+from kdistill.targets import TeacherTargets
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +97,25 @@ def member_targets(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *,
                    progress: bool = True) -> TeacherTargets:
     """The member's raw label log-probs for every elicited example: from the store, or asked once."""
     examples = elicited_examples(data)
-    store = TeacherStore(cfg.run_dir / "teacher_cache")
     model = model or load_member(cfg, data, member, progress=progress)
-    key = teacher_key(member, model, member_path(cfg, data, member), examples)
-    targets = store.load(key)
-    if targets is not None:
-        log.info("teacher %s: targets found in the store (%d examples)", member.display_name, len(targets.ids))
-        return targets
+    entry = TeacherCache(cfg.run_dir / "teacher_cache").entry(
+        cache_fields(member, model, member_path(cfg, data, member), examples))
+    # every shard is checked against its sha256 here; a missing or damaged one is asked again
+    missing = set(entry.missing([e.id for e in examples]))
+    if not missing:
+        log.info("teacher %s: targets found in the cache (%d examples)", member.display_name, len(examples))
     start = time.perf_counter()
-    targets = elicit_targets(model, examples, member, progress=progress)
-    seconds = time.perf_counter() - start
-    store.save(key, targets)
-    atomic_write_json(cfg.run_dir / "teacher_cache" / f"last_elicitation-{member.display_name}.json",
-                      {"examples": len(examples), "seconds": seconds, "examples_per_s": len(examples) / seconds})
-    log.info("teacher %s: elicited %d examples in %.1f s", member.display_name, len(examples), seconds)
+    targets = elicit_targets(model, examples, member, entry, progress=progress)
+    if missing:
+        seconds = time.perf_counter() - start
+        texts = [e.text for e in examples if e.id in missing]
+        tokens = sum(len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        speed = {"examples": len(texts), "text_tokens": tokens, "seconds": seconds,
+                 "examples_per_s": len(texts) / seconds, "text_tokens_per_s": tokens / seconds,
+                 "note": "text tokens = the examples' own tokens; a shared few-shot prefix is computed once"}
+        atomic_write_json(cfg.run_dir / "teacher_cache" / f"last_elicitation-{member.display_name}.json", speed)
+        log.info("teacher %s: elicited %d examples in %.1f s (%.1f examples/s, %.0f text tokens/s)",
+                 member.display_name, len(texts), seconds, speed["examples_per_s"], speed["text_tokens_per_s"])
     return targets
 
 

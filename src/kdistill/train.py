@@ -30,7 +30,7 @@ from kdistill.io import atomic_dir
 from kdistill.models import LabelModel, pick_device
 from kdistill.models.base import pool_states
 from kdistill.objective import Objective, StepTargets
-from kdistill.store import TeacherTargets
+from kdistill.targets import TeacherTargets
 
 if TYPE_CHECKING:
     from kdistill.data import Example
