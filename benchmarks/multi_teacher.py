@@ -1,6 +1,6 @@
 """Benchmark: a student distilled from two real teachers of different families vs from each alone.
 
-    python benchmarks/multi_teacher.py [--config sentiment3] [--labels 300] [--seeds 0 1 2]
+    python benchmarks/multi_teacher.py [--config sentiment3] [--labels 300] [--seeds 0 1 2] [--set data.max_examples=1500]
 
 Teachers: Gemma-3-270m prompted (few-shot, calibrated) and all-mpnet-base-v2 fine-tuned on the
 labelled examples (an encoder teacher kdistill trains first). Setting: `--labels` gold labels, the
@@ -25,8 +25,8 @@ MPNET = {"model": "all-mpnet-base-v2", "name": "mpnet-ft", "kind": "encoder", "f
          "calibrate": False, "recalibrate": "none"}
 
 
-def variants(seeds: list[int], labels: int, combine: str) -> dict[str, dict]:
-    common = {"data.num_labelled": labels, "evaluation.seeds": seeds}
+def variants(seeds: list[int], labels: int, combine: str, settings: dict) -> dict[str, dict]:
+    common = {**settings, "data.num_labelled": labels, "evaluation.seeds": seeds}
     return {
         "gemma": {**common, "teacher": GEMMA, "evaluation.baselines": True},
         "mpnet-ft": {**common, "teacher": MPNET, "evaluation.baselines": False},
@@ -38,7 +38,7 @@ def variants(seeds: list[int], labels: int, combine: str) -> dict[str, dict]:
 def markdown(summary: dict) -> str:
     done, labels = summary["variants"], summary["labels"]
     lines = [f"# Several teachers on `{summary['config']}`: {summary['num_labelled']} gold labels + transfer set, "
-             f"{len(summary['seeds'])} seeds", "",
+             f"{len(summary['seeds'])} seeds", "", f"Settings: {summary['settings'] or 'the built-in config'}.", "",
              "| row | macro-F1 | accuracy | " + " | ".join(f"recall {label}" for label in labels) + " |",
              "|---|---|---|" + "---|" * len(labels)]
 
@@ -73,12 +73,17 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--combine", default="learned")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--out", default=str(HERE / "runs" / "multi_teacher"))
     args = parser.parse_args()
+    import yaml
+
     from kdistill.config import load_config
 
-    done = run_all(args.config, variants(args.seeds, args.labels, args.combine), Path(args.out))
-    summary = {"config": args.config, "num_labelled": args.labels, "seeds": args.seeds, "combine": args.combine,
+    settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    done = run_all(args.config, variants(args.seeds, args.labels, args.combine, settings), Path(args.out))
+    summary = {"config": args.config, "settings": settings, "num_labelled": args.labels, "seeds": args.seeds,
+               "combine": args.combine,
                "labels": load_config(args.config).task.labels, "variants": done}
     atomic_write_json(HERE / "results" / "multi_teacher.json", summary)
     atomic_write_text(HERE / "results" / "multi_teacher.md", markdown(summary))

@@ -180,3 +180,17 @@ def test_ls_losses_lists_every_term_with_parameters():
     for parameter in ("divergence='forward_kl'", "temperature=2.0", "layers='uniform'", "target='prior'",
                       "kd.divergence: jsd", "schedule='constant'"):
         assert parameter in text
+
+
+def test_shrink_command_makes_a_student_that_trains(tiny_models, tiny_config, tmp_path, capsys):
+    out = tmp_path / "shrunk"
+    assert main(["shrink", str(tiny_models["lm"]), "--layers", "every-2", "--out", str(out)]) == 0
+    assert "use it as `student: {model:" in capsys.readouterr().out
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(out).num_hidden_layers < AutoConfig.from_pretrained(tiny_models["lm"]).num_hidden_layers
+    cfg = tiny_config(student={"model": str(out)}, evaluation={"seeds": [0], "baselines": False},
+                      training={"epochs": 1})
+    folder = pipeline.train(cfg, variant="distilled", seed=0, progress=False)
+    assert json.loads((folder / "kdistill.json").read_text())["kind"] == "causal_lm"
+    assert main(["shrink", str(tiny_models["lm"]), "--layers", "every-0", "--out", str(tmp_path / "bad")]) == 2

@@ -98,6 +98,16 @@ def cmd_cache(args):
         print(f"{cache_export(args.path, args.out)} examples written to {args.out}")
 
 
+def cmd_shrink(args):
+    from kdistill.student_init import shrink_model
+
+    out = shrink_model(args.model, args.layers, args.out, trust_remote_code=args.trust_remote_code)
+    record = json.loads((out / "kdistill_init.json").read_text(encoding="utf-8"))
+    print(f"{out}: layers {record['source_layers_kept']} of {record['source_num_layers']}, "
+          f"{record['num_parameters'] / 1e6:,.1f} M parameters (from {record['source_num_parameters'] / 1e6:,.1f} M); "
+          f"use it as `student: {{model: {out}}}`")
+
+
 def cmd_ls(args):
     from kdistill.ls import listing
 
@@ -114,6 +124,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "predict": (cmd_predict, "label new texts with a saved student"),
     "validate": (cmd_validate, "check a config, its data and the verbalizers; writes nothing"),
     "cache": (cmd_cache, "inspect, verify or export a teacher cache (runs/NAME/teacher_cache or one entry)"),
+    "shrink": (cmd_shrink, "make a shallower student from a subset of a model's layers (DistilBERT-style init)"),
     "ls": (cmd_ls, "list built-in tasks, configs, models, data, losses and teacher sources"),
 }
 
@@ -143,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=["info", "verify", "export"])
     cache.add_argument("path", help="a teacher cache folder (runs/NAME/teacher_cache) or one entry in it")
     cache.add_argument("--out", help="export: the JSONL file to write (one example per line)")
+    shrink = sub.choices["shrink"]
+    shrink.add_argument("model", help="the model to copy layers from: built-in name, local folder or hub id")
+    shrink.add_argument("--layers", required=True,
+                        help="every-K (0, K, 2K, ...), uniform-N (N evenly spread, first to last) or indices 0,5,11")
+    shrink.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    shrink.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a hub model to run")
     sub.choices["validate"].add_argument("--no-models", action="store_true", help="check config and data only")
     sub.choices["ls"].add_argument("what", nargs="?", default="all",
                                    choices=["all", "tasks", "configs", "models", "data", "losses", "teachers"])
