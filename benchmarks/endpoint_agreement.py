@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from kdistill import assets
-from kdistill.config import load_config
+from kdistill.config import EndpointConfig, load_config
 from kdistill.data import prepare_data
 from kdistill.elicit import calibrate, content_free_bias, few_shot_prefix, label_logprobs
 from kdistill.llama_server import F32_SERVER_ARGS, LLAMA_SERVER_VERSION, f32_copy, find_binary, llama_server
 from kdistill.models import load_label_model
-from kdistill.models.endpoint import EndpointLabelModel, EndpointSettings
+from kdistill.models.endpoint import EndpointLabelModel
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,12 +44,30 @@ def compare(a_nl: torch.Tensor, b_nl: torch.Tensor, gold_n: torch.Tensor) -> dic
             "accuracy_in_process": float((pb.argmax(-1) == gold_n).float().mean())}
 
 
+MARGINS = (0.0, 0.05, 0.1, 0.2, 1.01)
+
+
+def by_margin(a_nl: torch.Tensor, b_nl: torch.Tensor) -> list[dict[str, float]]:
+    """Top-label agreement by how decided the in-process teacher is (top minus second probability):
+    a near tie can flip on any noise; a clear answer should not."""
+    pa, pb = a_nl.exp(), b_nl.exp()
+    top2 = pb.topk(2, -1).values
+    margin = top2[:, 0] - top2[:, 1]
+    agree = pa.argmax(-1) == pb.argmax(-1)
+    rows = []
+    for lo, hi in zip(MARGINS, MARGINS[1:]):
+        mask = (margin >= lo) & (margin < hi)
+        rows.append({"margin_from": lo, "margin_to": min(hi, 1.0), "examples": int(mask.sum()),
+                     "agreement": float(agree[mask].float().mean()) if mask.any() else None})
+    return rows
+
+
 def endpoint_logprobs(gguf: Path, cfg, prefix: str, texts: list[str], concurrency: int, top_logprobs: int,
                       extra_args: tuple[str, ...] = ()) -> tuple[torch.Tensor, float]:
     """(N, L) label log-probs from a fresh llama-server on ``gguf`` and a fresh journal, and seconds."""
     with tempfile.TemporaryDirectory() as tmp, llama_server(gguf, parallel=concurrency, extra_args=extra_args) as url:
-        model = EndpointLabelModel(EndpointSettings(base_url=url, model=cfg.teacher.model, top_logprobs=top_logprobs,
-                                                    max_concurrency=concurrency), labels=cfg.task.labels,
+        model = EndpointLabelModel(EndpointConfig(base_url=url, top_logprobs=top_logprobs, max_concurrency=concurrency),
+                                   model=cfg.teacher.model, labels=cfg.task.labels,
                                    verbalizers=[cfg.task.verbalizers[label] for label in cfg.task.labels],
                                    prompt_template=cfg.task.prompt_template, prefix=prefix,
                                    journal_path=Path(tmp) / "journal.jsonl")
@@ -84,16 +102,15 @@ def main() -> None:
     local_bias = content_free_bias(local, cfg.teacher.content_free_inputs)
 
     with tempfile.TemporaryDirectory() as tmp, llama_server(gguf, parallel=args.concurrency) as url:
-        settings = EndpointSettings(base_url=url, model=cfg.teacher.model, top_logprobs=args.top_logprobs,
-                                    max_concurrency=args.concurrency)
-        remote = EndpointLabelModel(settings, labels=cfg.task.labels,
+        settings = EndpointConfig(base_url=url, top_logprobs=args.top_logprobs, max_concurrency=args.concurrency)
+        remote = EndpointLabelModel(settings, model=cfg.teacher.model, labels=cfg.task.labels,
                                     verbalizers=[cfg.task.verbalizers[label] for label in cfg.task.labels],
                                     prompt_template=cfg.task.prompt_template, prefix=prefix,
                                     journal_path=Path(tmp) / "journal.jsonl")
         remote.label_logprobs(texts[:4])  # warm-up: model info, /tokenize, the prefix in the server's cache
         (remote_raw, missing_bl), remote_s = timed(lambda: remote.label_logprobs(texts))
         _, journal_s = timed(lambda: remote.label_logprobs(texts))  # a re-run: every answer from the journal
-        again = EndpointLabelModel(settings, labels=remote.labels, verbalizers=remote.verbalizers,
+        again = EndpointLabelModel(settings, model=cfg.teacher.model, labels=remote.labels, verbalizers=remote.verbalizers,
                                    prompt_template=remote.prompt_template, prefix=prefix,
                                    journal_path=Path(tmp) / "again.jsonl")
         again_raw = again.label_logprobs(texts[::-1])[0].flip(0)  # other order: other batches, other cache hits
@@ -116,6 +133,10 @@ def main() -> None:
         "few_shot_per_label": cfg.teacher.few_shot_per_label,
         "top_logprobs": args.top_logprobs, "examples_with_missing_label": int(missing_bl.any(-1).sum()),
         "raw": compare(remote_nl, local_nl, gold_n),
+        "raw_by_margin": by_margin(remote_nl, local_nl),
+        "largest_disagreeing_margin": largest_disagreeing_margin(remote_nl, local_nl),
+        "per_example": {"ids": [e.id for e in examples], "endpoint_p": remote_nl.exp().tolist(),
+                        "in_process_p": local_nl.exp().tolist()},
         "llama_cpp_run_to_run": compare(torch.log_softmax(again_raw, -1), remote_nl, gold_n),
         "calibrated": compare(calibrate(remote_nl, remote_bias), calibrate(local_nl, local_bias), gold_n),
         "examples_per_s": {"endpoint": len(texts) / remote_s, "in_process": len(texts) / local_s,
@@ -128,6 +149,13 @@ def main() -> None:
     md = report(result)
     (HERE / "results" / "endpoint_agreement.md").write_text(md)
     print(md)
+
+
+def largest_disagreeing_margin(a_nl: torch.Tensor, b_nl: torch.Tensor) -> float | None:
+    pa, pb = a_nl.exp(), b_nl.exp()
+    top2 = pb.topk(2, -1).values
+    disagree = pa.argmax(-1) != pb.argmax(-1)
+    return float((top2[:, 0] - top2[:, 1])[disagree].max()) if disagree.any() else None
 
 
 def report(r: dict) -> str:
@@ -145,6 +173,12 @@ def report(r: dict) -> str:
         "| labels | top-label agreement | mean abs Δp | max abs Δp | accuracy endpoint | accuracy in-process |",
         "|---|---|---|---|---|---|", *rows, "",
         "Calibrated: each teacher's own content-free bias divided out (the default job's setting).", "",
+        "Raw top-label agreement by how decided the in-process teacher is (top minus second label probability):", "",
+        "| margin | examples | agreement |", "|---|---|---|",
+        *[f"| {m['margin_from']:.2f}–{m['margin_to']:.2f} | {m['examples']} | "
+          + (f"{m['agreement']:.1%}" if m["agreement"] is not None else "–") + " |" for m in r["raw_by_margin"]], "",
+        f"The most decided example the two disagree on has a margin of {r['largest_disagreeing_margin']:.3f}"
+        if r["largest_disagreeing_margin"] is not None else "The two never disagree.", "",
         f"llama.cpp against itself (a second pass in reverse order, so other batches and prompt-cache hits): "
         f"top-label agreement {r['llama_cpp_run_to_run']['top_label_agreement']:.1%}, mean abs Δp "
         f"{r['llama_cpp_run_to_run']['mean_abs_prob_diff']:.4f}, "

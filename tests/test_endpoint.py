@@ -7,6 +7,7 @@ Fast tests run against a deterministic fake OpenAI-compatible server behind a lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,10 +19,11 @@ import pytest
 import torch
 
 from fault_proxy import FAULTS, FakeOpenAI, FaultProxy, fake_logprobs
+from kdistill.config import EndpointConfig
 from kdistill.errors import KdistillError
 from kdistill.models import endpoint
-from kdistill.models.endpoint import (Candidate, EndpointLabelModel, EndpointSettings, Journal, LabelToken,
-                                      RetryableError, label_scores, parse_top_logprobs)
+from kdistill.models.endpoint import Candidate, EndpointLabelModel, LabelToken, label_scores, parse_top_logprobs
+from kdistill.models.http import Journal, RetryableError
 
 TEMPLATE = "Review: {text}\nSentiment:"
 TEXTS = [f"review number {i}: {'great' if i % 2 else 'dull'} film" for i in range(24)]
@@ -29,9 +31,9 @@ IDS = [f"ex{i}" for i in range(len(TEXTS))]
 
 
 def teacher(url: str, journal, **settings) -> EndpointLabelModel:
-    options = dict(base_url=url, model="fake-lm", top_logprobs=4, max_concurrency=3, timeout_s=0.5,
-                   max_retries=6, backoff_s=0.01, max_backoff_s=0.05)
-    return EndpointLabelModel(EndpointSettings(**{**options, **settings}), labels=["negative", "positive"],
+    options = dict(base_url=url, top_logprobs=4, max_concurrency=3, timeout_s=0.5, max_retries=6, backoff_s=0.01,
+                   max_backoff_s=0.05)
+    return EndpointLabelModel(EndpointConfig(**{**options, **settings}), model="fake-lm", labels=["negative", "positive"],
                               verbalizers=[" negative", " positive"], prompt_template=TEMPLATE, prefix="",
                               journal_path=journal)
 
@@ -83,11 +85,11 @@ def test_both_reply_layouts_parse_and_malformed_ones_are_retryable():
 
 def test_settings_reject_credentials_in_the_url_and_complete_a_bare_host():
     with pytest.raises(KdistillError, match="without credentials"):
-        EndpointSettings(base_url="https://user:sk-123@api.example.com/v1", model="m")
-    assert EndpointSettings(base_url="http://127.0.0.1:8080/", model="m").base_url == "http://127.0.0.1:8080/v1"
-    assert EndpointSettings(base_url="http://h:1/v1", model="m").server_root == "http://h:1"
+        EndpointConfig(base_url="https://user:sk-123@api.example.com/v1")
+    assert EndpointConfig(base_url="http://127.0.0.1:8080/").base_url == "http://127.0.0.1:8080/v1"
+    assert EndpointConfig(base_url="http://h:1/v1").server_root == "http://h:1"
     with pytest.raises(KdistillError, match="max_concurrency"):
-        EndpointSettings(base_url="http://h:1", model="m", max_concurrency=0)
+        EndpointConfig(base_url="http://h:1", max_concurrency=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,7 +220,7 @@ def test_api_key_is_sent_but_never_logged_kept_or_repeated(tmp_path, monkeypatch
     with FakeOpenAI(api_key=secret) as server, FaultProxy(server.url, plan) as proxy:
         model = teacher(proxy.url, tmp_path / "j.jsonl", api_key_env="KDISTILL_TEST_KEY")
         model.label_logprobs(TEXTS[:6])
-        meta = json.dumps(model.metadata()) + json.dumps(endpoint.settings_dict(model.settings))
+        meta = json.dumps(model.metadata()) + json.dumps(dataclasses.asdict(model.settings))
         monkeypatch.setenv("KDISTILL_TEST_KEY", "sk-wrong-key")
         with pytest.raises(KdistillError) as refused:
             teacher(proxy.url, tmp_path / "other.jsonl", api_key_env="KDISTILL_TEST_KEY").label_logprobs(TEXTS[:1])
@@ -304,9 +306,8 @@ def sentiment_setup():
 
 
 def gemma_endpoint(cfg, prefix, url, journal, **settings) -> EndpointLabelModel:
-    options = dict(base_url=url, model="gemma-3-270m", top_logprobs=20, max_concurrency=2, timeout_s=30,
-                   backoff_s=0.05, max_backoff_s=0.5)
-    return EndpointLabelModel(EndpointSettings(**{**options, **settings}), labels=cfg.task.labels,
+    options = dict(base_url=url, top_logprobs=20, max_concurrency=2, timeout_s=30, backoff_s=0.05, max_backoff_s=0.5)
+    return EndpointLabelModel(EndpointConfig(**{**options, **settings}), model="gemma-3-270m", labels=cfg.task.labels,
                               verbalizers=[cfg.task.verbalizers[label] for label in cfg.task.labels],
                               prompt_template=cfg.task.prompt_template, prefix=prefix, journal_path=journal)
 
@@ -372,3 +373,42 @@ def test_real_llama_server_through_faults_loses_nothing(gemma_server, sentiment_
     assert (faulty_p - direct_p).abs().max() <= 0.05
     records = journal_records(tmp_path / "faulty.jsonl")
     assert len(records) == len(texts) == len({r["key"] for r in records})
+
+
+# ------------------------------------------------------------------------------------------------
+# an endpoint teacher named in a run's config
+
+
+def test_endpoint_teacher_in_a_run_config_end_to_end(tiny_config, monkeypatch):
+    """`teacher.endpoint` makes the server the run's teacher: elicited through the run's teacher cache and
+    its journal, timed on real requests, shown on the report card; the key stays out of every file."""
+    from kdistill import pipeline
+
+    secret = "sk-run-config-0123456789"
+    monkeypatch.setenv("KDISTILL_TEST_KEY", secret)
+    with FakeOpenAI(api_key=secret) as server:
+        cfg = tiny_config(teacher={"model": "fake-lm", "name": "remote", "endpoint": {
+                              "base_url": server.url, "api_key_env": "KDISTILL_TEST_KEY", "top_logprobs": 4,
+                              "max_concurrency": 2, "backoff_s": 0.01, "max_backoff_s": 0.05}},
+                          evaluation={"seeds": [0], "baselines": False})
+        assert "not contacted by validate" in pipeline.validate(cfg)
+        run_dir = pipeline.run(cfg, progress=False)
+        asked = server.counts["/v1/completions"]
+        signal = pipeline.elicit(cfg, progress=False)  # again: every answer comes from the teacher cache
+        assert server.counts["/v1/completions"] == asked
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    teacher = results["models"]["teacher"]
+    assert teacher["cost"]["parameters"] == 1234  # the server's own account of the model
+    assert teacher["cost"]["latency_p50_ms"] > 0 and teacher["cost"]["size_on_disk_bytes"] is None
+    examples = len(signal.targets.ids)
+    journal = journal_records(run_dir / "teacher_cache" / "endpoint-journals" / "remote.jsonl")
+    assert len(journal) == len({r["key"] for r in journal}) >= examples
+    # the timing requests are asked afresh and kept nowhere: 1 warm-up + 3 latency at batch 1, then a
+    # warm-up batch and 1 timed batch of 4; everything else asked was journaled
+    assert asked == len(journal) + 1 + 3 + 4 + 4
+    speed = json.loads((run_dir / "teacher_cache" / "last_elicitation-remote.json").read_text())
+    assert speed["examples"] == examples and speed["endpoint"]["asked"] > 0
+    assert "| teacher" in (run_dir / "report.md").read_text()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes().decode("utf-8", "replace"), path

@@ -8,7 +8,7 @@ from kdistill.config import BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveCo
 from kdistill.errors import KdistillError
 from kdistill.losses import balance_surrogate, balance_value, cross_entropy, hidden_alignment, soft_label_loss
 from kdistill.models.base import pool_states
-from kdistill.objective import Objective, StepTargets, layer_pairs, schedule_factor
+from kdistill.objective import HiddenTarget, Objective, StepTargets, layer_pairs, schedule_factor
 
 
 def _batch(n=10, labels=4, seed=0):
@@ -117,14 +117,38 @@ def test_hidden_alignment_identities():
 
 def test_hidden_term_trains_its_projection():
     cfg = ObjectiveConfig(hidden=HiddenTerm(weight=1.0))
-    objective = Objective(cfg, pairs=[(1, 2), (2, 4)], student_width=8, teacher_width=12)
+    objective = Objective(cfg, hidden_targets=[HiddenTarget("t", [(1, 2), (2, 4)], 12)], student_width=8)
     student_hidden = torch.randn(4, 2, 8, requires_grad=True)
     targets = StepTargets(labels_b=torch.tensor([0, 1, 0, 1]), teacher_logprobs_bl=torch.randn(4, 2).log_softmax(-1),
-                          teacher_hidden_bnd=torch.randn(4, 2, 12))
+                          teacher_hidden=[torch.randn(4, 2, 12)])
     total, terms = objective(torch.randn(4, 2), targets, student_hidden_bnd=student_hidden)
     total.sum().backward()
     assert "hidden" in terms and all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters())
     assert student_hidden.grad.abs().sum() > 0
+
+
+def test_hidden_term_against_several_teachers_is_the_mean_of_each_alignment():
+    """Teachers of different depth and width: each has its own pairs and projections; the student's
+    layers are pooled once (their union) and each teacher reads its own."""
+    cfg = ObjectiveConfig(hidden=HiddenTerm(weight=1.0, loss="cosine"))
+    wide, narrow = HiddenTarget("wide", [(1, 3), (3, 9)], 12), HiddenTarget("narrow", [(2, 2), (3, 4)], 6)
+    objective = Objective(cfg, hidden_targets=[wide, narrow], student_width=8)
+    assert objective.student_layers == [1, 2, 3]
+    student_hidden = torch.randn(4, 3, 8, requires_grad=True)  # layers 1, 2, 3
+    teacher_hidden = [torch.randn(4, 2, 12), torch.randn(4, 2, 6)]
+    targets = StepTargets(labels_b=torch.tensor([0, 1, 0, 1]), teacher_logprobs_bl=torch.randn(4, 2).log_softmax(-1),
+                          teacher_hidden=teacher_hidden)
+    total, terms = objective(torch.randn(4, 2), targets, student_hidden_bnd=student_hidden)
+    by_hand = []
+    for k, (slots, projections) in enumerate(zip([[0, 2], [1, 2]], objective.projections)):
+        projected = torch.stack([p(student_hidden[:, i]) for i, p in zip(slots, projections)], 1)
+        by_hand.append(hidden_alignment(projected, teacher_hidden[k], loss="cosine"))
+    torch.testing.assert_close(terms["hidden:wide"], by_hand[0])
+    torch.testing.assert_close(terms["hidden:narrow"], by_hand[1])
+    torch.testing.assert_close(terms["hidden"], (by_hand[0] + by_hand[1]) / 2)
+    total.sum().backward()
+    assert [tuple(p.weight.shape) for ps in objective.projections for p in ps] == [(12, 8)] * 2 + [(6, 8)] * 2
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters())
 
 
 def test_layer_maps():

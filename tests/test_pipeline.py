@@ -8,6 +8,7 @@ import pytest
 
 from kdistill import pipeline
 from kdistill.cli import COMMANDS, build_parser, main
+from kdistill.errors import KdistillError
 from kdistill.teachers import load_member
 
 from conftest import tiny_config_dict
@@ -153,12 +154,12 @@ def test_hidden_and_balance_terms_run_through_the_pipeline(tiny_config):
                       evaluation={"seeds": [0], "baselines": False})
     folder = pipeline.train(cfg, variant="distilled", seed=0, progress=False)
     training = json.loads((folder.parent / f"{folder.name}.training.json").read_text())
-    assert training["layer_pairs"] == [[2, 2]]
+    assert training["layer_pairs"] == {"lm": [[2, 2]]}
     assert any("train_hidden" in h and "train_balance" in h for h in training["history"])
     from safetensors.torch import load_file
 
     projection = load_file(folder.parent / f"{folder.name}.objective.safetensors")
-    assert set(projection) == {"projections.0.weight", "projections.0.bias"}
+    assert set(projection) == {"projections.0.0.weight", "projections.0.0.bias"}
     assert not any("projection" in k for k in load_file(folder / "model.safetensors"))
     from kdistill.cache import open_entry
 
@@ -169,6 +170,36 @@ def test_hidden_and_balance_terms_run_through_the_pipeline(tiny_config):
     assert hidden.vectors(hidden.ids()[:3]).shape == (3, *hidden.fields["shape"])
     pipeline.train(cfg, variant="distilled", seed=0, progress=False)  # again: both come from the cache
     assert len(list((cfg.run_dir / "teacher_cache").glob("*/manifest.json"))) == 2
+
+
+def test_hidden_term_against_two_teachers_through_the_pipeline(tiny_config, tiny_models):
+    """Two in-process teachers (a causal LM and a fine-tuned encoder): each one's states are stored in its
+    own entry, each gets its own projections, and the history logs each alignment."""
+    cfg = tiny_config(teachers=[{"model": str(tiny_models["encoder"]), "name": "encoder-ft", "finetune": True,
+                                 "finetune_epochs": 1}],
+                      objective={"hidden": {"weight": 0.5, "layers": "last-1", "teachers": ["lm", "encoder-ft"]}},
+                      evaluation={"seeds": [0], "baselines": False})
+    folder = pipeline.train(cfg, variant="distilled", seed=0, progress=False)
+    training = json.loads((folder.parent / f"{folder.name}.training.json").read_text())
+    assert training["layer_pairs"] == {"lm": [[2, 2]], "encoder-ft": [[2, 2]]}
+    assert any("train_hidden:lm" in h and "train_hidden:encoder-ft" in h for h in training["history"])
+    from safetensors.torch import load_file
+
+    projection = load_file(folder.parent / f"{folder.name}.objective.safetensors")
+    assert set(projection) == {f"projections.{k}.0.{p}" for k in (0, 1) for p in ("weight", "bias")}
+    from kdistill.cache import open_entry
+
+    vectors = [e for e in (open_entry(p.parent) for p in (cfg.run_dir / "teacher_cache").glob("*/manifest.json"))
+               if e.kind == "vectors"]
+    assert sorted(e.fields["pool"] for e in vectors) == ["last", "mean"]  # causal LM: last token; encoder: mean
+
+
+def test_hidden_term_refuses_unknown_and_endpoint_teachers(tiny_config):
+    with pytest.raises(KdistillError, match="not teachers of this run"):
+        tiny_config(objective={"hidden": {"weight": 0.5, "teachers": ["nobody"]}})
+    with pytest.raises(KdistillError, match="exposes no hidden states"):
+        tiny_config(teacher={"model": "gemma-3-270m", "endpoint": {"base_url": "http://127.0.0.1:9/v1"}},
+                    objective={"hidden": {"weight": 0.5}})
 
 
 def test_ls_losses_lists_every_term_with_parameters():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdistill.config import BalanceTerm, HiddenTerm, KDTerm, ObjectiveConfig, TrainingConfig
-from kdistill.objective import Objective, layer_pairs
+from kdistill.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.data import prepare_data
 from kdistill.models import load_label_model
 from kdistill.targets import TeacherTargets
@@ -28,12 +28,13 @@ def _trainer(cfg, data, targets, model_path, tmp_path, name, objective_cfg=None,
     train_cfg = TrainingConfig(**{"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "checkpoint_every_steps": 4,
                                   "early_stopping_patience": 0, **training})
     objective_cfg = objective_cfg or ObjectiveConfig()
-    pairs, hidden = None, None
+    hidden_targets, hidden = [], None
     if objective_cfg.hidden.weight > 0:  # a made-up 3-layer teacher of width 12
         pairs = layer_pairs(objective_cfg.hidden.layers, student.num_layers, 3)
         gen = torch.Generator().manual_seed(2)
-        hidden = TeacherTargets(targets.ids, torch.randn(len(targets.ids), len(pairs), 12, generator=gen))
-    objective = Objective(objective_cfg, pairs=pairs, student_width=student.hidden_size, teacher_width=12)
+        hidden_targets = [HiddenTarget("made-up", pairs, 12)]
+        hidden = [TeacherTargets(targets.ids, torch.randn(len(targets.ids), len(pairs), 12, generator=gen))]
+    objective = Objective(objective_cfg, hidden_targets=hidden_targets, student_width=student.hidden_size)
     return student, Trainer(student, train_examples=data.train, val_examples=data.validation, targets=targets,
                             teacher_hidden=hidden, label_prior=torch.tensor([0.7, 0.3]), objective=objective,
                             cfg=train_cfg, seed=3, checkpoint_dir=tmp_path / name, progress=False)

@@ -135,6 +135,60 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
+class EndpointConfig:
+    """A teacher behind an OpenAI-compatible HTTP API (llama-server, vLLM, TGI, a hosted API).
+
+    The teacher's `model` is the model name sent with each request. The API key is read from the
+    environment variable `api_key_env` when a request is sent; it is never written anywhere.
+    """
+
+    base_url: str
+    """OpenAI-style base URL, e.g. http://127.0.0.1:8080/v1; a bare http://host:port means /v1."""
+    api: Literal["completions", "chat"] = "completions"
+    """completions: /v1/completions on the raw prompt (comparable with an in-process teacher);
+    chat: /v1/chat/completions with the prompt as one user message (for chat-only APIs)."""
+    api_key_env: str = "KDISTILL_API_KEY"
+    """Name of the environment variable holding the API key; unset or empty sends no key."""
+    top_logprobs: int = 20
+    """Alternatives asked for the first answer token (OpenAI allows 20 for chat, 5 for completions)."""
+    max_concurrency: int = 4
+    """Requests in flight at once."""
+    timeout_s: float = 60.0
+    """Seconds to wait for the server to send data before the attempt counts as timed out."""
+    max_retries: int = 6
+    """Retries per request after the first attempt, for timeouts, 5xx, 429 and malformed replies."""
+    backoff_s: float = 1.0
+    """First retry delay; doubled each retry, with jitter, up to max_backoff_s."""
+    max_backoff_s: float = 30.0
+    """Longest delay between retries (a Retry-After header may ask for longer, up to 300 s)."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """Extra JSON fields for every request (server-specific options); part of the journal key."""
+
+    def __post_init__(self) -> None:
+        url = self.base_url.rstrip("/")
+        if not re.match(r"^https?://[^/@\s]+(/\S*)?$", url):
+            raise KdistillError(
+                f"teacher.endpoint.base_url {hide_userinfo(self.base_url)!r} is not an http(s) URL without "
+                f"credentials; write it like http://127.0.0.1:8080/v1 and put the key in ${self.api_key_env}.")
+        self.base_url = url if re.match(r"^https?://[^/]+/.", url) else url + "/v1"
+        if self.top_logprobs < 1 or self.max_concurrency < 1 or self.max_retries < 0:
+            raise KdistillError("teacher.endpoint.top_logprobs and max_concurrency must be >= 1 and max_retries "
+                                f">= 0; found {self.top_logprobs}, {self.max_concurrency}, {self.max_retries}.")
+        if self.timeout_s <= 0 or self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
+            raise KdistillError("teacher.endpoint.timeout_s must be > 0 and 0 <= backoff_s <= max_backoff_s.")
+
+    @property
+    def server_root(self) -> str:
+        """Where llama.cpp's non-OpenAI routes (/tokenize, /health) live."""
+        return re.sub(r"/v1$", "", self.base_url)
+
+
+def hide_userinfo(url: str) -> str:
+    """``url`` with any user:password@ masked, for error messages."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+@dataclass(kw_only=True)
 class TeacherConfig(ModelConfig):
     """A teacher and how its knowledge is elicited."""
 
@@ -158,6 +212,21 @@ class TeacherConfig(ModelConfig):
     (one scalar: confidence that matches accuracy; never changes the argmax) or `affine`
     (temperature + one offset per label: also removes the prompt's lean towards one label).
     A prompted LLM is often timid (0.55 where it is right 80 % of the time) and biased."""
+    endpoint: EndpointConfig | None = None
+    """Ask this teacher over an OpenAI-compatible API instead of loading it: `model` is then the
+    name sent to the server (see `kdistill ls` for the fields). Causal-LM prompting only."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None:
+            if self.kind == "encoder" or self.finetune:
+                raise KdistillError(f"teacher {self.display_name!r}: an endpoint teacher is a prompted LM on its "
+                                    "server; it cannot be an encoder or be fine-tuned here (remove `endpoint`, "
+                                    "or set kind: auto and finetune: false).")
+            self.kind = "causal_lm"
+
+    @property
+    def is_endpoint(self) -> bool:
+        return self.endpoint is not None
 
     @property
     def display_name(self) -> str:
@@ -237,6 +306,9 @@ class HiddenTerm:
     auto = mean for encoders, the last token for causal LMs."""
     normalize: bool = True
     """Layer-normalize (no affine) both sides before comparing, so no model's scale dominates."""
+    teachers: list[str] = field(default_factory=list)
+    """Names of the teachers to align with (their `name`, or model folder name); empty: the first
+    teacher. With several, each has its own layer map and projections, and the term is their mean."""
 
     def __post_init__(self) -> None:
         _check_weight("hidden", self.weight)
@@ -391,11 +463,27 @@ class RunConfig:
                                 f"found {len(self.ensemble.weights)}.")
         if any(w < 0 for w in self.ensemble.weights) or (self.ensemble.weights and sum(self.ensemble.weights) <= 0):
             raise KdistillError(f"ensemble.weights must be >= 0 and not all 0; found {self.ensemble.weights}.")
+        if self.objective.hidden.weight > 0:
+            unknown = [n for n in self.objective.hidden.teachers if n not in names]
+            if unknown:
+                raise KdistillError(f"objective.hidden.teachers names {unknown}, which are not teachers of this run; "
+                                    f"the teachers are {names}.")
+            remote = [t.display_name for t in self.hidden_teachers if t.is_endpoint]
+            if remote:
+                raise KdistillError(f"objective.hidden: teacher {remote[0]!r} is behind an endpoint, which exposes no "
+                                    "hidden states; list in-process teachers in objective.hidden.teachers, or set "
+                                    "objective.hidden.weight to 0.")
 
     @property
     def members(self) -> list[TeacherConfig]:
         """Every teacher: `teacher`, then `teachers`."""
         return [self.teacher, *self.teachers]
+
+    @property
+    def hidden_teachers(self) -> list[TeacherConfig]:
+        """The teachers the hidden term aligns with: those named in objective.hidden.teachers, else the first."""
+        named = self.objective.hidden.teachers
+        return [t for t in self.members if t.display_name in named] if named else [self.teacher]
 
     @property
     def run_dir(self) -> Path:

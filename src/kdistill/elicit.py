@@ -196,12 +196,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps([vocab, type(tokenizer).__name__]).encode()).hexdigest()
 
 
-def cache_fields(cfg: TeacherConfig, model: LabelModel, model_path: str, examples: list[Example], *,
+def cache_fields(cfg: TeacherConfig, model: LabelModel, model_path: str | None, examples: list[Example], *,
                  kind: str = "labels", **extra: Any) -> dict[str, Any]:
     """Everything that determines a teacher's outputs for these examples; any change is a cache miss."""
+    if model.kind == "endpoint":  # no local files: the server's own description of what it serves
+        weights = tokenizer = f"served:{fingerprint(model.metadata()['served'])}"
+    else:
+        weights, tokenizer = weights_fingerprint(model_path), tokenizer_fingerprint(model.tokenizer)
     return key_fields(
-        kind=kind, teacher=f"{cfg.model}@{cfg.revision or 'default'}", weights=weights_fingerprint(model_path),
-        tokenizer=tokenizer_fingerprint(model.tokenizer),
+        kind=kind, teacher=f"{cfg.model}@{cfg.revision or 'default'}", weights=weights, tokenizer=tokenizer,
         prompt=fingerprint(model.metadata()),  # labels, verbalizers, prompt template, few-shot prefix
         data=fingerprint([(e.id, e.text) for e in examples]), example_ids=[e.id for e in examples],
         labels=model.labels if kind == "labels" else None,

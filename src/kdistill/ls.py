@@ -11,6 +11,10 @@ from kdistill.tasks import builtin_configs, builtin_tasks
 TEACHER_SOURCES = {
     "local": "an in-process transformers model (built-in name, local folder, .gguf file or hub id); "
              "causal LMs are prompted, encoders use their classification head",
+    "finetuned": "finetune: true: an encoder kdistill fine-tunes on the task's labelled examples first",
+    "endpoint": "endpoint: {base_url, api, api_key_env, top_logprobs, max_concurrency, timeout_s, max_retries, "
+                "backoff_s, max_backoff_s, extra_body}: a model behind an OpenAI-compatible API (llama-server, "
+                "vLLM, TGI, hosted); the key is read from $api_key_env and never written",
 }
 
 

@@ -64,29 +64,46 @@ def schedule_factor(schedule: str, progress: float) -> float:
             "cosine_decay": 0.5 * (1.0 + math.cos(math.pi * p))}[schedule]
 
 
+@dataclass(frozen=True)
+class HiddenTarget:
+    """One teacher the hidden term aligns with: its name, its (student, teacher) layer pairs, its width."""
+
+    teacher: str
+    pairs: list[tuple[int, int]]
+    width: int
+
+
 @dataclass
 class StepTargets:
     """What one micro-batch is compared against."""
 
     labels_b: torch.Tensor
     teacher_logprobs_bl: torch.Tensor | None = None
-    teacher_hidden_bnd: torch.Tensor | None = None
+    teacher_hidden: list[torch.Tensor] | None = None  # per hidden target: (B, n_k, D_k) pooled states
     labelled_b: torch.Tensor | None = None  # False: the gold label must not be used (transfer set)
     balance_mean_probs_l: torch.Tensor | None = None  # the whole step's mean student prediction
     balance_target_l: torch.Tensor | None = None
 
 
 class Objective(nn.Module):
-    """Weighted terms; holds the hidden term's projections (one per layer pair), if any."""
+    """Weighted terms; holds the hidden term's projections (per teacher, one per layer pair), if any.
 
-    def __init__(self, cfg: ObjectiveConfig, *, pairs: list[tuple[int, int]] | None = None,
-                 student_width: int = 0, teacher_width: int = 0) -> None:
+    With several hidden targets (teachers), the hidden term is the mean over teachers of each one's
+    alignment, so a teacher with more layer pairs does not count more.
+    """
+
+    def __init__(self, cfg: ObjectiveConfig, *, hidden_targets: list[HiddenTarget] | None = None,
+                 student_width: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.pairs = list(pairs or [])
-        if cfg.hidden.weight > 0 and not self.pairs:
-            raise ValueError("the hidden term needs layer pairs")
-        self.projections = nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in self.pairs)
+        self.hidden_targets = list(hidden_targets or [])
+        if cfg.hidden.weight > 0 and not any(t.pairs for t in self.hidden_targets):
+            raise ValueError("the hidden term needs at least one teacher with layer pairs")
+        self.student_layers = sorted({s for t in self.hidden_targets for s, _ in t.pairs})
+        """The student layers whose pooled states the hidden term needs, in this order."""
+        self.projections = nn.ModuleList(
+            nn.ModuleList(nn.Linear(student_width, t.width) for _ in t.pairs) for t in self.hidden_targets)
+        self._slots = [[self.student_layers.index(s) for s, _ in t.pairs] for t in self.hidden_targets]
 
     @property
     def uses_hidden(self) -> bool:
@@ -116,9 +133,15 @@ class Objective(nn.Module):
                 kd_weight_b = torch.where(labelled_b, kd_weight_b, kd_weight + cfg.ce.weight)
             total_b = total_b + kd_weight_b * terms["kd"]
         if self.uses_hidden:
-            projected_bnd = torch.stack([proj(student_hidden_bnd[:, i]) for i, proj in enumerate(self.projections)], 1)
-            terms["hidden"] = hidden_alignment(projected_bnd, targets.teacher_hidden_bnd,
-                                               loss=cfg.hidden.loss, normalize=cfg.hidden.normalize)
+            per_teacher = []
+            for target, projections, slots, teacher_bnd in zip(self.hidden_targets, self.projections, self._slots,
+                                                              targets.teacher_hidden):
+                projected_bnd = torch.stack([proj(student_hidden_bnd[:, i]) for i, proj in zip(slots, projections)], 1)
+                per_teacher.append(hidden_alignment(projected_bnd, teacher_bnd, loss=cfg.hidden.loss,
+                                                    normalize=cfg.hidden.normalize))
+                if len(self.hidden_targets) > 1:
+                    terms[f"hidden:{target.teacher}"] = per_teacher[-1]
+            terms["hidden"] = torch.stack(per_teacher).mean(0)
             total_b = total_b + cfg.hidden.weight * terms["hidden"]
         if self.uses_balance:
             surrogate_b = balance_surrogate(logits_bl, targets.balance_mean_probs_l, targets.balance_target_l)

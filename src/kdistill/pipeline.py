@@ -6,6 +6,7 @@ into the run directory `<output_dir>/<name>/`. The CLI is a thin table over thes
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_safetensors
 
-from kdistill.config import RunConfig, dump_yaml, load_config
+from kdistill.config import RunConfig, TeacherConfig, dump_yaml, load_config
 from kdistill.data import Example, PreparedData, format_report, prepare_data
 from kdistill.cache import TeacherCache
 from kdistill.elicit import cache_fields, elicit_hidden
@@ -28,7 +29,7 @@ from kdistill.errors import KdistillError
 from kdistill.evaluate import label_metrics, measure_cost, predict as predict_logits
 from kdistill.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
-from kdistill.objective import Objective, layer_pairs
+from kdistill.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.targets import TeacherTargets
 from kdistill.teachers import TeacherSignal, load_member, member_path, teacher_signal
 from kdistill.train import Trainer
@@ -56,7 +57,8 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
 
         from kdistill.models.causal_lm import verbalizer_token_ids
 
-        roles = [(f"teacher {t.display_name}", t) for t in cfg.members if not t.finetune] + [("student", cfg.student)]
+        roles = [(f"teacher {t.display_name}", t) for t in cfg.members if not t.finetune and not t.is_endpoint]
+        roles.append(("student", cfg.student))
         for role, model_cfg in roles:
             path = resolve_model_path(model_cfg.model)
             tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
@@ -64,6 +66,9 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
             if model_cfg.kind != "encoder" and cfg.task.verbalizers:
                 verbalizer_token_ids(tokenizer, [cfg.task.verbalizers[label] for label in cfg.task.labels], model_cfg.model)
             text += f"\n{role}: {model_cfg.model} -> {path} (tokenizer ok, {len(tokenizer)} tokens)"
+        for t in cfg.members:
+            if t.is_endpoint:
+                text += f"\nteacher {t.display_name}: {t.model} at {t.endpoint.base_url} (not contacted by validate)"
     return text + "\nconfig ok"
 
 
@@ -80,27 +85,39 @@ def elicit(config: ConfigLike = None, *, progress: bool = True,
     return teacher_signal(cfg, _data(cfg), progress=progress, models=teachers)
 
 
-def _teacher_shape(cfg: RunConfig, data: PreparedData) -> tuple[int, int]:
-    """(layers, width) of the (first) teacher, from its config alone: the weights need not be loaded."""
+def _teacher_shape(cfg: RunConfig, data: PreparedData, member: TeacherConfig) -> tuple[int, int]:
+    """(layers, width) of a teacher, from its config alone: the weights need not be loaded."""
     from transformers import AutoConfig
 
-    hf = AutoConfig.from_pretrained(member_path(cfg, data, cfg.teacher), revision=cfg.teacher.revision,
-                                    trust_remote_code=cfg.teacher.trust_remote_code).get_text_config()
+    hf = AutoConfig.from_pretrained(member_path(cfg, data, member), revision=member.revision,
+                                    trust_remote_code=member.trust_remote_code).get_text_config()
     return int(hf.num_hidden_layers), int(hf.hidden_size)
 
 
-def teacher_hidden(cfg: RunConfig, data: PreparedData, teacher_layers: list[int], *, progress: bool = True,
-                   teacher: LabelModel | None = None) -> TeacherTargets:
-    """The (first) teacher's pooled hidden states of ``teacher_layers`` for the training split, stored
-    like its targets."""
+def teacher_hidden(cfg: RunConfig, data: PreparedData, member: TeacherConfig, teacher_layers: list[int], *,
+                   progress: bool = True, teacher: LabelModel | None = None) -> TeacherTargets:
+    """A teacher's pooled hidden states of ``teacher_layers`` for the training split, stored like its targets."""
     examples = data.train
-    model = teacher or load_member(cfg, data, cfg.teacher, progress=progress)
+    model = teacher or load_member(cfg, data, member, progress=progress)
     pool = model.default_pool if cfg.objective.hidden.pool == "auto" else cfg.objective.hidden.pool
     entry = TeacherCache(cfg.run_dir / "teacher_cache").entry(cache_fields(
-        cfg.teacher, model, member_path(cfg, data, cfg.teacher), examples, kind="vectors",
-        shape=[len(teacher_layers), _teacher_shape(cfg, data)[1]], layers=teacher_layers, pool=pool))
-    return elicit_hidden(model, examples, entry, layers=teacher_layers, pool=pool, batch_size=cfg.teacher.batch_size,
+        member, model, member_path(cfg, data, member), examples, kind="vectors",
+        shape=[len(teacher_layers), _teacher_shape(cfg, data, member)[1]], layers=teacher_layers, pool=pool))
+    return elicit_hidden(model, examples, entry, layers=teacher_layers, pool=pool, batch_size=member.batch_size,
                          progress=progress)
+
+
+def hidden_term_inputs(cfg: RunConfig, data: PreparedData, student: LabelModel, *, progress: bool = True,
+                       teachers: dict[str, LabelModel] | None = None) -> tuple[list[HiddenTarget], list[TeacherTargets]]:
+    """For each teacher the hidden term aligns with: its layer pairs and width, and its pooled states."""
+    targets, states = [], []
+    for member in cfg.hidden_teachers:
+        num_layers, width = _teacher_shape(cfg, data, member)
+        pairs = layer_pairs(cfg.objective.hidden.layers, student.num_layers, num_layers)
+        targets.append(HiddenTarget(member.display_name, pairs, width))
+        states.append(teacher_hidden(cfg, data, member, [t for _, t in pairs], progress=progress,
+                                     teacher=(teachers or {}).get(member.display_name)))
+    return targets, states
 
 
 def label_prior(cfg: RunConfig, data: PreparedData) -> torch.Tensor:
@@ -116,7 +133,8 @@ def _student_dir(cfg: RunConfig, variant: str, seed: int) -> Path:
 
 
 def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | None = None, resume: bool = False,
-          progress: bool = True, targets: TeacherTargets | None = None, teacher: LabelModel | None = None) -> Path:
+          progress: bool = True, targets: TeacherTargets | None = None,
+          teachers: dict[str, LabelModel] | None = None) -> Path:
     """Train one student variant with one seed; returns the saved student folder."""
     if variant not in VARIANTS:
         raise KdistillError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
@@ -134,20 +152,17 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
             cfg = replace(cfg, training=replace(cfg.training, epochs=epochs))
     needs_targets = objective_cfg.needs_teacher or labelled_ids is not None
     if needs_targets and targets is None:
-        targets = teacher_signal(cfg, data, progress=progress,
-                                 models={cfg.teacher.display_name: teacher} if teacher else None).targets
+        targets = teacher_signal(cfg, data, progress=progress, models=teachers).targets
     torch.manual_seed(seed)  # the new head's and the projections' initialization depend on the seed
     student = load_label_model(cfg.student, cfg.task, device=pick_device(cfg.training.device))
-    hidden, pairs = None, None
+    hidden_targets, hidden = [], None
     if objective_cfg.hidden.weight > 0:
-        pairs = layer_pairs(cfg.objective.hidden.layers, student.num_layers, _teacher_shape(cfg, data)[0])
-        hidden = teacher_hidden(cfg, data, [t for _, t in pairs], progress=progress, teacher=teacher)
-    objective = Objective(objective_cfg, pairs=pairs, student_width=student.hidden_size,
-                          teacher_width=_teacher_shape(cfg, data)[1] if pairs else 0)
+        hidden_targets, hidden = hidden_term_inputs(cfg, data, student, progress=progress, teachers=teachers)
+    objective = Objective(objective_cfg, hidden_targets=hidden_targets, student_width=student.hidden_size)
     ids = [e.id for e in train_examples]
     trainer = Trainer(student, train_examples=train_examples, val_examples=data.validation, objective=objective,
                       targets=targets.subset(ids) if needs_targets else None,
-                      teacher_hidden=hidden.subset(ids) if hidden else None,
+                      teacher_hidden=[h.subset(ids) for h in hidden] if hidden else None,
                       label_prior=label_prior(cfg, data), cfg=cfg.training, seed=seed, labelled_ids=labelled_ids,
                       checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}", progress=progress)
     result = trainer.run(resume=resume)
@@ -159,7 +174,8 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
     atomic_write_json(out.parent / f"{out.name}.training.json", {
         "variant": variant, "seed": seed, "seconds": result.seconds, "steps": result.state.global_step,
         "best_step": result.state.best_step, "best_val_macro_f1": result.state.best_metric,
-        "stopped_early": result.state.stopped_early, "layer_pairs": pairs, "history": result.state.history})
+        "stopped_early": result.state.stopped_early, "layer_pairs": {t.teacher: t.pairs for t in hidden_targets} or None,
+        "history": result.state.history})
     return out
 
 
@@ -175,9 +191,11 @@ def _metrics_for(model: LabelModel, examples: list[Example], cfg: RunConfig, tea
 
 def _cost(model: LabelModel, examples: list[Example], cfg: RunConfig, model_dir: str | Path | None) -> dict[str, Any]:
     ev = cfg.evaluation
-    return measure_cost(model, examples, latency_examples=ev.latency_examples,
-                        throughput_batch_size=ev.throughput_batch_size, throughput_batches=ev.throughput_batches,
-                        warmup_batches=ev.warmup_batches, model_dir=model_dir)
+    # an endpoint teacher is timed on real requests, not on answers read back from its journal
+    with getattr(model, "fresh_requests", contextlib.nullcontext)():
+        return measure_cost(model, examples, latency_examples=ev.latency_examples,
+                            throughput_batch_size=ev.throughput_batch_size, throughput_batches=ev.throughput_batches,
+                            warmup_batches=ev.warmup_batches, model_dir=model_dir)
 
 
 def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -308,7 +326,6 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
     t = time.perf_counter()
     teachers = load_teachers(cfg, data, progress=progress)
     targets = teacher_signal(cfg, data, progress=progress, models=teachers).targets
-    teacher = teachers[cfg.teacher.display_name]
     timings["elicit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     for seed in cfg.evaluation.seeds:
@@ -316,10 +333,9 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
             if variant == "labels_only" and not cfg.evaluation.baselines:
                 continue
             train(cfg, variant=variant, seed=seed, resume=resume, progress=progress, targets=targets,
-                  teacher=teacher)
+                  teachers=teachers)
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    del teacher
     results_path = evaluate(cfg, progress=progress, teachers=teachers)
     del teachers
     timings["eval_s"] = time.perf_counter() - t

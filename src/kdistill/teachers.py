@@ -79,9 +79,17 @@ def finetune(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *, progr
     return out
 
 
-def member_path(cfg: RunConfig, data: PreparedData, member: TeacherConfig) -> str:
-    """Where the member's weights are: its fine-tuned folder, or the model as named."""
+def member_path(cfg: RunConfig, data: PreparedData, member: TeacherConfig) -> str | None:
+    """Where the member's weights are: its fine-tuned folder, or the model as named; None for a
+    teacher behind an endpoint, whose weights are on its server."""
+    if member.is_endpoint:
+        return None
     return str(_finetune_dir(cfg, data, member)) if member.finetune else resolve_model_path(member.model)
+
+
+def journal_path(cfg: RunConfig, member: TeacherConfig) -> Path:
+    """An endpoint teacher's journal of answered requests: kept with the run's teacher cache."""
+    return cfg.run_dir / "teacher_cache" / "endpoint-journals" / f"{member.display_name}.jsonl"
 
 
 def load_member(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *, progress: bool = True) -> LabelModel:
@@ -89,6 +97,13 @@ def load_member(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *, pr
     if member.finetune:
         return load_saved(finetune(cfg, data, member, progress=progress), device=device)
     prefix = few_shot_prefix(cfg.task, data.labelled, member.few_shot_per_label, cfg.data.split_seed)
+    if member.endpoint is not None:
+        from kdistill.models.endpoint import EndpointLabelModel
+
+        return EndpointLabelModel(member.endpoint, model=member.model, labels=cfg.task.labels,
+                                  verbalizers=[cfg.task.verbalizers[label] for label in cfg.task.labels],
+                                  prompt_template=cfg.task.prompt_template, prefix=prefix,
+                                  journal_path=journal_path(cfg, member))
     return load_label_model(member, cfg.task, prefix=prefix, device=device)
 
 
@@ -107,16 +122,23 @@ def member_targets(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *,
     start = time.perf_counter()
     targets = elicit_targets(model, examples, member, entry, progress=progress)
     if missing:
-        seconds = time.perf_counter() - start
-        texts = [e.text for e in examples if e.id in missing]
-        tokens = sum(len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"])
-        speed = {"examples": len(texts), "text_tokens": tokens, "seconds": seconds,
-                 "examples_per_s": len(texts) / seconds, "text_tokens_per_s": tokens / seconds,
-                 "note": "text tokens = the examples' own tokens; a shared few-shot prefix is computed once"}
-        atomic_write_json(cfg.run_dir / "teacher_cache" / f"last_elicitation-{member.display_name}.json", speed)
-        log.info("teacher %s: elicited %d examples in %.1f s (%.1f examples/s, %.0f text tokens/s)",
-                 member.display_name, len(texts), seconds, speed["examples_per_s"], speed["text_tokens_per_s"])
+        _log_speed(cfg, member, model, [e.text for e in examples if e.id in missing], time.perf_counter() - start)
     return targets
+
+
+def _log_speed(cfg: RunConfig, member: TeacherConfig, model: LabelModel, texts: list[str], seconds: float) -> None:
+    """examples/s and text tokens/s of an elicitation, logged and kept beside the cache."""
+    speed: dict[str, Any] = {"examples": len(texts), "seconds": seconds, "examples_per_s": len(texts) / seconds}
+    if model.tokenizer is not None:
+        tokens = sum(len(ids) for ids in model.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        speed.update(text_tokens=tokens, text_tokens_per_s=tokens / seconds,
+                     note="text tokens = the examples' own tokens; a shared few-shot prefix is computed once")
+    if hasattr(model, "stats"):  # an endpoint: how many answers came from its journal, how many retries
+        speed["endpoint"] = model.stats()
+    atomic_write_json(cfg.run_dir / "teacher_cache" / f"last_elicitation-{member.display_name}.json", speed)
+    log.info("teacher %s: elicited %d examples in %.1f s (%.1f examples/s%s)", member.display_name, len(texts),
+             seconds, speed["examples_per_s"],
+             f", {speed['text_tokens_per_s']:.0f} text tokens/s" if "text_tokens_per_s" in speed else "")
 
 
 def _recalibrate(cfg: RunConfig, data: PreparedData, member: TeacherConfig,

@@ -104,19 +104,19 @@ class Trainer:
 
     def __init__(self, model: LabelModel, *, train_examples: list["Example"], val_examples: list["Example"],
                  objective: Objective, cfg: TrainingConfig, seed: int, checkpoint_dir: str | Path,
-                 targets: TeacherTargets | None = None, teacher_hidden: TeacherTargets | None = None,
+                 targets: TeacherTargets | None = None, teacher_hidden: list[TeacherTargets] | None = None,
                  label_prior: torch.Tensor | None = None, labelled_ids: set[str] | None = None,
                  progress: bool = True) -> None:
-        """``targets``: teacher label log-probs by id; ``teacher_hidden``: the teacher's pooled hidden states
-        (N, n, D) for the hidden term; ``label_prior``: (L,) for the balance term's prior target;
+        """``targets``: teacher label log-probs by id; ``teacher_hidden``: for the hidden term, each hidden
+        target's (teacher's) pooled hidden states (N, n_k, D_k), in ``objective.hidden_targets`` order; ``label_prior``: (L,) for the balance term's prior target;
         ``labelled_ids``: the examples whose gold label may be used (None: all)."""
         terms = objective.cfg
         if terms.kd.weight > 0 and targets is None:
             raise ValueError("objective.kd.weight > 0 needs teacher targets")
         if labelled_ids is not None and targets is None:
             raise ValueError("examples without gold labels need teacher targets")
-        if objective.uses_hidden and teacher_hidden is None:
-            raise ValueError("objective.hidden.weight > 0 needs the teacher's hidden states")
+        if objective.uses_hidden and (teacher_hidden is None or len(teacher_hidden) != len(objective.hidden_targets)):
+            raise ValueError("objective.hidden.weight > 0 needs the hidden states of each of its teachers")
         if objective.uses_balance and (label_prior if terms.balance.target == "prior" else targets) is None:
             raise ValueError(f"the balance term's target {terms.balance.target!r} is missing")
         self.model, self.train_examples, self.val_examples = model, train_examples, val_examples
@@ -209,7 +209,7 @@ class Trainer:
             with _autocast(self.device, self.cfg.mixed_precision):
                 if self.objective.uses_hidden:
                     logits_bl, states, mask_bs = self.model.label_logits_and_hidden(inputs)
-                    hidden_bnd = pool_states(states, mask_bs, [s for s, _ in self.objective.pairs], self._pool)
+                    hidden_bnd = pool_states(states, mask_bs, self.objective.student_layers, self._pool)
                 else:
                     logits_bl, hidden_bnd = self.model.label_logits(inputs), None
             if self.objective.uses_balance and len(chunks) == 1:  # the step's mean is this batch's
@@ -238,7 +238,8 @@ class Trainer:
         return StepTargets(
             labels_b=torch.tensor([self.label_ids[e.label] for e in chunk], device=self.device),
             teacher_logprobs_bl=self.targets.rows(ids).to(self.device) if self.targets else None,
-            teacher_hidden_bnd=self.teacher_hidden.rows(ids).to(self.device) if self.objective.uses_hidden else None,
+            teacher_hidden=[t.rows(ids).to(self.device) for t in self.teacher_hidden] if self.objective.uses_hidden
+            else None,
             labelled_b=None if self.labelled_ids is None else
             torch.tensor([i in self.labelled_ids for i in ids], device=self.device),
             **balance)
