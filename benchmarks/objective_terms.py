@@ -1,6 +1,7 @@
 """Benchmark: does hidden-state alignment or the balance term help over CE + KD alone? (real models)
 
     python benchmarks/objective_terms.py [--config sentiment3] [--seeds 0 1 2] [--set data.max_examples=1500]
+        [--set 'teacher={model: all-mpnet-base-v2, finetune: true, ...}'] [--only ce+kd ...] [--name objective_terms]
 
 Runs the built-in job once per objective variant (each with every seed), all sharing one teacher
 cache, and compares the distilled students' test macro-F1, accuracy and per-class recall (mean ± std
@@ -23,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "ce+kd": {},
     "ce+kd+hidden": {"objective.hidden.weight": 1.0, "objective.hidden.layers": "uniform"},
+    "ce+kd+hidden(0.1)": {"objective.hidden.weight": 0.1, "objective.hidden.layers": "uniform"},
     "ce+kd+balance": {"objective.balance.weight": 1.0, "objective.balance.target": "prior"},
 }
 
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--out", default=str(HERE / "runs" / "objective_terms"))
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
+    parser.add_argument("--name", default="objective_terms", help="results file name (benchmarks/results/NAME.md)")
     args = parser.parse_args()
     settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     common = {**settings, "evaluation.seeds": args.seeds}
@@ -73,8 +76,8 @@ def main() -> None:
     summary = {"config": args.config, "settings": settings, "seeds": args.seeds, "labels": cfg.task.labels,
                "prior": {label: round(float(p), 3) for label, p in zip(cfg.task.labels, prior)},
                "test_examples": len(data.test), "variants": done}
-    atomic_write_json(HERE / "results" / "objective_terms.json", summary)
-    atomic_write_text(HERE / "results" / "objective_terms.md", markdown(summary))
+    atomic_write_json(HERE / "results" / f"{args.name}.json", summary)
+    atomic_write_text(HERE / "results" / f"{args.name}.md", markdown(summary))
 
 
 if __name__ == "__main__":
