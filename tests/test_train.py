@@ -159,3 +159,13 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_models):
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_on_record_sees_every_history_record_as_it_is_made(tiny_config, tiny_models, tmp_path):
+    cfg, data, targets = _setup(tiny_config)
+    seen = []
+    student, trainer = _trainer(cfg, data, targets, tiny_models["encoder"], tmp_path, "hook")
+    trainer.on_record = seen.append
+    result = trainer.run()
+    assert seen == result.state.history
+    assert any("train_kd" in r for r in seen) and any("val_macro_f1" in r for r in seen)

@@ -16,7 +16,7 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save as save_safetensors
@@ -134,8 +134,10 @@ def _student_dir(cfg: RunConfig, variant: str, seed: int) -> Path:
 
 def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | None = None, resume: bool = False,
           progress: bool = True, targets: TeacherTargets | None = None,
-          teachers: dict[str, LabelModel] | None = None) -> Path:
-    """Train one student variant with one seed; returns the saved student folder."""
+          teachers: dict[str, LabelModel] | None = None,
+          on_record: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Train one student variant with one seed; returns the saved student folder. ``on_record`` sees
+    each training-history record as it is made (see `Trainer`)."""
     if variant not in VARIANTS:
         raise KdistillError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
     cfg = _config(config)
@@ -164,7 +166,8 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
                       targets=targets.subset(ids) if needs_targets else None,
                       teacher_hidden=[h.subset(ids) for h in hidden] if hidden else None,
                       label_prior=label_prior(cfg, data), cfg=cfg.training, seed=seed, labelled_ids=labelled_ids,
-                      checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}", progress=progress)
+                      checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}", progress=progress,
+                      on_record=on_record)
     result = trainer.run(resume=resume)
     out = _student_dir(cfg, variant, seed)
     student.save(out)

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -106,10 +106,12 @@ class Trainer:
                  objective: Objective, cfg: TrainingConfig, seed: int, checkpoint_dir: str | Path,
                  targets: TeacherTargets | None = None, teacher_hidden: list[TeacherTargets] | None = None,
                  label_prior: torch.Tensor | None = None, labelled_ids: set[str] | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
         """``targets``: teacher label log-probs by id; ``teacher_hidden``: for the hidden term, each hidden
         target's (teacher's) pooled hidden states (N, n_k, D_k), in ``objective.hidden_targets`` order; ``label_prior``: (L,) for the balance term's prior target;
-        ``labelled_ids``: the examples whose gold label may be used (None: all)."""
+        ``labelled_ids``: the examples whose gold label may be used (None: all); ``on_record``: called
+        with each record as it joins the history (training terms every 10 steps, each validation):
+        for loggers such as TensorBoard, or a search that prunes a bad trial by raising."""
         terms = objective.cfg
         if terms.kd.weight > 0 and targets is None:
             raise ValueError("objective.kd.weight > 0 needs teacher targets")
@@ -123,7 +125,7 @@ class Trainer:
         self.targets, self.teacher_hidden, self.label_prior = targets, teacher_hidden, label_prior
         self.objective, self.cfg, self.seed = objective, cfg, seed
         self.checkpoint_dir, self.progress = Path(checkpoint_dir), progress
-        self.labelled_ids = labelled_ids
+        self.labelled_ids, self.on_record = labelled_ids, on_record
         self.device = pick_device(cfg.device)
         self.label_ids = {label: i for i, label in enumerate(model.labels)}
         self.steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
@@ -266,20 +268,25 @@ class Trainer:
     def _after_step(self, terms: dict[str, float]) -> None:
         step = self.state.global_step
         if step % 10 == 0 or step == 1:
-            self.state.history.append({"step": step, "epoch": self.state.epoch, "lr": self.scheduler.get_last_lr()[0],
-                                       **{f"train_{k}": v for k, v in terms.items()}})
+            self._record({"step": step, "epoch": self.state.epoch, "lr": self.scheduler.get_last_lr()[0],
+                          **{f"train_{k}": v for k, v in terms.items()}})
         validated = self.cfg.eval_every_steps > 0 and step % self.cfg.eval_every_steps == 0
         if validated:
             self._validate()
         if validated or (self.cfg.checkpoint_every_steps > 0 and step % self.cfg.checkpoint_every_steps == 0):
             self._checkpoint()
 
+    def _record(self, record: dict[str, Any]) -> None:
+        self.state.history.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
     def _validate(self) -> None:
         if not self.val_examples:
             return
         score = macro_f1(self.model, self.val_examples, batch_size=max(self.cfg.batch_size, 32))
         st = self.state
-        st.history.append({"step": st.global_step, "epoch": st.epoch, "val_macro_f1": score})
+        self._record({"step": st.global_step, "epoch": st.epoch, "val_macro_f1": score})
         if score > st.best_metric:
             st.best_metric, st.best_step, st.bad_validations = score, st.global_step, 0
             self.best_weights = _cpu_state(self.model.module)
