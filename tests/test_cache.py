@@ -439,3 +439,38 @@ def test_vector_rows_round_trip_and_export(tmp_path):
     with pytest.raises(KdistillError, match="shape"):
         key_fields(kind="vectors", teacher="t", weights="w", tokenizer="tok", prompt="p", data="d",
                    example_ids=ids, shape=[0])
+
+
+def test_several_processes_split_the_shards_and_finish_the_same_entry(tmp_path):
+    """Two ranks (threads here, a barrier between them) each compute their own shards; the entry equals
+    one written by a single process, and no shard is computed twice."""
+    import threading
+
+    from kdistill.cache import TeacherCache
+    from kdistill.cache.resumable import elicit_resumable
+
+    ids = [f"ex{i:03d}" for i in range(50)]
+    fields = key_fields(kind="labels", teacher="t", weights="w", tokenizer="tok", prompt="p", data="d",
+                        example_ids=ids, labels=["a", "b"])
+    rows = lambda batch: np.array([[-float(int(i[2:])), -1.0] for i in batch], dtype=np.float32)
+    single = elicit_resumable(TeacherCache(tmp_path / "one").entry(fields), ids, rows, shard_size=10, progress=False)
+    computed: dict[int, list[str]] = {0: [], 1: []}
+    barrier = threading.Barrier(2)
+    entry_dir = tmp_path / "two"
+
+    def rank(r: int) -> None:
+        def compute(batch):
+            computed[r].append(batch[0])
+            return rows(batch)
+        elicit_resumable(TeacherCache(entry_dir).entry(fields), ids, compute, shard_size=10, progress=False,
+                         rank=r, world_size=2, barrier=barrier.wait)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert computed == {0: ["ex000", "ex020", "ex040"], 1: ["ex010", "ex030"]}
+    together = TeacherCache(entry_dir).entry(fields)
+    assert together.manifest() is not None and together.verify().ok
+    np.testing.assert_array_equal(together.labels(ids), single.labels(ids))

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kdistill.config import RunConfig, dump_yaml, from_dict, load_config
 from kdistill.errors import KdistillError
@@ -41,14 +40,16 @@ def test_bad_fields_name_the_field(tmp_path, tiny_models, section, field, value,
 def test_every_shipped_config_validates():
     """Every run config in the repo, found by a recursive search, loads and its data prepares."""
     from kdistill.data import prepare_data
+    from kdistill.stages import stage_configs
 
     found = [p for p in REPO.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts
              and "teacher:" in p.read_text(encoding="utf-8")]
-    assert len(found) == 3, found  # default, news-topics, sentiment3
+    assert len(found) == 4, found  # default, news-topics, sentiment3, sentiment-two-stage
     for path in found:
         cfg = load_config(path)
-        data = prepare_data(cfg.data, cfg.task)
-        assert len(data.test) > 0 and len(data.train) > len(data.test) / 2, path
+        for stage_cfg in stage_configs(cfg) if cfg.stages else [cfg]:
+            data = prepare_data(stage_cfg.data, stage_cfg.task)
+            assert len(data.test) > 0 and len(data.train) > len(data.test) / 2, path
 
 
 def test_every_builtin_task_loads():

@@ -50,6 +50,14 @@ def cmd_train(args):
     print(pipeline.train(_config(args), variant=args.variant, seed=args.seed, resume=args.resume))
 
 
+def cmd_search(args):
+    from kdistill.search import search
+
+    out = search(_config(args), trials=args.trials)
+    print(f"done: {out}/results.md, {out}/results.json; best config in {out}/best.yaml "
+          f"(`kdistill run {out}/best.yaml` runs it)")
+
+
 def cmd_eval(args):
     from kdistill import pipeline
 
@@ -119,6 +127,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "elicit": (cmd_elicit, "ask every teacher once and keep its label distributions in the run's teacher cache "
                            "(resumes after an interruption)"),
     "train": (cmd_train, "train one student variant with one seed"),
+    "search": (cmd_search, "search the distilled student's hyper-parameters with optuna on a subsample (the config's "
+                           "`search` section); resumes after a kill; writes search/results.md and best.yaml"),
     "eval": (cmd_eval, "score teacher and students on the test split, with cost; writes eval/results.json"),
     "report": (cmd_report, "render report.md from eval/results.json"),
     "predict": (cmd_predict, "label new texts with a saved student"),
@@ -136,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (func, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
-        if name in {"run", "elicit", "train", "eval", "report", "validate"}:
+        if name in {"run", "elicit", "train", "search", "eval", "report", "validate"}:
             p.add_argument("config", nargs="?", default=None,
                            help="run config YAML (default: the built-in default job, see `kdistill ls configs`)")
             p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -146,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--variant", default="distilled", choices=["distilled", "labels_only"], help="which student")
     train.add_argument("--seed", type=int, default=None, help="seed (default: the first of evaluation.seeds)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    sub.choices["search"].add_argument("--trials", type=int, default=None,
+                                       help="trials to finish in all (default: search.trials); a resumed search runs "
+                                            "only the missing ones")
     predict = sub.choices["predict"]
     predict.add_argument("model_dir", help="a saved student folder, e.g. runs/default/student")
     predict.add_argument("text", nargs="*", help="texts to label")
@@ -178,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdistill: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kdistill: interrupted; `--resume` continues from the last checkpoint", file=sys.stderr)
+        hint = ("the same command resumes the search" if args.command == "search"
+                else "`--resume` continues from the last checkpoint")
+        print(f"kdistill: interrupted; {hint}", file=sys.stderr)
         return 130
     return 0
 

@@ -80,11 +80,12 @@ def pooled_hidden(model: LabelModel, texts: list[str], *, layers: list[int], poo
 
 
 def elicit(model: LabelModel, examples: list[Example], cfg: TeacherConfig, entry: CacheEntry, *,
-           progress: bool = True, shard_size: int = 256) -> TeacherTargets:
+           progress: bool = True, shard_size: int = 256, share: dict | None = None) -> TeacherTargets:
     """Label log-probs for ``examples``, computed into the cache ``entry`` shard by shard.
 
     Only shards the entry lacks are computed, so a run killed mid-way continues where it stopped, and a
-    finished entry is read back without asking the teacher at all.
+    finished entry is read back without asking the teacher at all. ``share``: this process's part of a
+    launch of several (`distributed.elicitation_share()`), every process calling this together.
     """
     text_of = {e.id: e.text for e in examples}
     bias_l = None
@@ -99,12 +100,13 @@ def elicit(model: LabelModel, examples: list[Example], cfg: TeacherConfig, entry
         return logprobs_nl.numpy()
 
     ids = [e.id for e in examples]
-    elicit_resumable(entry, ids, compute, shard_size=shard_size, progress=progress)
+    elicit_resumable(entry, ids, compute, shard_size=shard_size, progress=progress, **(share or {}))
     return TeacherTargets(ids, entry.labels(ids))
 
 
 def elicit_hidden(model: LabelModel, examples: list[Example], entry: CacheEntry, *, layers: list[int], pool: str,
-                  batch_size: int, progress: bool = True, shard_size: int = 256) -> TeacherTargets:
+                  batch_size: int, progress: bool = True, shard_size: int = 256,
+                  share: dict | None = None) -> TeacherTargets:
     """The teacher's pooled hidden states (N, n, D) for ``examples``, computed into ``entry`` (kind vectors)."""
     text_of = {e.id: e.text for e in examples}
 
@@ -113,7 +115,7 @@ def elicit_hidden(model: LabelModel, examples: list[Example], entry: CacheEntry,
                              progress=False).numpy()
 
     ids = [e.id for e in examples]
-    elicit_resumable(entry, ids, compute, shard_size=shard_size, progress=progress)
+    elicit_resumable(entry, ids, compute, shard_size=shard_size, progress=progress, **(share or {}))
     return TeacherTargets(ids, entry.vectors(ids))
 
 

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
+from kdistill import distributed
 from kdistill.config import RunConfig, TeacherConfig, dump_yaml, load_config
 from kdistill.data import Example, PreparedData, format_report, prepare_data
 from kdistill.cache import TeacherCache
@@ -31,7 +33,9 @@ from kdistill.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomi
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
 from kdistill.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.targets import TeacherTargets
+from kdistill.stages import check_stage_dirs, init_student, run_stages, stage_configs
 from kdistill.teachers import TeacherSignal, load_member, member_path, teacher_signal
+from kdistill.tracking import tensorboard_records
 from kdistill.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,15 @@ def _config(config: ConfigLike, overrides: dict[str, Any] | None = None) -> RunC
     return config if isinstance(config, RunConfig) else load_config(config, overrides)
 
 
+def _single_run(cfg: RunConfig, command: str) -> RunConfig:
+    """Commands other than run and validate work on one run, not on a config with stages."""
+    if cfg.stages:
+        raise KdistillError(f"`kdistill {command}` works on one run, and this config has {len(cfg.stages)} stages; "
+                            f"use `kdistill run`, or point `{command}` at a stage's config "
+                            f"({cfg.run_dir}/stages/<i>-<name>/config.yaml once the run has started).")
+    return cfg
+
+
 def _data(cfg: RunConfig) -> PreparedData:
     return prepare_data(cfg.data, cfg.task)
 
@@ -51,6 +64,9 @@ def _data(cfg: RunConfig) -> PreparedData:
 def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
     """Check a config, its data and the verbalizers against the tokenizers; write nothing."""
     cfg = _config(config)
+    if cfg.stages:
+        return "\n\n".join(f"stage {i}: {stage_cfg.name}\n" + validate(stage_cfg, check_models=check_models)
+                           for i, stage_cfg in enumerate(stage_configs(cfg), 1))
     text = format_report(_data(cfg))
     if check_models:
         from transformers import AutoTokenizer
@@ -81,7 +97,7 @@ def elicit(config: ConfigLike = None, *, progress: bool = True,
            teachers: dict[str, LabelModel] | None = None) -> TeacherSignal:
     """Every teacher's label distributions for the train, validation and test splits, from the store or
     computed once, recalibrated, and combined when there are several."""
-    cfg = _config(config)
+    cfg = _single_run(_config(config), "elicit")
     return teacher_signal(cfg, _data(cfg), progress=progress, models=teachers)
 
 
@@ -103,8 +119,9 @@ def teacher_hidden(cfg: RunConfig, data: PreparedData, member: TeacherConfig, te
     entry = TeacherCache(cfg.run_dir / "teacher_cache").entry(cache_fields(
         member, model, member_path(cfg, data, member), examples, kind="vectors",
         shape=[len(teacher_layers), _teacher_shape(cfg, data, member)[1]], layers=teacher_layers, pool=pool))
+    share = distributed.elicitation_share() if distributed.launched() else None  # split over processes
     return elicit_hidden(model, examples, entry, layers=teacher_layers, pool=pool, batch_size=member.batch_size,
-                         progress=progress)
+                         progress=progress, share=share)
 
 
 def hidden_term_inputs(cfg: RunConfig, data: PreparedData, student: LabelModel, *, progress: bool = True,
@@ -132,17 +149,27 @@ def _student_dir(cfg: RunConfig, variant: str, seed: int) -> Path:
     return cfg.run_dir / "students" / f"{variant}-seed{seed}"
 
 
+def _optimizer_path(student_dir: Path) -> Path:
+    """Where a student's final optimizer state is kept for a next stage that carries it."""
+    return student_dir.parent / f"{student_dir.name}.optimizer.safetensors"
+
+
 def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | None = None, resume: bool = False,
           progress: bool = True, targets: TeacherTargets | None = None,
           teachers: dict[str, LabelModel] | None = None,
-          on_record: Callable[[dict[str, Any]], None] | None = None) -> Path:
+          on_record: Callable[[dict[str, Any]], None] | None = None, init_from: Path | None = None,
+          optimizer_from: Path | None = None, save_optimizer: bool = False,
+          data: PreparedData | None = None) -> Path:
     """Train one student variant with one seed; returns the saved student folder. ``on_record`` sees
-    each training-history record as it is made (see `Trainer`)."""
+    each training-history record as it is made (see `Trainer`). Multi-stage runs: ``init_from`` is
+    the previous stage's student to start from, ``optimizer_from`` its saved optimizer state to carry
+    on, and ``save_optimizer`` keeps this student's optimizer state for the next stage. ``data``: the
+    prepared splits to use instead of the config's (a search trains on a subsample)."""
     if variant not in VARIANTS:
         raise KdistillError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
-    cfg = _config(config)
+    cfg = _single_run(_config(config), "train")
     seed = cfg.evaluation.seeds[0] if seed is None else seed
-    data = _data(cfg)
+    data = data or _data(cfg)
     objective_cfg = cfg.objective.labels_only() if variant == "labels_only" else cfg.objective
     train_examples, labelled_ids = data.train, None
     if data.labelled_train is not None:  # a transfer set: only the distilled student sees its text
@@ -154,23 +181,47 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
             cfg = replace(cfg, training=replace(cfg.training, epochs=epochs))
     needs_targets = objective_cfg.needs_teacher or labelled_ids is not None
     if needs_targets and targets is None:
+        if teachers is None:
+            with distributed.main_first():  # a teacher kdistill fine-tunes is fine-tuned once, by the main process
+                teachers = load_teachers(cfg, data, progress=progress)
         targets = teacher_signal(cfg, data, progress=progress, models=teachers).targets
     torch.manual_seed(seed)  # the new head's and the projections' initialization depend on the seed
-    student = load_label_model(cfg.student, cfg.task, device=pick_device(cfg.training.device))
+    device = pick_device(cfg.training.device)
+    if init_from is not None:
+        student = init_student(init_from, cfg, device)
+    else:
+        student = load_label_model(cfg.student, cfg.task, device=device)
     hidden_targets, hidden = [], None
     if objective_cfg.hidden.weight > 0:
         hidden_targets, hidden = hidden_term_inputs(cfg, data, student, progress=progress, teachers=teachers)
     objective = Objective(objective_cfg, hidden_targets=hidden_targets, student_width=student.hidden_size)
     ids = [e.id for e in train_examples]
-    trainer = Trainer(student, train_examples=train_examples, val_examples=data.validation, objective=objective,
-                      targets=targets.subset(ids) if needs_targets else None,
-                      teacher_hidden=[h.subset(ids) for h in hidden] if hidden else None,
-                      label_prior=label_prior(cfg, data), cfg=cfg.training, seed=seed, labelled_ids=labelled_ids,
-                      checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}", progress=progress,
-                      on_record=on_record)
-    result = trainer.run(resume=resume)
+    records = (tensorboard_records(cfg.run_dir / "tensorboard" / f"{variant}-seed{seed}", resume=resume, then=on_record)
+               if cfg.training.tensorboard and distributed.is_main() else contextlib.nullcontext(on_record))
+    with records as record:  # the TensorBoard writer is closed (flushed) even if training fails
+        trainer = Trainer(student, train_examples=train_examples, val_examples=data.validation, objective=objective,
+                          targets=targets.subset(ids) if needs_targets else None,
+                          teacher_hidden=[h.subset(ids) for h in hidden] if hidden else None,
+                          label_prior=label_prior(cfg, data), cfg=cfg.training, seed=seed, labelled_ids=labelled_ids,
+                          checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}", progress=progress,
+                          on_record=record)
+        if optimizer_from is not None and not resume:
+            carried, total = trainer.carry_optimizer_state(load_file(optimizer_from))
+            log.info("carried the optimizer state of %d of %d parameters from %s", carried, total, optimizer_from)
+        result = trainer.run(resume=resume)
     out = _student_dir(cfg, variant, seed)
+    if distributed.is_main():  # every process holds the same student; one saves it
+        _save_student(out, student, objective, trainer, result, save_optimizer=save_optimizer,
+                      variant=variant, seed=seed, hidden_targets=hidden_targets)
+    distributed.barrier()
+    return out
+
+
+def _save_student(out: Path, student: LabelModel, objective: Objective, trainer: Trainer, result: Any, *,
+                  save_optimizer: bool, variant: str, seed: int, hidden_targets: list[HiddenTarget]) -> None:
     student.save(out)
+    if save_optimizer:
+        atomic_write_bytes(_optimizer_path(out), save_safetensors(trainer.optimizer_state_by_name()))
     if len(objective.state_dict()):  # the projections belong to the run, not to the exported student
         atomic_write_bytes(out.parent / f"{out.name}.objective.safetensors",
                            save_safetensors({k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()}))
@@ -179,7 +230,6 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
         "best_step": result.state.best_step, "best_val_macro_f1": result.state.best_metric,
         "stopped_early": result.state.stopped_early, "layer_pairs": {t.teacher: t.pairs for t in hidden_targets} or None,
         "history": result.state.history})
-    return out
 
 
 def _metrics_for(model: LabelModel, examples: list[Example], cfg: RunConfig, teacher_pred: list[int],
@@ -211,7 +261,7 @@ def evaluate(config: ConfigLike = None, *, progress: bool = True,
              teachers: dict[str, LabelModel] | None = None) -> Path:
     """Score every teacher (and their ensemble), the untrained student and every trained student on the
     test split; cost of each."""
-    cfg = _config(config)
+    cfg = _single_run(_config(config), "eval")
     data = _data(cfg)
     test = data.test
     gold = [cfg.task.labels.index(e.label) for e in test]
@@ -304,49 +354,69 @@ def _comparison(models: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def report(config: ConfigLike = None) -> Path:
+    """report.md, and report.html with its figures (also written to plots/), from eval/results.json and
+    the students' training histories; returns report.md's path."""
     from kdistill.report import render_markdown
+    from kdistill.report_html import write_html_report
 
-    cfg = _config(config)
+    cfg = _single_run(_config(config), "report")
     results_path = cfg.run_dir / "eval" / "results.json"
     if not results_path.exists():
         raise KdistillError(f"{results_path}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
     results = json.loads(results_path.read_text(encoding="utf-8"))
+    config_yaml = dump_yaml(cfg)
+    write_html_report(cfg.run_dir, results, config_yaml)
     path = cfg.run_dir / "report.md"
-    atomic_write_text(path, render_markdown(results, dump_yaml(cfg)))
+    atomic_write_text(path, render_markdown(results, config_yaml))
     return path
 
 
 def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = True,
-        overrides: dict[str, Any] | None = None) -> Path:
-    """The whole pipeline: data, elicitation, every student variant and seed, evaluation, report."""
+        overrides: dict[str, Any] | None = None, init_dir: Path | None = None, carry_optimizer: bool = False,
+        save_optimizer: bool = False) -> Path:
+    """The whole pipeline: data, elicitation, every student variant and seed, evaluation, report.
+
+    A config with `stages` runs each stage in turn (kdistill.stages). Within a stage, ``init_dir`` is
+    the previous stage's run directory, whose students this stage's start from."""
     start = time.perf_counter()
     cfg = _config(config, overrides)
+    if cfg.stages:
+        return run_stages(cfg, resume=resume, progress=progress)
     data = _data(cfg)  # a bad row stops the run here, before anything is written
-    atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
-    atomic_write_json(cfg.run_dir / "data" / "splits.json",
-                      {split: [e.id for e in examples] for split, examples in data.splits().items()})
+    if distributed.is_main():
+        atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
+        atomic_write_json(cfg.run_dir / "data" / "splits.json",
+                          {split: [e.id for e in examples] for split, examples in data.splits().items()})
     timings = {}
     t = time.perf_counter()
-    teachers = load_teachers(cfg, data, progress=progress)
-    targets = teacher_signal(cfg, data, progress=progress, models=teachers).targets
+    with distributed.main_first():  # a teacher kdistill fine-tunes is fine-tuned once, by the main process
+        teachers = load_teachers(cfg, data, progress=progress)
+    targets = teacher_signal(cfg, data, progress=progress, models=teachers).targets  # shards split over processes
     timings["elicit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     for seed in cfg.evaluation.seeds:
         for variant in VARIANTS:
             if variant == "labels_only" and not cfg.evaluation.baselines:
                 continue
+            init_from = check_stage_dirs(init_dir, variant, seed) if init_dir is not None else None
             train(cfg, variant=variant, seed=seed, resume=resume, progress=progress, targets=targets,
-                  teachers=teachers)
+                  teachers=teachers, init_from=init_from, save_optimizer=save_optimizer,
+                  optimizer_from=_optimizer_path(init_from) if carry_optimizer and init_from else None)
     timings["train_s"] = time.perf_counter() - t
+    if not distributed.is_main():  # evaluation and the report are written once, by the main process
+        distributed.barrier()
+        return cfg.run_dir
     t = time.perf_counter()
-    results_path = evaluate(cfg, progress=progress, teachers=teachers)
-    del teachers
-    timings["eval_s"] = time.perf_counter() - t
-    _export_best_student(cfg)
-    results = json.loads(results_path.read_text(encoding="utf-8"))
-    results["timings"] = {**timings, "total_s": time.perf_counter() - start}
-    atomic_write_json(results_path, results)
-    report(cfg)
+    with distributed.alone():
+        results_path = evaluate(cfg, progress=progress, teachers=teachers)
+        del teachers
+        timings["eval_s"] = time.perf_counter() - t
+        _export_best_student(cfg)
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        results["timings"] = {**timings, "total_s": time.perf_counter() - start}
+        atomic_write_json(results_path, results)
+        report(cfg)
+    distributed.barrier()
     return cfg.run_dir
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kdistill import distributed
 from kdistill.config import ObjectiveConfig, RunConfig, TeacherConfig
 from kdistill.data import PreparedData
 from kdistill.elicit import elicit as elicit_targets
@@ -69,9 +70,10 @@ def finetune(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *, progr
     model = load_label_model(member, cfg.task, device=pick_device(cfg.training.device))
     training = replace(cfg.training, epochs=member.finetune_epochs, learning_rate=member.finetune_learning_rate)
     start = time.perf_counter()
-    result = Trainer(model, train_examples=data.labelled, val_examples=data.validation,
-                     objective=Objective(ObjectiveConfig().labels_only()), cfg=training, seed=0,
-                     checkpoint_dir=out.with_name(out.name + ".checkpoints"), progress=progress).run(resume=True)
+    with distributed.alone():  # under several processes, the main one fine-tunes alone (see pipeline.run)
+        result = Trainer(model, train_examples=data.labelled, val_examples=data.validation,
+                         objective=Objective(ObjectiveConfig().labels_only()), cfg=training, seed=0,
+                         checkpoint_dir=out.with_name(out.name + ".checkpoints"), progress=progress).run(resume=True)
     model.save(out)
     atomic_write_json(out.with_name(out.name + ".training.json"), {
         "seconds": time.perf_counter() - start, "steps": result.state.global_step,
@@ -120,8 +122,15 @@ def member_targets(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *,
     if not missing:
         log.info("teacher %s: targets found in the cache (%d examples)", member.display_name, len(examples))
     start = time.perf_counter()
-    targets = elicit_targets(model, examples, member, entry, progress=progress)
-    if missing:
+    if not distributed.launched():
+        targets = elicit_targets(model, examples, member, entry, progress=progress)
+    elif model.kind == "endpoint":  # the server is the bottleneck: the main process asks, the others read
+        with distributed.main_first():
+            targets = elicit_targets(model, examples, member, entry, progress=progress)
+    else:  # every process of the launch computes its share of the shards
+        targets = elicit_targets(model, examples, member, entry, progress=progress,
+                                 share=distributed.elicitation_share())
+    if missing and distributed.is_main():
         _log_speed(cfg, member, model, [e.text for e in examples if e.id in missing], time.perf_counter() - start)
     return targets
 

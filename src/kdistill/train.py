@@ -10,23 +10,24 @@ weights, optimizer, scheduler, RNG, data position and the early-stopping state.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from torch import nn
 from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
+from kdistill import distributed
+from kdistill.checkpoints import cpu_state, load_checkpoint, write_checkpoint
 from kdistill.config import TrainingConfig
-from kdistill.io import atomic_dir
+from kdistill.errors import KdistillError
 from kdistill.models import LabelModel, pick_device
 from kdistill.models.base import pool_states
 from kdistill.objective import Objective, StepTargets
@@ -84,9 +85,20 @@ def _optimizer(module: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # cloned one by one: tied weights become separate tensors, which safetensors can store
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+def _accelerator():
+    """Accelerate's view of this launch (DDP, FSDP or DeepSpeed, from `accelerate launch`'s config).
+    kdistill keeps its own autocast, so Accelerate is asked for no mixed precision of its own."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+
+    # some models leave parameters unused in a label-space forward (e.g. a pooler); DDP must allow that
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise KdistillError(f"`accelerate launch` asked for {accelerator.distributed_type.value}; kdistill trains "
+                            "with DDP for now (its checkpoints assume every process holds the whole model). "
+                            "Choose the multi-GPU / multi-CPU (DDP) setting in `accelerate config`.")
+    return accelerator
 
 
 def macro_f1(model: LabelModel, examples: list["Example"], batch_size: int) -> float:
@@ -99,8 +111,39 @@ def macro_f1(model: LabelModel, examples: list["Example"], batch_size: int) -> f
     return float(f1_score(gold, preds, average="macro", labels=list(range(len(model.labels))), zero_division=0))
 
 
+class TrainStep(nn.Module):
+    """The student and the objective as one module: what DDP / FSDP / DeepSpeed wrap, so that one
+    forward call reaches every trainable parameter (the student's and the hidden term's projections).
+    Its parameter names are `student.*` and `objective.*`."""
+
+    def __init__(self, model: LabelModel, objective: Objective, *, mixed_precision: str) -> None:
+        super().__init__()
+        self.student, self.objective = model.module, objective
+        self._model = [model]  # a LabelModel is not an nn.Module; a list keeps it out of the module tree
+        self.mixed_precision = mixed_precision
+
+    def forward(self, inputs: dict[str, torch.Tensor], targets: StepTargets, progress: float,
+                pool: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = self._model[0]
+        with _autocast(model.device, self.mixed_precision):
+            if self.objective.uses_hidden:
+                logits_bl, states, mask_bs = model.label_logits_and_hidden(inputs)
+                hidden_bnd = pool_states(states, mask_bs, self.objective.student_layers, pool)
+            else:
+                logits_bl, hidden_bnd = model.label_logits(inputs), None
+        if self.objective.uses_balance and targets.balance_mean_probs_l is None:  # the step is this batch
+            targets.balance_mean_probs_l = torch.softmax(logits_bl.detach().float(), -1).mean(0)
+        return self.objective(logits_bl, targets, progress=progress, student_hidden_bnd=hidden_bnd)
+
+
 class Trainer:
-    """Trains one student; `run()` resumes from the newest checkpoint in `checkpoint_dir` if asked."""
+    """Trains one student; `run()` resumes from the newest checkpoint in `checkpoint_dir` if asked.
+
+    Launched as several processes (`accelerate launch`, `torchrun`), each process takes its share of
+    every global batch and Accelerate wraps the student and objective (DDP, FSDP or DeepSpeed, as
+    configured); the batch size, the step count and the data order stay those of one process, so a
+    checkpoint resumes on any number of processes. Only the main process writes checkpoints.
+    """
 
     def __init__(self, model: LabelModel, *, train_examples: list["Example"], val_examples: list["Example"],
                  objective: Objective, cfg: TrainingConfig, seed: int, checkpoint_dir: str | Path,
@@ -126,7 +169,9 @@ class Trainer:
         self.objective, self.cfg, self.seed = objective, cfg, seed
         self.checkpoint_dir, self.progress = Path(checkpoint_dir), progress
         self.labelled_ids, self.on_record = labelled_ids, on_record
-        self.device = pick_device(cfg.device)
+        self.together = distributed.launched()  # several processes train this student
+        self.accelerator = _accelerator() if self.together else None
+        self.device = self.accelerator.device if self.accelerator else pick_device(cfg.device)
         self.label_ids = {label: i for i, label in enumerate(model.labels)}
         self.steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -134,8 +179,11 @@ class Trainer:
         model.module.to(self.device)
         objective.to(self.device)
         # the projections of the hidden term train alongside the student
-        self.trainable = torch.nn.ModuleDict({"student": model.module, "objective": objective})
+        self.trainable = TrainStep(model, objective, mixed_precision=cfg.mixed_precision)
         self.optimizer = _optimizer(self.trainable, cfg)
+        self.forward_step: nn.Module = self.trainable
+        if self.accelerator is not None:  # the scheduler is ours: it counts global steps, not per-process ones
+            self.forward_step, self.optimizer = self.accelerator.prepare(self.trainable, self.optimizer)
         from transformers import get_linear_schedule_with_warmup
 
         self.scheduler = get_linear_schedule_with_warmup(
@@ -149,8 +197,10 @@ class Trainer:
         start = time.perf_counter()
         if resume:
             self._load_latest()
-        else:  # a fresh start: an older run's checkpoints must not be mistaken for ours
+        elif not self.together or distributed.is_main():  # a fresh start: older checkpoints are not ours
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        if self.together:
+            distributed.barrier()
         bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="training", unit="step",
                    disable=not self.progress)
         while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
@@ -197,38 +247,49 @@ class Trainer:
         return [i for batch in shuffled for i in batch]
 
     def _step(self, batch: list["Example"]) -> dict[str, float]:
-        """One optimizer step over `batch`, split into `grad_accum_steps` micro-batches."""
-        self.model.module.train()
-        self.objective.train()
-        micro = math.ceil(len(batch) / self.cfg.grad_accum_steps)
-        chunks = [batch[s:s + micro] for s in range(0, len(batch), micro)]
-        balance = self._balance_inputs(batch, chunks) if self.objective.uses_balance else {}
+        """One optimizer step over `batch`: this process's share of it, split into `grad_accum_steps`
+        micro-batches. Each example's loss is divided by the whole step's example count (times the
+        process count, which DDP's gradient averaging divides out): accumulation- and split-invariant."""
+        self.trainable.train()
+        world, rank = (distributed.world_size(), distributed.rank()) if self.together else (1, 0)
+        local, weight = batch[rank::world], world / len(batch)
+        if not local:  # a last batch smaller than the process count: still join the gradient sync
+            local, weight = batch[:1], 0.0
+        micro = math.ceil(len(local) / self.cfg.grad_accum_steps)
+        chunks = [local[s:s + micro] for s in range(0, len(local), micro)]
+        balance = self._balance_inputs(batch, chunks, weight > 0) if self.objective.uses_balance else {}
         progress = self.state.global_step / max(self.total_steps, 1)
-        sums: dict[str, float] = {}
-        for chunk in chunks:
+        sums: dict[str, torch.Tensor] = {}
+        for j, chunk in enumerate(chunks):
             inputs = {k: v.to(self.device) for k, v in self.model.encode([e.text for e in chunk]).items()}
             targets = self._targets(chunk, **balance)
-            with _autocast(self.device, self.cfg.mixed_precision):
-                if self.objective.uses_hidden:
-                    logits_bl, states, mask_bs = self.model.label_logits_and_hidden(inputs)
-                    hidden_bnd = pool_states(states, mask_bs, self.objective.student_layers, self._pool)
+            last = j == len(chunks) - 1  # gradients are synchronized once per step, after the last micro-batch
+            with self.accelerator.no_sync(self.forward_step) if self.accelerator and not last else contextlib.nullcontext():
+                total_b, terms = self.forward_step(inputs, targets, progress, self._pool)
+                loss = total_b.sum() * weight
+                if self.accelerator is not None:
+                    self.accelerator.backward(loss)
                 else:
-                    logits_bl, hidden_bnd = self.model.label_logits(inputs), None
-            if self.objective.uses_balance and len(chunks) == 1:  # the step's mean is this batch's
-                targets.balance_mean_probs_l = torch.softmax(logits_bl.detach().float(), -1).mean(0)
-            total_b, terms = self.objective(logits_bl, targets, progress=progress, student_hidden_bnd=hidden_bnd)
-            # divide by the step's example count, not the micro-batch's: accumulation-invariant
-            self.scaler.scale(total_b.sum() / len(batch)).backward()
+                    self.scaler.scale(loss).backward()
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach().sum())
+                sums[name] = sums.get(name, 0.0) + value.detach().float().sum() * (weight > 0)
+        self._optimizer_step()
+        names = sorted(sums)
+        totals = torch.stack([sums[n] for n in names]) if names else torch.zeros(0)
+        totals = distributed.all_sum(totals) if self.together else totals
+        return {name: float(total) / len(batch) for name, total in zip(names, totals)}
+
+    def _optimizer_step(self) -> None:
         if self.cfg.max_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), self.cfg.max_grad_norm)
+            if self.accelerator is not None:
+                self.accelerator.clip_grad_norm_(self.trainable.parameters(), self.cfg.max_grad_norm)
+            else:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), self.cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {name: total / len(batch) for name, total in sums.items()}
 
     @property
     def _pool(self) -> str:
@@ -246,23 +307,29 @@ class Trainer:
             torch.tensor([i in self.labelled_ids for i in ids], device=self.device),
             **balance)
 
-    def _balance_inputs(self, batch: list["Example"], chunks: list[list["Example"]]) -> dict[str, torch.Tensor]:
-        """The balance term's target and, when the step is split, the whole step's mean prediction.
+    def _balance_inputs(self, batch: list["Example"], chunks: list[list["Example"]],
+                        counts: bool = True) -> dict[str, torch.Tensor]:
+        """The balance term's target and, when the step is split (into micro-batches or over processes),
+        the whole step's mean prediction.
 
         A split step needs one extra forward without gradients to see all of its examples first; an
-        unsplit step takes the mean from its own forward (see `_step`).
+        unsplit step takes the mean from its own forward (see `TrainStep`). ``counts`` is False for a
+        process whose share of the step is empty (it then adds nothing to the mean).
         """
         if self.objective.cfg.balance.target == "prior":
             target_l = self.label_prior.to(self.device)
         else:
             target_l = self.targets.rows([e.id for e in batch]).exp().mean(0).to(self.device)
         out = {"balance_target_l": target_l.float()}
-        if len(chunks) > 1:
+        if len(chunks) > 1 or self.together:
             with torch.no_grad(), _autocast(self.device, self.cfg.mixed_precision):
-                probs = [torch.softmax(self.model.label_logits(
+                probs_nl = torch.cat([torch.softmax(self.model.label_logits(
                     {k: v.to(self.device) for k, v in self.model.encode([e.text for e in c]).items()}).float(), -1)
-                    for c in chunks]
-            out["balance_mean_probs_l"] = torch.cat(probs).mean(0)
+                    for c in chunks])
+            sum_and_count = torch.cat([probs_nl.sum(0), torch.tensor([len(probs_nl)], device=probs_nl.device)])
+            sum_and_count = sum_and_count * counts
+            sum_and_count = distributed.all_sum(sum_and_count) if self.together else sum_and_count
+            out["balance_mean_probs_l"] = sum_and_count[:-1] / sum_and_count[-1]
         return out
 
     def _after_step(self, terms: dict[str, float]) -> None:
@@ -289,7 +356,7 @@ class Trainer:
         self._record({"step": st.global_step, "epoch": st.epoch, "val_macro_f1": score})
         if score > st.best_metric:
             st.best_metric, st.best_step, st.bad_validations = score, st.global_step, 0
-            self.best_weights = _cpu_state(self.model.module)
+            self.best_weights = cpu_state(self.model.module)
         else:
             st.bad_validations += 1
             patience = self.cfg.early_stopping_patience
@@ -298,47 +365,51 @@ class Trainer:
                          st.global_step, patience)
                 st.stopped_early = True
 
+    # ---------------------------------------------------------------- optimizer state across stages
+    def _named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.trainable.named_parameters() if p.requires_grad]
+
+    def optimizer_state_by_name(self) -> dict[str, torch.Tensor]:
+        """AdamW's per-parameter state keyed ``<parameter name>::<exp_avg|exp_avg_sq|step>``, so a
+        later stage, whose parameter list may differ (a new head, other projections), can carry it."""
+        out = {}
+        for name, param in self._named_parameters():
+            for key, value in self.optimizer.state.get(param, {}).items():
+                out[f"{name}::{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        return out
+
+    def carry_optimizer_state(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """Load ``optimizer_state_by_name`` output for every parameter of the same name and shape;
+        the others start fresh. Returns (parameters carried, parameters in all)."""
+        by_param: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            name, _, slot = key.rpartition("::")
+            by_param.setdefault(name, {})[slot] = value
+        named = self._named_parameters()
+        carried = 0
+        for name, param in named:
+            saved = by_param.get(name)
+            if saved and saved.get("exp_avg") is not None and saved["exp_avg"].shape == param.shape:
+                self.optimizer.state[param] = {k: v.to(param.device) if k != "step" else v for k, v in saved.items()}
+                carried += 1
+        return carried, len(named)
+
     # ---------------------------------------------------------------- checkpoints
     def _checkpoint(self) -> None:
-        path = self.checkpoint_dir / f"step-{self.state.global_step:07d}"
-        with atomic_dir(path) as tmp:
-            save_file(_cpu_state(self.model.module), str(tmp / "model.safetensors"))
-            if len(self.objective.state_dict()):
-                save_file(_cpu_state(self.objective), str(tmp / "objective.safetensors"))
-            if self.best_weights is not None:
-                save_file(self.best_weights, str(tmp / "best.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save({"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}, tmp / "scheduler.pt")
-            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state_all()
-            torch.save(rng, tmp / "rng.pt")
-            (tmp / "state.json").write_text(json.dumps(asdict(self.state), indent=1), encoding="utf-8")
+        if not self.together:
+            self._write_checkpoint()
+            return
+        if distributed.is_main():  # every process holds the same weights; one writes them
+            self._write_checkpoint()
+        distributed.barrier()
+
+    def _write_checkpoint(self) -> None:
+        write_checkpoint(self, self.checkpoint_dir / f"step-{self.state.global_step:07d}")
         for old in sorted(self.checkpoint_dir.glob("step-*"))[:-max(self.cfg.keep_checkpoints, 1)]:
             shutil.rmtree(old, ignore_errors=True)
 
     def _load_latest(self) -> None:
         found = sorted(self.checkpoint_dir.glob("step-*")) if self.checkpoint_dir.exists() else []
-        if not found:
-            return
-        path = found[-1]
-        log.info("resuming from %s", path)
-        self.model.module.load_state_dict(load_file(str(path / "model.safetensors"), device=str(self.device)))
-        if (path / "objective.safetensors").exists():
-            self.objective.load_state_dict(load_file(str(path / "objective.safetensors"), device=str(self.device)))
-        if (path / "best.safetensors").exists():
-            self.best_weights = load_file(str(path / "best.safetensors"))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=self.device))
-        sched = torch.load(path / "scheduler.pt", weights_only=True)
-        self.scheduler.load_state_dict(sched["scheduler"])
-        self.scaler.load_state_dict(sched["scaler"])
-        rng = torch.load(path / "rng.pt", weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(_as_tuple(rng["python"]))
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.state = LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
-
-
-def _as_tuple(state: Any) -> Any:
-    return tuple(_as_tuple(s) for s in state) if isinstance(state, (list, tuple)) else state
+        if found:
+            log.info("resuming from %s", found[-1])
+            load_checkpoint(self, found[-1])

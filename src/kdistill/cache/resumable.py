@@ -24,14 +24,20 @@ log = logging.getLogger(__name__)
 
 
 def elicit_resumable(entry: CacheEntry, ids: list[str], compute_fn: Callable[[list[str]], Any], *,
-                     shard_size: int, progress: bool = True) -> CacheEntry:
+                     shard_size: int, progress: bool = True, rank: int = 0, world_size: int = 1,
+                     barrier: Callable[[], None] | None = None) -> CacheEntry:
     """Fill ``entry`` with ``compute_fn(batch_of_ids) -> rows`` for every id, one shard per batch, and finalize.
 
     ``rows`` is what `CacheEntry.write_shard` takes. Safe to kill at any point and run again with the same
     arguments; a shard that is missing, truncated or corrupt is computed again. One writer per entry: a
-    second concurrent writer gets a KdistillError.
+    second concurrent writer gets a KdistillError. Several processes of one launch (``world_size`` > 1,
+    every one calling this with its ``rank`` and a ``barrier`` over all of them) share the work: process
+    r computes the missing shards i with i % world_size == r.
     """
     sorted_ids = _checked_ids(entry, ids)
+    if world_size > 1:
+        return _elicit_together(entry, sorted_ids, compute_fn, shard_size=shard_size, progress=progress,
+                                rank=rank, world_size=world_size, barrier=barrier)
     with _writer_lock(entry):
         _remove_temporaries(entry)
         shard_size = _planned_shard_size(entry, sorted_ids, shard_size)
@@ -47,6 +53,41 @@ def elicit_resumable(entry: CacheEntry, ids: list[str], compute_fn: Callable[[li
         if todo or not entry.manifest_is_current():
             entry.finalize()
     return entry
+
+
+def _elicit_together(entry: CacheEntry, sorted_ids: list[str], compute_fn: Callable[[list[str]], Any], *,
+                     shard_size: int, progress: bool, rank: int, world_size: int,
+                     barrier: Callable[[], None] | None) -> CacheEntry:
+    """The shards split over the processes of a launch: the main one plans and finalizes, under the lock;
+    each writes only its own shards (distinct files, each atomic)."""
+    if barrier is None:
+        raise KdistillError("elicit_resumable: several processes need a barrier to wait for each other.")
+    if rank == 0:
+        with _writer_lock(entry):
+            _remove_temporaries(entry)
+            batches = _planned_batches(entry, sorted_ids, shard_size)
+            _remove_unplanned_shards(entry, len(batches))
+    barrier()
+    batches = _planned_batches(entry, sorted_ids, shard_size)  # the plan rank 0 wrote
+    mine = [i for i in range(rank, len(batches), world_size) if not entry.holds_shard(_shard_name(i), batches[i])]
+    log.info("process %d of %d: %d of %d teacher-cache shards to compute", rank, world_size, len(mine), len(batches))
+    with tqdm(total=sum(len(batches[i]) for i in mine), unit="ex", desc=f"teacher cache [{rank}]",
+              disable=not progress) as bar:
+        for i in mine:
+            entry.write_shard(batches[i], compute_fn(list(batches[i])), index=i)
+            bar.update(len(batches[i]))
+    barrier()
+    if rank == 0:
+        with _writer_lock(entry):
+            if not entry.manifest_is_current():
+                entry.finalize()
+    barrier()
+    return entry
+
+
+def _planned_batches(entry: CacheEntry, sorted_ids: list[str], shard_size: int) -> list[list[str]]:
+    size = _planned_shard_size(entry, sorted_ids, shard_size)
+    return [sorted_ids[start:start + size] for start in range(0, len(sorted_ids), size)]
 
 
 def _shard_name(i: int) -> str:

@@ -1,0 +1,92 @@
+"""Several processes through 🤗 Accelerate: who this process is, and waiting for the others.
+
+kdistill never makes a process group of its own. Under `accelerate launch` or `torchrun`,
+Accelerate's PartialState reads the launcher's environment and joins the group (gloo on CPU, NCCL on
+GPUs); a plain `python` or `kdistill` call is one process, and every helper here is then a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+_alone = 0  # > 0 inside `alone()`: this process works by itself, whatever the launch
+
+
+def launched() -> bool:
+    """True when a launcher started several processes (or asked for a distributed engine), and this
+    process is not inside an `alone()` block."""
+    if _alone:
+        return False
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" \
+        or os.environ.get("ACCELERATE_USE_FSDP") == "true"
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Work that one process does by itself while the others wait elsewhere (the main process's
+    evaluation, or its fine-tuning of a teacher): no collective call may happen inside."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
+
+
+def _state():
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _in_launch() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def world_size() -> int:
+    return _state().num_processes if launched() else 1
+
+
+def rank() -> int:
+    """This process's index in the launch (also inside `alone()`, where it still is who it is)."""
+    return _state().process_index if _in_launch() else 0
+
+
+def is_main() -> bool:
+    """The process that writes checkpoints, reports and students."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if launched():
+        _state().wait_for_everyone()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """The main process runs the block first (e.g. fills the teacher cache); the others then run it and
+    find the work done."""
+    if not launched():
+        yield
+        return
+    with _state().main_process_first():
+        yield
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over every process (itself when there is one)."""
+    if not launched():
+        return tensor
+    from accelerate.utils import reduce
+
+    return reduce(tensor, reduction="sum")
+
+
+def elicitation_share() -> dict:
+    """Keyword arguments for `elicit_resumable`: this process's share of a launch's elicitation."""
+    return {"rank": rank(), "world_size": world_size(), "barrier": barrier}

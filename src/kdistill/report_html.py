@@ -1,0 +1,191 @@
+"""The report card as one self-contained HTML page: inline CSS, figures as base64 PNG, no script,
+nothing fetched. Every figure comes from results.json and the students' training histories."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from kdistill.io import atomic_write_bytes, atomic_write_text
+from kdistill.plots import KIND_COLOURS, Plot, report_plots
+from kdistill.report import _fmt_bytes, _row_name, _verdict
+
+Record = dict[str, Any]
+
+CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0; background: #f6f6f4; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
+h1 { font-size: 26px; margin: 0 0 12px; } h2 { font-size: 20px; margin: 32px 0 10px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 13.5px; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 5px 9px; text-align: right; vertical-align: top; }
+th { background: #f0f0ee; } td:first-child, th:first-child { text-align: left; }
+table.card td { white-space: nowrap; } tr.distilled td { background: #eef7f0; font-weight: 600; }
+.swatch { display: inline-block; width: 10px; height: 10px; margin-right: 6px; border-radius: 2px; }
+.warn { background: #fff4e0; border-left: 4px solid #e8a33d; padding: 8px 12px; margin: 8px 0; }
+.note { color: #555; font-size: 13.5px; }
+figure { margin: 12px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 13px; color: #555; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; } .grid figure { flex: 0 1 270px; }
+.examples td { text-align: left; white-space: pre-wrap; max-width: 360px; }
+pre { background: #f6f6f4; padding: 12px; overflow-x: auto; font-size: 12.5px; }
+summary { cursor: pointer; color: #555; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _inline(markdown: str) -> str:
+    """The few Markdown marks the shared sentences use (**bold**, `code`), after escaping."""
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", _e(markdown))
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _warnings_of(entry: Record) -> list[str]:
+    """A model's collapse warnings: its own, or each seed's."""
+    if "metrics" in entry:
+        return [entry["metrics"]["collapse_warning"]] if entry["metrics"].get("collapse_warning") else []
+    return [f"seed {seed}: {metrics['collapse_warning']}"
+            for seed, metrics in entry["seeds"].items() if metrics.get("collapse_warning")]
+
+
+CARD_COLUMNS = ("model", "macro-F1", "accuracy", "% of teacher", "params", "size on disk",
+                "latency p50 / p95 (ms, batch 1)", "throughput (ex/s)", "speed-up (latency / throughput)")
+
+
+def _card(results: Record, names: dict[str, str]) -> str:
+    """The report card: the same columns and figures as report.md's table, ⚠ on a model that collapsed."""
+    rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in CARD_COLUMNS) + "</tr>"]
+    for row in results["comparison"]:
+        entry = results["models"][row["model"]]
+        cost = entry["cost"]
+        flag = ' <span title="collapse warning">⚠</span>' if _warnings_of(entry) else ""
+        colour = KIND_COLOURS.get("teacher" if row["model"].startswith("teacher") else row["model"], "#333")
+        f1 = f"{row['macro_f1']:.3f}" + (f" ± {row['macro_f1_std']:.3f} ({row['seeds']} seeds)" if row["seeds"] else "")
+        retained = "—" if row["retained_pct"] is None else f"{row['retained_pct']:.1f} %"
+        cells = [f'<span class="swatch" style="background:{colour}"></span>{_e(names[row["model"]])}{flag}<br>'
+                 f'<code>{_e(row["name"])}</code>', _e(f1), f"{row['accuracy']:.3f}", _e(retained),
+                 f"{row['parameters'] / 1e6:,.1f} M", _e(_fmt_bytes(cost["size_on_disk_bytes"])),
+                 f"{cost['latency_p50_ms']:.1f} / {cost['latency_p95_ms']:.1f}",
+                 f"{row['throughput_examples_per_s']:.1f}",
+                 f"{row['speedup_latency']:.1f}× / {row['speedup_throughput']:.1f}×"]
+        css = ' class="distilled"' if row["model"] == "student_distilled" else ""
+        rows.append(f"<tr{css}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return '<table class="card">' + "\n".join(rows) + "</table>"
+
+
+def _setting(results: Record) -> str:
+    data = results["data"]
+    num_train, num_labelled = data["totals"]["train"], data.get("labelled_train", data["totals"]["train"])
+    if num_labelled >= num_train:
+        return ""
+    return (f"<p>Setting: gold labels for <strong>{num_labelled}</strong> of the {num_train} training examples. "
+            f"The labels-only student trains on those {num_labelled}; the distilled student also learns from the "
+            f"other {num_train - num_labelled} texts, labelled by the teacher alone (a transfer set).</p>")
+
+
+def _cost_note(results: Record) -> str:
+    cost = results["models"]["teacher"]["cost"]
+    note = (f"Cost measured by one harness for every model: end to end from text, on "
+            f"<code>{_e(cost['device'])}</code> with {_e(cost['threads'])} threads; latency over "
+            f"{_e(cost['latency_examples'])} test examples one by one, throughput at batch "
+            f"{_e(cost['throughput_batch_size'])}. % of teacher = macro-F1 / the teacher's macro-F1.")
+    if "timings" in results:
+        note += " Wall time: " + ", ".join(f"{_e(k.removesuffix('_s'))} {v:.0f} s"
+                                          for k, v in results["timings"].items())
+    return f'<p class="note">{note}</p>'
+
+
+def _warnings(results: Record, names: dict[str, str]) -> str:
+    items = [f"{names[key]}: {w}" for key, entry in results["models"].items() for w in _warnings_of(entry)]
+    if results["data"].get("imbalance_warning"):
+        items.append(f"data: {results['data']['imbalance_warning']}")
+    return "".join(f'<div class="warn">⚠ {_e(item)}</div>' for item in items)
+
+
+def _figure(plot: Plot) -> str:
+    data = base64.b64encode(plot.png).decode("ascii")
+    return (f'<figure id="{_e(plot.name)}"><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
+            f"<figcaption>{_e(plot.title)}</figcaption></figure>")
+
+
+def _examples(examples: list[Record], names: dict[str, str]) -> str:
+    """Generative tasks: each input with the reference (if any) and every model's output side by side.
+
+    ``examples``: ``[{"input": str, "reference": str | None, "outputs": {model key: str}}, ...]``.
+    """
+    models = list(dict.fromkeys(key for ex in examples for key in ex["outputs"]))
+    with_reference = any(ex.get("reference") is not None for ex in examples)
+    head = ["input"] + (["reference"] if with_reference else []) + [names.get(key, key) for key in models]
+    rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for ex in examples:
+        cells = [ex["input"]] + ([ex.get("reference") or "—"] if with_reference else [])
+        cells += [ex["outputs"].get(key, "—") for key in models]
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    return '<table class="examples">' + "\n".join(rows) + "</table>"
+
+
+def _names(results: Record) -> dict[str, str]:
+    return {key: _row_name(key, entry) for key, entry in results["models"].items()}
+
+
+def report_figures(results: Record, histories: dict[str, dict[int, list[Record]]]) -> list[Plot]:
+    """Every figure of the page, named as the report card names its rows."""
+    return report_plots(results, histories, _names(results))
+
+
+def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], config_yaml: str, *,
+                plots: list[Plot] | None = None) -> str:
+    """The page. ``histories``: variant → seed → training-history records (for the curves); ``plots``:
+    figures already drawn by `report_figures` (`pipeline.report` also writes them to `plots/`)."""
+    names = _names(results)
+    plots = report_figures(results, histories) if plots is None else plots
+    by_kind = {kind: [p for p in plots if p.name.startswith(kind)] for kind in ("comparison", "training", "confusion")}
+    title = f"Report card: {results['run']} ({results['task']})"
+    parts = [f"<h1>{_e(title)}</h1>", *(f"<p>{_inline(line)}</p>" for line in _verdict(results["comparison"])),
+             _setting(results),
+             f'<h2 id="card">Teacher vs students (held-out test split, {_e(results["test_examples"])} examples)</h2>',
+             _card(results, names), _cost_note(results), _warnings(results, names),
+             '<h2 id="comparison">Comparison</h2>', *map(_figure, by_kind["comparison"])]
+    if by_kind["training"]:
+        parts += ['<h2 id="training">Training curves</h2>', *map(_figure, by_kind["training"])]
+    parts += ['<h2 id="confusion">Confusion matrices (test split)</h2>',
+              '<div class="grid">' + "".join(map(_figure, by_kind["confusion"])) + "</div>"]
+    if results.get("examples"):
+        parts += ['<h2 id="examples">Example outputs</h2>', _examples(results["examples"], names)]
+    # folded: the config is long and is what a reader looks at last
+    parts += ['<h2 id="config">Resolved config</h2>',
+              f"<details><summary>the config as it ran (YAML)</summary><pre>{_e(config_yaml.rstrip())}</pre></details>"]
+    body = "\n".join(p for p in parts if p)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
+
+
+def training_histories(run_dir: Path, results: Record) -> dict[str, dict[int, list[Record]]]:
+    """variant → seed → history, for exactly the students results.json scored (`students/<variant>-seed<N>`)."""
+    histories: dict[str, dict[int, list[Record]]] = {}
+    for key, entry in results["models"].items():
+        variant = key.removeprefix("student_")
+        for seed in entry.get("seeds", {}):
+            path = run_dir / "students" / f"{variant}-seed{seed}.training.json"
+            if path.exists():  # a student copied without its history: the page just lacks its curve
+                histories.setdefault(variant, {})[int(seed)] = json.loads(path.read_text(encoding="utf-8"))["history"]
+    return histories
+
+
+def write_html_report(run_dir: str | Path, results: Record, config_yaml: str) -> Path:
+    """`plots/*.png` and `report.html` (the same figures, embedded) in the run directory; returns the page's path."""
+    run_dir = Path(run_dir)
+    histories = training_histories(run_dir, results)
+    plots = report_figures(results, histories)
+    for plot in plots:
+        atomic_write_bytes(run_dir / "plots" / plot.name, plot.png)
+    path = run_dir / "report.html"
+    atomic_write_text(path, render_html(results, histories, config_yaml, plots=plots))
+    return path

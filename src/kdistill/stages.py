@@ -1,0 +1,161 @@
+"""Multi-stage runs (seed 001: Winogrande, then Social IQA): each stage is a whole kdistill run, and
+stage N's students start from stage N-1's.
+
+A stage is the run's own config with the stage's `set` overrides applied, so each stage can have its
+own task, data, teachers and objective. Every student variant and seed continues its own line: the
+distilled student of seed 1 in stage 2 starts from the distilled student of seed 1 in stage 1, and
+likewise the labels-only baseline, so the report card compares like with like at every stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from kdistill.config import RunConfig, _set_dotted, dump_yaml, from_dict
+from kdistill.errors import KdistillError
+from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdistill.models import LabelModel, load_saved
+from kdistill.models.causal_lm import CausalLMLabelModel
+
+log = logging.getLogger(__name__)
+
+
+def stage_configs(cfg: RunConfig) -> list[RunConfig]:
+    """One full RunConfig per stage, each run in ``<run_dir>/stages/<i>-<name>/``.
+
+    A stage that names another built-in task (`task: NAME`) takes that task's own data section, with
+    the stage's `data.*` settings on top; the run's data settings belong to the run's task.
+    """
+    from kdistill.tasks import load_builtin_task  # tasks imports config
+
+    base = yaml.safe_load(dump_yaml(cfg))
+    base.pop("stages")
+    configs = []
+    for i, stage in enumerate(cfg.stages, 1):
+        where = f"stages[{i - 1}] ({stage.name})"
+        data = copy.deepcopy(base)
+        task = stage.set.get("task")
+        if isinstance(task, str):
+            builtin = load_builtin_task(task)
+            data["task"] = builtin["task"]
+            data["data"] = dict(builtin.get("data") or {})
+        for key, value in stage.set.items():
+            if key != "task" or not isinstance(value, str):
+                _set_dotted(data, key, value)
+        data.update(name=f"{i}-{stage.name}", output_dir=str(cfg.run_dir / "stages"))
+        configs.append(from_dict(RunConfig, data, where))
+    return configs
+
+
+def init_student(folder: Path, cfg: RunConfig, device: torch.device) -> LabelModel:
+    """The previous stage's student, fitted to this stage's task.
+
+    Same labels: used as it is. Other labels: an encoder gets a new head whose rows for the labels
+    both stages share are copied from the old head (the rest freshly initialized, so seed it first);
+    a causal LM answers through this task's prompt and verbalizers.
+    """
+    old = load_saved(folder, device=device)
+    labels = cfg.task.labels
+    if old.kind == "causal_lm":
+        return CausalLMLabelModel(old.module, old.tokenizer, labels=labels,
+                                  verbalizers=[cfg.task.verbalizers[label] for label in labels],
+                                  prompt_template=cfg.task.prompt_template, prefix="",
+                                  max_length=cfg.student.max_length, name=str(folder))
+    if old.labels == labels:
+        return old
+    from transformers import AutoModelForSequenceClassification
+
+    from kdistill.models.encoder import EncoderLabelModel
+
+    module = AutoModelForSequenceClassification.from_pretrained(
+        folder, dtype=torch.float32, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
+    copied = _copy_shared_label_rows(old.module, module, old.labels, labels)
+    log.info("stage student from %s: new head for labels %s; rows of %s carried over", folder, labels, copied)
+    model = EncoderLabelModel(module, old.tokenizer, labels=labels, input_template=cfg.student.input_template,
+                              max_length=cfg.student.max_length)
+    model.module.to(device)
+    return model
+
+
+def _copy_shared_label_rows(old: torch.nn.Module, new: torch.nn.Module, old_labels: list[str],
+                            new_labels: list[str]) -> list[str]:
+    """Copy, in every head tensor whose first dimension is the label count, the rows of shared labels."""
+    shared = [label for label in new_labels if label in old_labels]
+    old_state = old.state_dict()
+    with torch.no_grad():
+        for name, tensor in new.state_dict().items():
+            source = old_state.get(name)
+            if source is None or source.shape == tensor.shape or source.shape[1:] != tensor.shape[1:]:
+                continue
+            if source.shape[0] != len(old_labels) or tensor.shape[0] != len(new_labels):
+                continue
+            for label in shared:
+                tensor[new_labels.index(label)] = source[old_labels.index(label)]
+    return shared
+
+
+def run_stages(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Every stage in order, then one report with a section per stage; returns the run directory."""
+    from kdistill import pipeline
+
+    configs = stage_configs(cfg)
+    atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
+    previous: Path | None = None
+    stages = []
+    for i, (stage, stage_cfg) in enumerate(zip(cfg.stages, configs)):
+        carry_next = i + 1 < len(cfg.stages) and cfg.stages[i + 1].optimizer == "carry"
+        log.info("stage %d of %d: %s (task %s)", i + 1, len(configs), stage.name, stage_cfg.task.name)
+        run_dir = pipeline.run(stage_cfg, resume=resume, progress=progress, init_dir=previous,
+                               carry_optimizer=stage.optimizer == "carry" and previous is not None,
+                               save_optimizer=carry_next)
+        results = json.loads((run_dir / "eval" / "results.json").read_text(encoding="utf-8"))
+        stages.append({"stage": i + 1, "name": stage.name, "task": stage_cfg.task.name, "run_dir": str(run_dir),
+                       "starts_from": str(previous) if previous else "the pretrained student",
+                       "optimizer": stage.optimizer if previous else "new", "results": results})
+        previous = run_dir
+    atomic_write_json(cfg.run_dir / "eval" / "results.json", {"run": cfg.name, "stages": stages})
+    _export_final_student(cfg, previous)
+    atomic_write_text(cfg.run_dir / "report.md", render_stages(cfg.name, stages))
+    return cfg.run_dir
+
+
+def _export_final_student(cfg: RunConfig, last_stage_dir: Path) -> None:
+    """runs/<name>/student: the last stage's exported student (the run's product)."""
+    import shutil
+
+    source = last_stage_dir / "student"
+    if not source.exists():
+        return
+    with atomic_dir(cfg.run_dir / "student") as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+
+
+def render_stages(name: str, stages: list[dict[str, Any]]) -> str:
+    """report.md of a multi-stage run: each stage's report card, in order."""
+    lines = [f"# kdistill report card: {name} ({len(stages)} stages)", "",
+             "Each stage is a full run; its students start from the previous stage's students of the same "
+             "variant and seed (distilled from distilled, labels-only from labels-only).", ""]
+    for stage in stages:
+        report = (Path(stage["run_dir"]) / "report.md").read_text(encoding="utf-8")
+        body = [("#" + line if line.startswith("#") else line) for line in report.splitlines()[1:]]
+        lines += [f"## Stage {stage['stage']}: {stage['name']} (task `{stage['task']}`)", "",
+                  f"Starts from: {stage['starts_from']}; optimizer: {stage['optimizer']}. "
+                  f"Run directory: `{stage['run_dir']}`.", "", *body, ""]
+    return "\n".join(lines)
+
+
+def check_stage_dirs(init_dir: Path, variant: str, seed: int) -> Path:
+    """The previous stage's student of this variant and seed, or a sentence saying what is missing."""
+    folder = init_dir / "students" / f"{variant}-seed{seed}"
+    if not (folder / "kdistill.json").exists():
+        raise KdistillError(f"{folder}: the previous stage has no {variant} student for seed {seed}; stages must "
+                            "share evaluation.seeds and evaluation.baselines (re-run the previous stage with them).")
+    return folder
