@@ -1,0 +1,133 @@
+"""Token-level distillation of a causal-LM student on the target tokens of prompt + target sequences.
+
+A generation example is a prompt (a question, an article) and a target (an answer, a summary: from the
+data, or written by the teacher). The student reads prompt + target, and only the positions whose next
+token is a target token are trained: CE against that token and KD against the teacher's distribution
+there. The prompt is context, never a target: the seeds' summarization code put its KL on the prompt
+tokens, so its student learned to copy the source (DESIGN.md).
+
+    encode_targets(tokenizer, prompts, targets)       -> TargetBatch (ids, attention, which positions train)
+    target_token_loss(hidden_bth, lm_head_vh, batch, teacher, ...) -> (B,) per-example loss, and its terms
+
+Each example's loss is the mean over its own target tokens, so a long target does not outweigh a short
+one and the Trainer's per-example normalization (sum over the step / its example count) keeps
+accumulation invariance. The teacher is `SparseTargets` rows for the batch's target tokens in order (from
+the cache: top-k + tail, one row per target token) or a live teacher's dense (B, T, V) logits, of which
+only the target positions are ever read.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from kdistill.divergences import SparseTargets, chunked_token_loss, divergence
+from kdistill.errors import KdistillError
+from kdistill.losses import cross_entropy
+
+
+@dataclass
+class TargetBatch:
+    """Prompt + target sequences, right-padded, and which positions are trained."""
+
+    input_ids_bt: torch.Tensor
+    attention_mask_bt: torch.Tensor
+    loss_mask_bt: torch.Tensor  # True where the *next* token is a target token (the logits there predict it)
+    next_ids_bt: torch.Tensor  # the token each position predicts (input_ids shifted left; 0 past the end)
+
+    @property
+    def num_target_tokens_b(self) -> torch.Tensor:
+        return self.loss_mask_bt.sum(-1)
+
+    def to(self, device: torch.device) -> "TargetBatch":
+        return TargetBatch(*(t.to(device) for t in (self.input_ids_bt, self.attention_mask_bt,
+                                                    self.loss_mask_bt, self.next_ids_bt)))
+
+
+def encode_targets(tokenizer, prompts: list[str], targets: list[str], *, max_length: int,
+                   add_eos: bool = True) -> TargetBatch:
+    """Tokenize each prompt and target separately (so the boundary is exact), join them, and cut the
+    prompt from the left when the pair is too long; the target is kept whole (or an error says so)."""
+    if len(prompts) != len(targets):
+        raise KdistillError(f"encode_targets: {len(prompts)} prompts but {len(targets)} targets.")
+    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    # a tokenizer that starts every text with BOS (Llama, Gemma) gets it once, before the prompt
+    bos_id = tokenizer.bos_token_id
+    bos = [bos_id] if bos_id is not None and tokenizer("x")["input_ids"][:1] == [bos_id] else []
+    rows = []
+    for prompt, target in zip(prompts, targets):
+        prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + eos
+        if not target_ids:
+            raise KdistillError(f"encode_targets: an empty target after the prompt {prompt[:60]!r}; every "
+                                "generation example needs a target text.")
+        room = max_length - len(target_ids)
+        if room < 1:
+            raise KdistillError(f"a target of {len(target_ids)} tokens does not fit in max_length {max_length} with "
+                                "its prompt; raise the student's max_length or shorten the targets.")
+        prompt_ids = prompt_ids[-room:]
+        rows.append((prompt_ids, target_ids))
+    width = max(len(p) + len(t) for p, t in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, (prompt_ids, target_ids) in enumerate(rows):
+        ids = prompt_ids + target_ids
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        attention[b, :len(ids)] = 1
+        # position t predicts token t + 1: the last prompt position predicts the first target token
+        loss_mask[b, len(prompt_ids) - 1:len(ids) - 1] = True
+    next_ids = torch.zeros_like(input_ids)
+    next_ids[:, :-1] = input_ids[:, 1:]
+    return TargetBatch(input_ids, attention, loss_mask, next_ids)
+
+
+def target_token_loss(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch: TargetBatch, teacher=None, *,
+                      ce_weight: float, kd_weight: float, divergence_kind: str = "forward_kl",
+                      temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
+                      chunk_tokens: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(B,) loss per example = mean over its target tokens of ce_weight * CE + kd_weight * T^2 * D, and
+    each term per example. Logits exist only for target positions, one chunk at a time (the student's
+    hidden states go through ``lm_head_vh`` inside `chunked_token_loss`).
+
+    ``teacher``: `SparseTargets` with one row per target token, in (example, position) order; or dense
+    (B, T, V) teacher logits (only target positions are read); None when ``kd_weight`` is 0.
+    """
+    mask_bt = batch.loss_mask_bt
+    index_n = mask_bt.reshape(-1).nonzero().squeeze(-1)  # (N,) target positions, flattened
+    hidden_nh = hidden_bth.reshape(-1, hidden_bth.shape[-1])[index_n]
+    example_n = index_n // mask_bt.shape[1]  # which example each target token belongs to
+    count_b = batch.num_target_tokens_b.clamp(min=1).to(hidden_nh.dtype)
+    per_example = lambda values_n: torch.zeros_like(count_b).index_add(0, example_n, values_n) / count_b
+    terms = {}
+    total_b = torch.zeros_like(count_b)
+    if ce_weight > 0:
+        labels_n = batch.next_ids_bt.reshape(-1)[index_n]
+        terms["ce"] = per_example(chunked_token_loss(hidden_nh, lm_head_vh, labels_n, cross_entropy,
+                                                     chunk_tokens=chunk_tokens))
+        total_b = total_b + ce_weight * terms["ce"]
+    if kd_weight > 0:
+        teacher_n = _teacher_rows(teacher, index_n, len(index_n))
+        loss_fn = functools.partial(divergence, kind=divergence_kind, temperature=temperature, beta=beta, skew=skew)
+        kd_n = chunked_token_loss(hidden_nh, lm_head_vh, teacher_n, loss_fn, chunk_tokens=chunk_tokens)
+        terms["kd"] = per_example(temperature ** 2 * kd_n)
+        total_b = total_b + kd_weight * terms["kd"]
+    return total_b, terms
+
+
+def _teacher_rows(teacher, index_n: torch.Tensor, num_tokens: int):
+    """The teacher's rows for the target tokens: sparse rows as given, or dense logits at those positions."""
+    if teacher is None:
+        raise KdistillError("the kd term needs teacher targets for the target tokens.")
+    if isinstance(teacher, SparseTargets):
+        if teacher.token_ids.shape[0] != num_tokens:
+            raise KdistillError(f"the teacher has {teacher.token_ids.shape[0]} token rows for {num_tokens} target "
+                                "tokens; teacher and student must tokenize the target the same way (same "
+                                "tokenizer), else use sequence-level KD.")
+        return teacher
+    if teacher.dim() != 3:
+        raise KdistillError(f"dense teacher logits must be (B, T, V); found {tuple(teacher.shape)}.")
+    return teacher.reshape(-1, teacher.shape[-1])[index_n]  # (N, V): prompt positions are never read

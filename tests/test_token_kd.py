@@ -1,0 +1,94 @@
+"""Token-level KD on target tokens only: the prompt is never a target, whatever the teacher says there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdistill.divergences import SparseTargets
+from kdistill.errors import KdistillError
+from kdistill.token_kd import encode_targets, target_token_loss
+
+PROMPTS = ["Article: the film was great and the plot moved.\nSummary:", "Question: was the movie good?\nAnswer:"]
+TARGETS = [" great film", " yes it was"]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_models["lm"]), AutoTokenizer.from_pretrained(tiny_models["lm"])
+
+
+def _forward(model, batch):
+    out = model.model(input_ids=batch.input_ids_bt, attention_mask=batch.attention_mask_bt)
+    return out.last_hidden_state  # (B, T, H)
+
+
+def test_the_loss_mask_covers_exactly_the_target_tokens(tiny_lm):
+    _, tokenizer = tiny_lm
+    batch = encode_targets(tokenizer, PROMPTS, TARGETS, max_length=64)
+    for b, target in enumerate(TARGETS):
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert batch.next_ids_bt[b][batch.loss_mask_bt[b]].tolist() == target_ids
+    # too long: the prompt is cut from the left, the target stays whole
+    short = encode_targets(tokenizer, PROMPTS[:1], TARGETS[:1], max_length=8)
+    assert short.input_ids_bt.shape[1] == 8 and int(short.loss_mask_bt.sum()) == int(batch.loss_mask_bt[0].sum())
+    with pytest.raises(KdistillError, match="does not fit"):
+        encode_targets(tokenizer, PROMPTS[:1], [" a much longer target than fits here"], max_length=4)
+
+
+def test_prompt_positions_carry_no_kd_and_their_teacher_logits_change_nothing(tiny_lm):
+    model, tokenizer = tiny_lm
+    batch = encode_targets(tokenizer, PROMPTS, TARGETS, max_length=64)
+    vocab = model.config.vocab_size
+    teacher = torch.randn(*batch.input_ids_bt.shape, vocab)  # (B, T, V) a live teacher
+    scrambled = teacher.clone()
+    outside = ~batch.loss_mask_bt
+    scrambled[outside] = torch.randn(int(outside.sum()), vocab) * 50  # prompt and padding: anything at all
+    scrambled[outside & (torch.rand(outside.shape) < 0.3)] = float("nan")
+
+    def loss_and_grads(teacher_bt):
+        model.zero_grad()
+        total_b, terms = target_token_loss(_forward(model, batch), model.lm_head.weight, batch, teacher_bt,
+                                           ce_weight=0.0, kd_weight=1.0, temperature=2.0, chunk_tokens=3)
+        total_b.sum().backward()
+        return total_b.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss_a, grads_a = loss_and_grads(teacher)
+    loss_b, grads_b = loss_and_grads(scrambled)
+    assert torch.equal(loss_a, loss_b) and grads_a.keys() == grads_b.keys()
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+    # the test is not vacuous: a target position's teacher logits do change the loss
+    moved = teacher.clone()
+    first_target = batch.loss_mask_bt[0].nonzero()[0, 0]
+    moved[0, first_target] = torch.randn(vocab) * 5
+    assert not torch.equal(loss_and_grads(moved)[0][0], loss_a[0])
+
+
+def test_ce_on_targets_equals_transformers_loss_with_the_prompt_masked(tiny_lm):
+    model, tokenizer = tiny_lm
+    batch = encode_targets(tokenizer, PROMPTS[:1], TARGETS[:1], max_length=64)
+    total_b, terms = target_token_loss(_forward(model, batch), model.lm_head.weight, batch,
+                                       ce_weight=1.0, kd_weight=0.0)
+    labels = torch.where(torch.roll(batch.loss_mask_bt, 1, dims=1), batch.input_ids_bt, -100)
+    expected = model(input_ids=batch.input_ids_bt, attention_mask=batch.attention_mask_bt, labels=labels).loss
+    torch.testing.assert_close(total_b[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_targets_per_target_token_equal_the_dense_teacher_at_k_equal_v(tiny_lm):
+    model, tokenizer = tiny_lm
+    batch = encode_targets(tokenizer, PROMPTS, TARGETS, max_length=64)
+    teacher = torch.randn(*batch.input_ids_bt.shape, model.config.vocab_size)
+    rows = teacher[batch.loss_mask_bt]  # (N, V) the cache keeps only target tokens' rows
+    sparse = SparseTargets.from_logits(rows, k=model.config.vocab_size)
+    hidden = _forward(model, batch).detach()
+    dense_b, _ = target_token_loss(hidden, model.lm_head.weight, batch, teacher, ce_weight=0.5, kd_weight=0.5,
+                                   divergence_kind="jsd")
+    sparse_b, _ = target_token_loss(hidden, model.lm_head.weight, batch, sparse, ce_weight=0.5, kd_weight=0.5,
+                                    divergence_kind="jsd")
+    torch.testing.assert_close(sparse_b, dense_b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(KdistillError, match="same tokenizer"):
+        target_token_loss(hidden, model.lm_head.weight, batch, sparse.rows(slice(0, 2)), ce_weight=0.0,
+                          kd_weight=1.0)
