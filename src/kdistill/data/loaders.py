@@ -251,8 +251,15 @@ def _check_row_width(row: list[str], columns: list[str], origin: str) -> None:
 
 
 def _read_jsonl(path: Path, data: DataConfig) -> Iterator[_Record]:
+    for origin, obj in jsonl_objects(path, _decode(path, data.encoding)):
+        text, label = _json_field(obj, "text_field", origin, data), _json_field(obj, "label_field", origin, data)
+        yield _Record(text, label, origin)
+
+
+def jsonl_objects(path: str | Path, text: str, what: str = "JSON-lines") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(origin 'path:line', object) for every non-blank line of a JSON-lines file's decoded ``text``."""
     # split on "\n" only: str.splitlines would also break on U+2028 inside JSON strings
-    for line_no, line in enumerate(_decode(path, data.encoding).split("\n"), start=1):
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         origin = f"{path}:{line_no}"
@@ -260,14 +267,11 @@ def _read_jsonl(path: Path, data: DataConfig) -> Iterator[_Record]:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise KdistillError(
-                f"{origin}: invalid JSON ({err.msg} at column {err.colno}); write one JSON object per line."
+                f"{origin}: invalid JSON ({err.msg} at column {err.colno}); a {what} file has one JSON object per line."
             ) from None
         if not isinstance(obj, dict):
-            raise KdistillError(
-                f"{origin}: expected a JSON object, found {type(obj).__name__}; write one object per line."
-            )
-        text, label = _json_field(obj, "text_field", origin, data), _json_field(obj, "label_field", origin, data)
-        yield _Record(text, label, origin)
+            raise KdistillError(f"{origin}: expected a JSON object, found {type(obj).__name__}; is this a {what} file?")
+        yield origin, obj
 
 
 def _json_field(obj: dict[str, Any], key: str, origin: str, data: DataConfig) -> Any:
