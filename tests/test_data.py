@@ -331,3 +331,18 @@ def test_format_report_shows_counts_conflicts_and_samples(tmp_path):
     assert f"  [{first.label}] {first.origin}  {first.text}" in text
     assert text.count("\n  [") == 6  # 2 samples for each of the 3 splits
     assert isinstance(prepared, PreparedData) and isinstance(first, Example)
+
+
+def test_several_encodings_are_tried_in_order_per_file(tmp_path):
+    """A folder that mixes UTF-8 and Latin-1 files (the BBC corpus does) reads right with utf-8,latin-1."""
+    from kdistill.config import DataConfig, TaskConfig
+    from kdistill.data import load_examples
+
+    for label, (name, data) in {"a": ("1.txt", "£6m in UTF-8".encode()), "b": ("2.txt", "£7m in Latin-1".encode("latin-1"))}.items():
+        (tmp_path / label).mkdir()
+        (tmp_path / label / name).write_bytes(data)
+    task = TaskConfig(labels=["a", "b"])
+    texts = sorted(e.text for e in load_examples(DataConfig(source="folder", path=str(tmp_path), encoding="utf-8,latin-1"), task))
+    assert texts == ["£6m in UTF-8", "£7m in Latin-1"]
+    latin_only = {e.text for e in load_examples(DataConfig(source="folder", path=str(tmp_path), encoding="latin-1"), task)}
+    assert "Â£6m in UTF-8" in latin_only  # what a single latin-1 did to the UTF-8 files

@@ -72,7 +72,8 @@ class DataConfig:
     columns: list[str] = field(default_factory=list)
     """For a CSV without a header row: the column names in order."""
     encoding: str = "utf-8"
-    """Text encoding of csv / jsonl / folder files (e.g. utf-8-sig, latin-1)."""
+    """Text encoding of csv / jsonl / folder files (e.g. utf-8-sig, latin-1); several, comma-separated,
+    are tried in order per file (utf-8,latin-1 for a folder that mixes them)."""
     hf_config: str | None = None
     """🤗 datasets configuration name, if the dataset has several."""
     hf_split: str = "train"

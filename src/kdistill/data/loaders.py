@@ -179,20 +179,28 @@ def _source_path(data: DataConfig) -> Path:
 
 
 def _decode(path: Path, encoding: str) -> str:
+    """The file's text in the first of the comma-separated ``encoding``s that decodes it whole
+    (e.g. "utf-8,latin-1" for a folder whose files mix the two)."""
     raw = path.read_bytes()
-    try:
-        text = raw.decode(encoding)
-    except LookupError:
-        raise KdistillError(
-            f"data.encoding {encoding!r} is not a known text encoding; use e.g. utf-8, utf-8-sig or latin-1."
-        ) from None
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].decode(encoding, errors="replace").count("\n") + 1
-        raise KdistillError(
-            f"{path}:{line}: bytes {raw[err.start:err.end]!r} cannot be decoded as {encoding}; "
-            "set data.encoding to the file's encoding (e.g. latin-1 or cp1252)."
-        ) from None
-    return text.removeprefix("\ufeff")  # a BOM would otherwise glue itself to the first column name
+    names = [name.strip() for name in encoding.split(",") if name.strip()]
+    for name in names:
+        try:
+            text = raw.decode(name)
+        except LookupError:
+            raise KdistillError(
+                f"data.encoding {name!r} is not a known text encoding; use e.g. utf-8, utf-8-sig or latin-1 "
+                "(or several, comma-separated, tried in order)."
+            ) from None
+        except UnicodeDecodeError as err:
+            if name != names[-1]:
+                continue
+            line = raw[: err.start].decode(name, errors="replace").count("\n") + 1
+            raise KdistillError(
+                f"{path}:{line}: bytes {raw[err.start:err.end]!r} cannot be decoded as {encoding}; "
+                "set data.encoding to the file's encoding (e.g. latin-1 or cp1252)."
+            ) from None
+        return text.removeprefix("\ufeff")  # a BOM would otherwise glue itself to the first column name
+    raise KdistillError("data.encoding is empty; name the files' encoding, e.g. utf-8.")
 
 
 def _require_columns(found: list[str], data: DataConfig, where: str) -> None:
