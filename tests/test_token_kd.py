@@ -92,3 +92,23 @@ def test_sparse_targets_per_target_token_equal_the_dense_teacher_at_k_equal_v(ti
     with pytest.raises(KdistillError, match="same tokenizer"):
         target_token_loss(hidden, model.lm_head.weight, batch, sparse.rows(slice(0, 2)), ce_weight=0.0,
                           kd_weight=1.0)
+
+
+def test_cached_token_targets_equal_the_live_teacher_one_example_at_a_time(tiny_lm):
+    """Batched, left-aligned elicitation with logits_to_keep gives each example's target rows exactly as
+    an unpadded forward of that example alone; at k = V the rows train the student like the live teacher."""
+    from kdistill.token_elicit import token_targets
+
+    model, tokenizer = tiny_lm
+    vocab = model.config.vocab_size
+    rows = token_targets(model, tokenizer, PROMPTS, TARGETS, k=vocab, temperature=1.0, max_length=64, batch_size=2)
+    for prompt, target, row in zip(PROMPTS, TARGETS, rows):
+        alone = encode_targets(tokenizer, [prompt], [target], max_length=64)
+        logits = model(input_ids=alone.input_ids_bt).logits[0][alone.loss_mask_bt[0]]  # (T_i, V)
+        expected = SparseTargets.from_logits(logits, k=vocab)
+        assert row.token_ids.shape == (int(alone.loss_mask_bt.sum()), vocab)
+        torch.testing.assert_close(torch.from_numpy(row.logprobs), expected.logprobs.detach(), rtol=1e-4, atol=1e-5)
+        assert torch.equal(torch.from_numpy(row.token_ids[:, 0]), expected.token_ids[:, 0])
+    small = token_targets(model, tokenizer, PROMPTS, TARGETS, k=4, max_length=64)
+    mass = torch.from_numpy(small[0].logprobs).exp().sum(-1) + torch.from_numpy(small[0].tail_logmass).exp()
+    torch.testing.assert_close(mass, torch.ones_like(mass), rtol=1e-4, atol=1e-5)  # top-4 + tail = everything
