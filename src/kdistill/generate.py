@@ -1,0 +1,83 @@
+"""Text generation for teachers and students, and the one harness that times it for both.
+
+    generate(model, tokenizer, prompts, ...)        -> [Generation]   texts, in input order
+    generation_cost(model, tokenizer, prompts, ...) -> dict           seconds per output p50 / p95, tokens/s
+
+A teacher's generations become sequence-level KD targets; a sampled one is reproducible only with its
+seed, so `generate` takes one and every batch is seeded from it and the batch's first index (the same
+prompts in the same order give the same texts, whatever ran before). Greedy decoding ignores the seed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kdistill.errors import KdistillError
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    """The generated continuation, special tokens removed, prompt excluded."""
+    num_tokens: int
+    """Tokens generated (up to and including EOS, if it came)."""
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 4,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+             max_prompt_tokens: int | None = None) -> list[Generation]:
+    """Continuations of ``prompts`` (left-padded batches, length-sorted; returned in input order)."""
+    if max_new_tokens < 1:
+        raise KdistillError(f"max_new_tokens must be >= 1; found {max_new_tokens}.")
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[Generation | None] = [None] * len(prompts)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens)
+            if do_sample:
+                torch.manual_seed(seed * 1_000_003 + idx[0])
+            new_bt = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
+                                    do_sample=do_sample, temperature=temperature if do_sample else None,
+                                    top_p=top_p if do_sample else None, top_k=None,
+                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)[:, enc["input_ids"].shape[1]:]
+            for row, i in zip(new_bt.cpu(), idx):
+                out[i] = Generation(tokenizer.decode(row, skip_special_tokens=True), _num_generated(row, tokenizer))
+    finally:
+        tokenizer.padding_side = padding_side
+    return out
+
+
+def _num_generated(row: torch.Tensor, tokenizer) -> int:
+    """Tokens up to and including the first EOS (the rest is padding after the sequence ended)."""
+    eos = (row == tokenizer.eos_token_id).nonzero()
+    return int(eos[0, 0]) + 1 if len(eos) else len(row)
+
+
+def generation_cost(model, tokenizer, prompts: list[str], *, max_new_tokens: int, warmup: int = 1) -> dict:
+    """Greedy generation one prompt at a time, end to end from text: seconds per output (p50, p95) and
+    generated tokens per second over all of them. Every model is timed by this same function."""
+    for prompt in prompts[:warmup]:
+        generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1)
+    seconds, tokens = [], 0
+    sync = torch.cuda.synchronize if next(model.parameters()).device.type == "cuda" else (lambda: None)
+    for prompt in prompts:
+        start = time.perf_counter()
+        (generation,) = generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1)
+        sync()
+        seconds.append(time.perf_counter() - start)
+        tokens += generation.num_tokens
+    ordered = sorted(seconds)
+    return {"outputs": len(seconds), "seconds_p50": statistics.median(seconds),
+            "seconds_p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+            "tokens_per_s": tokens / sum(seconds), "generated_tokens": tokens,
+            "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads()}
