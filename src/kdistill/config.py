@@ -18,6 +18,9 @@ from typing import Any, Literal
 import yaml
 
 from kdistill.errors import KdistillError
+from kdistill.objective_config import (DIVERGENCE_KINDS, BalanceTerm, CETerm, HiddenTerm, KDTerm,  # noqa: F401 (re-exported)
+                                       ObjectiveConfig)
+from kdistill.search_config import SearchConfig
 
 
 @dataclass(kw_only=True)
@@ -269,121 +272,6 @@ class StageConfig:
                                     "named by `name` and run inside this run's folder.")
 
 
-DIVERGENCE_KINDS = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"]
-
-
-def _check_weight(name: str, weight: float) -> None:
-    if weight < 0:
-        raise KdistillError(f"objective.{name}.weight must be >= 0; found {weight}.")
-
-
-@dataclass(kw_only=True)
-class CETerm:
-    """Hard-label cross-entropy on examples that have a gold label."""
-
-    weight: float = 0.5
-    """Weight of the term; on examples without a gold label (a transfer set) it moves to `kd`."""
-
-    def __post_init__(self) -> None:
-        _check_weight("ce", self.weight)
-
-
-@dataclass(kw_only=True)
-class KDTerm:
-    """T^2 * divergence(teacher_T, student_T) over the labels: the soft-label term."""
-
-    weight: float = 0.5
-    """Weight of the term (at full strength of its schedule)."""
-    divergence: DIVERGENCE_KINDS = "forward_kl"
-    """Which divergence; see `kdistill ls losses`."""
-    temperature: float = 2.0
-    """KD temperature, applied to teacher and student alike."""
-    beta: float = 0.5
-    """jsd only: the teacher's weight in the mixture (0 = forward KL, 1 = reverse KL)."""
-    skew: float = 0.1
-    """skew_forward_kl / skew_reverse_kl only: the skew (DistiLLM's alpha)."""
-    schedule: Literal["constant", "linear_warmup", "linear_decay", "cosine_decay"] = "constant"
-    """How the weight moves over training: constant, rising from 0 (warmup), or falling to 0 (decay)."""
-
-    def __post_init__(self) -> None:
-        _check_weight("kd", self.weight)
-        if self.temperature <= 0:
-            raise KdistillError(f"objective.kd.temperature must be > 0; found {self.temperature}.")
-        for name in ("beta", "skew"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise KdistillError(f"objective.kd.{name} must be in [0, 1]; found {getattr(self, name)}.")
-
-
-@dataclass(kw_only=True)
-class HiddenTerm:
-    """Hidden-state alignment: student states, through a learned linear projection, against the teacher's."""
-
-    weight: float = 0.0
-    """Weight of the term; 0 turns it off (and the teacher's hidden states are not elicited)."""
-    loss: Literal["mse", "cosine"] = "mse"
-    """mse: mean squared error per dimension; cosine: 1 - cosine similarity."""
-    layers: str | list[list[int]] = "uniform"
-    """Layer map: uniform, last-K, every-K, or explicit [[student_layer, teacher_layer], ...] pairs.
-    Layer i is the output of block i; 0 is the embeddings."""
-    pool: Literal["auto", "mean", "last", "cls"] = "auto"
-    """How a sequence becomes one vector per layer (teacher and student may tokenize differently):
-    auto = mean for encoders, the last token for causal LMs."""
-    normalize: bool = True
-    """Layer-normalize (no affine) both sides before comparing, so no model's scale dominates."""
-    teachers: list[str] = field(default_factory=list)
-    """Names of the teachers to align with (their `name`, or model folder name); empty: the first
-    teacher. With several, each has its own layer map and projections, and the term is their mean."""
-
-    def __post_init__(self) -> None:
-        _check_weight("hidden", self.weight)
-        if isinstance(self.layers, str) and not re.fullmatch(r"uniform|(last|every)-[1-9]\d*", self.layers):
-            raise KdistillError(f"objective.hidden.layers: {self.layers!r} is not a layer map; use uniform, "
-                                "last-K, every-K (K >= 1) or [[student_layer, teacher_layer], ...].")
-
-
-@dataclass(kw_only=True)
-class BalanceTerm:
-    """Anti-shortcut guard: KL(target || the student's batch-averaged prediction)."""
-
-    weight: float = 0.0
-    """Weight of the term; 0 turns it off."""
-    target: Literal["prior", "teacher"] = "prior"
-    """prior: the label distribution of the labelled training examples; teacher: the teacher's
-    batch-averaged prediction on the same batch."""
-
-    def __post_init__(self) -> None:
-        _check_weight("balance", self.weight)
-
-
-@dataclass(kw_only=True)
-class ObjectiveConfig:
-    """A weighted sum of terms: ce.weight * CE + kd.weight * T^2 * D(teacher_T, student_T)
-    + hidden.weight * alignment + balance.weight * D(target || batch-mean student prediction)."""
-
-    ce: CETerm = field(default_factory=CETerm)
-    """Hard-label cross-entropy."""
-    kd: KDTerm = field(default_factory=KDTerm)
-    """Soft labels from the teacher."""
-    hidden: HiddenTerm = field(default_factory=HiddenTerm)
-    """Hidden-state alignment through a learned projection."""
-    balance: BalanceTerm = field(default_factory=BalanceTerm)
-    """Penalty against collapsing onto the most common answer."""
-
-    def __post_init__(self) -> None:
-        if self.ce.weight + self.kd.weight + self.hidden.weight + self.balance.weight == 0:
-            raise KdistillError("objective: every term has weight 0; give ce.weight or kd.weight a positive value.")
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.kd.weight > 0 or self.hidden.weight > 0 or (self.balance.weight > 0 and self.balance.target == "teacher")
-
-    def labels_only(self) -> "ObjectiveConfig":
-        """The baseline: the same student fine-tuned on hard labels alone."""
-        return ObjectiveConfig(ce=CETerm(weight=1.0), kd=dataclasses.replace(self.kd, weight=0.0),
-                               hidden=dataclasses.replace(self.hidden, weight=0.0),
-                               balance=dataclasses.replace(self.balance, weight=0.0))
-
-
 @dataclass(kw_only=True)
 class TrainingConfig:
     """The one training loop's settings."""
@@ -450,94 +338,6 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise KdistillError("evaluation.seeds must list at least one seed.")
-
-
-_SEARCHABLE = ("objective", "training", "student")
-_SPEC_KEYS = {"low", "high", "log", "choices", "complement"}
-
-
-def _space_field_type(key: str) -> Any:
-    """The type of the field a dotted search-space key names (e.g. objective.kd.temperature)."""
-    parts = key.split(".")
-    tp: Any = RunConfig
-    for depth, part in enumerate(parts):
-        if not dataclasses.is_dataclass(tp):
-            raise KdistillError(f"search.space: {key!r}: {'.'.join(parts[:depth])} is a field, not a section.")
-        names = [f.name for f in dataclasses.fields(tp) if f.init]
-        if part not in names:
-            hint = difflib.get_close_matches(part, names, n=1)
-            extra = (f" Did you mean {'.'.join(parts[:depth] + hint)!r}?" if hint
-                     else f" Fields of {'.'.join(parts[:depth])}: {', '.join(names)}.")
-            raise KdistillError(f"search.space: unknown config key {key!r}.{extra}")
-        tp = typing.get_type_hints(tp)[part]
-    if dataclasses.is_dataclass(tp):
-        raise KdistillError(f"search.space: {key!r} is a section; name one of its fields, e.g. {key}.weight.")
-    if parts[0] not in _SEARCHABLE:
-        raise KdistillError(f"search.space: {key!r} cannot vary between trials: a search asks the teacher once and "
-                            "keeps the data fixed, so only objective.*, training.* and student.* keys are searchable.")
-    return tp
-
-
-def _checked_spec(key: str, spec: Any, space: dict[str, Any]) -> dict[str, Any]:
-    """``spec`` with its values converted to the field's type; a sentence naming the key if it is wrong."""
-    tp, where = _space_field_type(key), f"search.space.{key}"
-    if not isinstance(spec, dict) or not spec or set(spec) - _SPEC_KEYS:
-        raise KdistillError(f"{where}: expected a range {{low, high, log}} or a list {{choices: [...]}}, "
-                            f"found {spec!r}.")
-    if "choices" in spec:
-        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
-            raise KdistillError(f"{where}: give a non-empty list `choices: [...]` and nothing else; found {spec!r}.")
-        return {"choices": [_convert(c, tp, f"{where}.choices[{i}]") for i, c in enumerate(spec["choices"])]}
-    if tp not in (int, float) or not {"low", "high"} <= set(spec):
-        raise KdistillError(f"{where}: a range needs low and high, and a number field (a {_type_name(tp)} here); "
-                            f"list the values instead with `choices: [...]`.")
-    out = {"low": _convert(spec["low"], tp, f"{where}.low"), "high": _convert(spec["high"], tp, f"{where}.high"),
-           "log": _convert(spec.get("log", False), bool, f"{where}.log")}
-    if not out["low"] < out["high"] or (out["log"] and out["low"] <= 0):
-        raise KdistillError(f"{where}: need low < high (and low > 0 with log: true); found {spec!r}.")
-    if "complement" in spec:  # α: kd.weight = α and ce.weight = 1 - α, one parameter
-        other = spec["complement"]
-        if tp is not float or _space_field_type(str(other)) is not float or other == key or other in space:
-            raise KdistillError(f"{where}.complement: {other!r} must be another number field that is not itself "
-                                "searched, e.g. objective.ce.weight for objective.kd.weight.")
-        out["complement"] = other
-    return out
-
-
-@dataclass(kw_only=True)
-class SearchConfig:
-    """`kdistill search`: an optuna search over the distilled student's settings, on a subsample."""
-
-    trials: int = 12
-    """Trials to finish (completed, pruned or failed); a resumed search runs only the missing ones."""
-    sampler: Literal["tpe", "random"] = "tpe"
-    """tpe: optuna's Tree-structured Parzen Estimator after `startup_trials` random trials; random: random
-    search throughout."""
-    pruner: Literal["median", "none"] = "median"
-    """median: stop a trial whose validation macro-F1 is below the median of finished trials at the same
-    step; none: every trial trains to the end."""
-    startup_trials: int = 4
-    """Trials drawn at random before TPE models the results, and finished before the pruner may stop one."""
-    subsample: float = 0.25
-    """Share of the training split each trial trains on: stratified by label (and by labelled / unlabelled
-    with data.num_labelled), the same examples in every trial. Validation and test stay whole."""
-    metric: Literal["val_macro_f1"] = "val_macro_f1"
-    """A trial's score, maximized: its best validation macro-F1."""
-    seed: int = 0
-    """Seed of the sampler and of the subsample; each trial trains with evaluation.seeds[0]."""
-    space: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Dotted config key -> {low, high, log: false} (a number; an int field gives integers) or
-    {choices: [...]}, e.g. objective.kd.temperature: {low: 1, high: 8}. `complement: objective.ce.weight`
-    on objective.kd.weight sets ce.weight to 1 - kd.weight (one α). objective.*, training.*, student.* only."""
-
-    def __post_init__(self) -> None:
-        if self.trials < 1 or self.startup_trials < 0:
-            raise KdistillError(f"search.trials must be >= 1 and search.startup_trials >= 0; found {self.trials} "
-                                f"and {self.startup_trials}.")
-        if not 0 < self.subsample <= 1:
-            raise KdistillError(f"search.subsample is the share of the training split a trial uses, in (0, 1]; "
-                                f"found {self.subsample}.")
-        self.space = {key: _checked_spec(key, spec, self.space) for key, spec in self.space.items()}
 
 
 @dataclass(kw_only=True)
