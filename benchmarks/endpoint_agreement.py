@@ -90,8 +90,10 @@ def main() -> None:
     parser.add_argument("--kv-f32", action="store_true",
                         help="serve the Q4 GGUF with an f32 KV cache and plain attention (no f16 rounding there)")
     parser.add_argument("--name", default="endpoint_agreement", help="results file name (benchmarks/results/NAME.md)")
+    parser.add_argument("--teacher", default=None, help="a built-in GGUF model instead of the default job's teacher")
     args = parser.parse_args()
-    cfg = load_config(None)  # the default job: Gemma-3-270m, 2 shots per label, content-free calibration
+    # the default job: Gemma-3-270m, 2 shots per label, content-free calibration (or another GGUF teacher)
+    cfg = load_config(None, {"teacher.model": args.teacher} if args.teacher else None)
     data = prepare_data(cfg.data, cfg.task)
     examples = data.test[: args.examples]
     texts = [e.text for e in examples]
@@ -170,7 +172,7 @@ def report(r: dict) -> str:
             f"{r[name]['accuracy_in_process']:.1%} |" for name in ("raw", "calibrated")]
     speed = r["examples_per_s"]
     return "\n".join([
-        "# Endpoint teacher vs in-process teacher (same GGUF)", "",
+        f"# Endpoint teacher vs in-process teacher (same GGUF: {r['teacher']})", "",
         f"{r['teacher']}: llama-server ({r['llama_server']['source']}, Q4_K_M weights, "
         f"{r['llama_server']['slots']} slots, 2 threads, server flags {r['llama_server']['server_args'] or 'default'}) vs transformers on the GGUF dequantized to fp32. "
         f"{r['examples']} test sentences of the default job (Rotten Tomatoes), the same "
