@@ -23,9 +23,9 @@ from kdistill.io import atomic_write_json, atomic_write_text
 HERE = Path(__file__).resolve().parent
 VARIANTS = {
     "ce+kd": {},
+    "ce+kd+balance": {"objective.balance.weight": 1.0, "objective.balance.target": "prior"},
     "ce+kd+hidden": {"objective.hidden.weight": 1.0, "objective.hidden.layers": "uniform"},
     "ce+kd+hidden(0.1)": {"objective.hidden.weight": 0.1, "objective.hidden.layers": "uniform"},
-    "ce+kd+balance": {"objective.balance.weight": 1.0, "objective.balance.target": "prior"},
 }
 
 
