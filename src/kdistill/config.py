@@ -536,7 +536,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
     ``task: NAME`` pulls a built-in task, whose YAML also gives the default ``data`` section.
     """
-    from kdistill.tasks import builtin_config_path, load_builtin_task  # tasks imports this module
+    from kdistill.tasks import builtin_config_path  # tasks imports this module
 
     if path is None:
         path = builtin_config_path("default")
@@ -545,15 +545,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     path = Path(path)
     data = _read_yaml(path)
     for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    task = data.get("task")
-    if isinstance(task, str):
-        builtin = load_builtin_task(task)
-        data["task"] = builtin["task"]
-        user_data = data.get("data") or {}
-        if "data" in builtin and not {"path", "source"} & set(user_data):
-            # the task's own data, with the user's settings (e.g. --set data.num_labelled=300) on top
-            data["data"] = {**builtin["data"], **user_data}
+        set_dotted(data, key, value)
+    expand_builtin_task(data)
     config = from_dict(RunConfig, data, str(path))
     _resolve_data_path(config.data, path.parent)
     return config
@@ -567,7 +560,23 @@ def _resolve_data_path(data: DataConfig, config_dir: Path) -> None:
         data.path = str((config_dir / data.path).resolve())
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def expand_builtin_task(data: dict[str, Any]) -> None:
+    """``task: NAME`` in plain config data -> the built-in task's section, and the task's own data with
+    the data settings already there (e.g. --set data.num_labelled=300) on top, unless they name a path
+    or source of their own."""
+    from kdistill.tasks import load_builtin_task  # tasks imports this module
+
+    task = data.get("task")
+    if not isinstance(task, str):
+        return
+    builtin = load_builtin_task(task)
+    data["task"] = builtin["task"]
+    user_data = data.get("data") or {}
+    if "data" in builtin and not {"path", "source"} & set(user_data):
+        data["data"] = {**builtin["data"], **user_data}
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     *parents, leaf = dotted.split(".")
     for key in parents:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from kdistill.config import RunConfig, _set_dotted, dump_yaml, from_dict
+from kdistill.config import RunConfig, dump_yaml, expand_builtin_task, from_dict, set_dotted
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdistill.models import LabelModel, load_saved
@@ -33,22 +33,17 @@ def stage_configs(cfg: RunConfig) -> list[RunConfig]:
     A stage that names another built-in task (`task: NAME`) takes that task's own data section, with
     the stage's `data.*` settings on top; the run's data settings belong to the run's task.
     """
-    from kdistill.tasks import load_builtin_task  # tasks imports config
-
     base = yaml.safe_load(dump_yaml(cfg))
     base.pop("stages")
     configs = []
     for i, stage in enumerate(cfg.stages, 1):
         where = f"stages[{i - 1}] ({stage.name})"
         data = copy.deepcopy(base)
-        task = stage.set.get("task")
-        if isinstance(task, str):
-            builtin = load_builtin_task(task)
-            data["task"] = builtin["task"]
-            data["data"] = dict(builtin.get("data") or {})
+        if isinstance(stage.set.get("task"), str):  # another built-in task: its data, not the run's
+            data["data"] = {}
         for key, value in stage.set.items():
-            if key != "task" or not isinstance(value, str):
-                _set_dotted(data, key, value)
+            set_dotted(data, key, value)
+        expand_builtin_task(data)
         data.update(name=f"{i}-{stage.name}", output_dir=str(cfg.run_dir / "stages"))
         configs.append(from_dict(RunConfig, data, where))
     return configs
