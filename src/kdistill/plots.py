@@ -1,4 +1,4 @@
-"""The report's figures as PNG bytes: training curves, the comparison chart, confusion matrices.
+"""The reports' figures as PNG bytes: training curves, the comparison charts, confusion matrices.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so making a report never changes
 the caller's matplotlib backend or keeps figures alive in pyplot's registry.
@@ -15,7 +15,7 @@ Record = dict[str, Any]
 
 # one colour per kind of row, the same in every figure
 KIND_COLOURS = {"teacher": "#4c72b0", "student_untrained": "#9a9a9a", "student_labels_only": "#dd8452",
-                "student_distilled": "#55a868"}
+                "student_sequence_kd": "#8172b3", "student_distilled": "#55a868"}
 TERM_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
 SEED_STYLES = ["-", "--", ":", "-."]
 
@@ -48,8 +48,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
 
 
-def training_curves(variant: str, histories: dict[int, list[Record]]) -> bytes:
-    """Loss terms (left) and validation macro-F1 (right) against the optimizer step, one line style per seed."""
+def training_curves(variant: str, histories: dict[int, list[Record]], *, val_key: str = "val_macro_f1",
+                    val_label: str = "macro-F1") -> bytes:
+    """Loss terms (left) and the validation figure ``val_key`` (right) against the optimizer step, one
+    line style per seed."""
     fig = _figure(10, 3.6)
     loss_ax, val_ax = fig.subplots(1, 2)
     terms = sorted({k for h in histories.values() for r in h for k in r if k.startswith("train_")})
@@ -60,13 +62,13 @@ def training_curves(variant: str, histories: dict[int, list[Record]]) -> bytes:
             if points:
                 loss_ax.plot(*zip(*points), style, color=TERM_COLOURS[term_index % len(TERM_COLOURS)],
                              label=f"{term.removeprefix('train_')} (seed {seed})")
-        val = [(r["step"], r["val_macro_f1"]) for r in history if "val_macro_f1" in r]
+        val = [(r["step"], r[val_key]) for r in history if val_key in r]
         if val:
             val_ax.plot(*zip(*val), style, marker="o", color=KIND_COLOURS.get(f"student_{variant}", "#333333"),
                         label=f"seed {seed}")
     name = variant.replace("_", " ")
     loss_ax.set(title=f"{name}: training loss terms", xlabel="optimizer step", ylabel="per-example loss")
-    val_ax.set(title=f"{name}: validation macro-F1", xlabel="optimizer step", ylabel="macro-F1")
+    val_ax.set(title=f"{name}: validation {val_label}", xlabel="optimizer step", ylabel=val_label)
     for ax in (loss_ax, val_ax):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -78,22 +80,48 @@ def _row_kind(key: str) -> str:
     return "teacher" if key.startswith("teacher") else key
 
 
+def _bars(ax, rows: list[Record], values: list[float | None], stds: list[float], row_names: dict[str, str],
+          teacher_value: float | None) -> None:
+    """One horizontal bar per row of the card, top-down, ± std where a row has seeds; a missing value
+    is written as — instead of a bar; the teacher's value as a dashed line."""
+    rows, values, stds = rows[::-1], values[::-1], stds[::-1]  # barh draws bottom-up
+    y = range(len(rows))
+    ax.barh(y, [v or 0.0 for v in values], xerr=stds, capsize=4,
+            color=[KIND_COLOURS.get(_row_kind(r["model"]), "#333333") for r in rows])
+    for i, (r, value, std) in enumerate(zip(rows, values, stds)):
+        label = "—" if value is None else f"{value:.3f}" + (f" ± {std:.3f}" if r["seeds"] else "")
+        ax.text((value or 0.0) + std + 0.01, i, label, va="center", fontsize=8)
+    if teacher_value is not None:
+        ax.axvline(teacher_value, color=KIND_COLOURS["teacher"], linestyle="--", linewidth=1, label="teacher")
+    ax.set_yticks(list(y), [row_names[r["model"]] for r in rows], fontsize=8)
+    ax.set_xlim(0, 1.12)
+    ax.grid(axis="x", alpha=0.3)
+
+
 def comparison_chart(comparison: list[Record], row_names: dict[str, str]) -> bytes:
     """Macro-F1 of every row of the report card, ± the std over seeds, with the teacher's as a line."""
     fig = _figure(9, 0.55 * len(comparison) + 1.4)
     ax = fig.subplots()
-    rows = list(reversed(comparison))  # barh draws bottom-up; keep the card's order top-down
-    y = range(len(rows))
-    ax.barh(y, [r["macro_f1"] for r in rows], xerr=[r["macro_f1_std"] for r in rows], capsize=4,
-            color=[KIND_COLOURS.get(_row_kind(r["model"]), "#333333") for r in rows])
-    for i, r in enumerate(rows):
-        spread = f" ± {r['macro_f1_std']:.3f}" if r["seeds"] else ""
-        ax.text(r["macro_f1"] + r["macro_f1_std"] + 0.01, i, f"{r['macro_f1']:.3f}{spread}", va="center", fontsize=8)
     teacher = next(r for r in comparison if r["model"] == "teacher")
-    ax.axvline(teacher["macro_f1"], color=KIND_COLOURS["teacher"], linestyle="--", linewidth=1, label="teacher")
-    ax.set_yticks(list(y), [row_names[r["model"]] for r in rows], fontsize=8)
-    ax.set(xlim=(0, 1.12), xlabel="macro-F1 on the test split (± std over seeds)", title="Teacher vs students")
-    ax.grid(axis="x", alpha=0.3)
+    _bars(ax, comparison, [r["macro_f1"] for r in comparison], [r["macro_f1_std"] for r in comparison], row_names,
+          teacher["macro_f1"])
+    ax.set(xlabel="macro-F1 on the test split (± std over seeds)", title="Teacher vs students")
+    return _png(fig)
+
+
+def generation_comparison_chart(comparison: list[Record], row_names: dict[str, str]) -> bytes:
+    """A generative card's rows (`gen_eval.comparison_rows`): the headline metric (left) and judged
+    faithfulness (right, when it was scored), ± the std over seeds, the teacher's as a dashed line."""
+    panels = [("headline", comparison[0]["headline_metric"])]
+    if any(r["faithfulness"] is not None for r in comparison):
+        panels.append(("faithfulness", "faithfulness (judge's P(supported))"))
+    fig = _figure(5 * len(panels) + 1, 0.55 * len(comparison) + 1.4)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    teacher = next((r for r in comparison if r["model"] == "teacher"), {})
+    for ax, (key, label) in zip(axes, panels):
+        _bars(ax, comparison, [r[key] for r in comparison], [r[f"{key}_std"] for r in comparison], row_names,
+              teacher.get(key))
+        ax.set(xlabel=f"{label} on the test split (± std over seeds)", title=label)
     return _png(fig)
 
 

@@ -158,9 +158,17 @@ def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], 
               '<div class="grid">' + "".join(map(_figure, by_kind["confusion"])) + "</div>"]
     if results.get("examples"):
         parts += ['<h2 id="examples">Example outputs</h2>', _examples(results["examples"], names)]
+    return html_page(title, parts + config_section(config_yaml))
+
+
+def config_section(config_yaml: str) -> list[str]:
     # folded: the config is long and is what a reader looks at last
-    parts += ['<h2 id="config">Resolved config</h2>',
-              f"<details><summary>the config as it ran (YAML)</summary><pre>{_e(config_yaml.rstrip())}</pre></details>"]
+    return ['<h2 id="config">Resolved config</h2>',
+            f"<details><summary>the config as it ran (YAML)</summary><pre>{_e(config_yaml.rstrip())}</pre></details>"]
+
+
+def html_page(title: str, parts: list[str]) -> str:
+    """The self-contained page around the sections ``parts`` (HTML; empty ones are skipped)."""
     body = "\n".join(p for p in parts if p)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
