@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -57,6 +57,23 @@ class LoopState:
 class TrainResult:
     state: LoopState
     seconds: float
+
+
+class Steps(Protocol):
+    """What the loop needs from a kind of training other than label space (e.g. `gen_train.TokenSteps`)."""
+
+    module: nn.Module
+    """The trainable step: student (+ any objective parameters); called as module(progress, *arguments)
+    and returning ((B,) per-example losses, {term: (B,) values})."""
+
+    def arguments(self, chunk: list[Any], device: torch.device) -> tuple:
+        """A micro-batch's forward arguments, on ``device``."""
+
+    def validate(self, examples: list[Any]) -> tuple[dict[str, float], float]:
+        """(what to record, the score early stopping maximizes) on the validation examples."""
+
+    def length(self, example: Any) -> int:
+        """An example's size, for length-grouped batches."""
 
 
 class StopTraining(Exception):
@@ -122,7 +139,7 @@ class TrainStep(nn.Module):
         self._model = [model]  # a LabelModel is not an nn.Module; a list keeps it out of the module tree
         self.mixed_precision = mixed_precision
 
-    def forward(self, inputs: dict[str, torch.Tensor], targets: StepTargets, progress: float,
+    def forward(self, progress: float, inputs: dict[str, torch.Tensor], targets: StepTargets,
                 pool: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model = self._model[0]
         with _autocast(model.device, self.mixed_precision):
@@ -149,21 +166,17 @@ class Trainer:
                  objective: Objective, cfg: TrainingConfig, seed: int, checkpoint_dir: str | Path,
                  targets: TeacherTargets | None = None, teacher_hidden: list[TeacherTargets] | None = None,
                  label_prior: torch.Tensor | None = None, labelled_ids: set[str] | None = None,
-                 progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None,
+                 steps: "Steps | None" = None) -> None:
         """``targets``: teacher label log-probs by id; ``teacher_hidden``: for the hidden term, each hidden
         target's (teacher's) pooled hidden states (N, n_k, D_k), in ``objective.hidden_targets`` order; ``label_prior``: (L,) for the balance term's prior target;
         ``labelled_ids``: the examples whose gold label may be used (None: all); ``on_record``: called
         with each record as it joins the history (training terms every 10 steps, each validation):
-        for loggers such as TensorBoard, or a search that prunes a bad trial by raising."""
-        terms = objective.cfg
-        if terms.kd.weight > 0 and targets is None:
-            raise ValueError("objective.kd.weight > 0 needs teacher targets")
-        if labelled_ids is not None and targets is None:
-            raise ValueError("examples without gold labels need teacher targets")
-        if objective.uses_hidden and (teacher_hidden is None or len(teacher_hidden) != len(objective.hidden_targets)):
-            raise ValueError("objective.hidden.weight > 0 needs the hidden states of each of its teachers")
-        if objective.uses_balance and (label_prior if terms.balance.target == "prior" else targets) is None:
-            raise ValueError(f"the balance term's target {terms.balance.target!r} is missing")
+        for loggers such as TensorBoard, or a search that prunes a bad trial by raising. ``steps``:
+        another kind of training (a generative student, `kdistill.gen_train.TokenSteps`) in place of
+        the label-space steps this class makes itself."""
+        if steps is None:
+            self._check_label_inputs(objective, targets, teacher_hidden, label_prior, labelled_ids)
         self.model, self.train_examples, self.val_examples = model, train_examples, val_examples
         self.targets, self.teacher_hidden, self.label_prior = targets, teacher_hidden, label_prior
         self.objective, self.cfg, self.seed = objective, cfg, seed
@@ -172,6 +185,7 @@ class Trainer:
         self.together = distributed.launched()  # several processes train this student
         self.accelerator = _accelerator() if self.together else None
         self.device = self.accelerator.device if self.accelerator else pick_device(cfg.device)
+        self.steps = steps
         self.label_ids = {label: i for i, label in enumerate(model.labels)}
         self.steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -179,7 +193,7 @@ class Trainer:
         model.module.to(self.device)
         objective.to(self.device)
         # the projections of the hidden term train alongside the student
-        self.trainable = TrainStep(model, objective, mixed_precision=cfg.mixed_precision)
+        self.trainable = steps.module if steps else TrainStep(model, objective, mixed_precision=cfg.mixed_precision)
         self.optimizer = _optimizer(self.trainable, cfg)
         self.forward_step: nn.Module = self.trainable
         if self.accelerator is not None:  # the scheduler is ours: it counts global steps, not per-process ones
@@ -191,6 +205,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=cfg.mixed_precision == "fp16")
         self.state = LoopState()
         self.best_weights: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _check_label_inputs(objective: Objective, targets, teacher_hidden, label_prior, labelled_ids) -> None:
+        terms = objective.cfg
+        if terms.kd.weight > 0 and targets is None:
+            raise ValueError("objective.kd.weight > 0 needs teacher targets")
+        if labelled_ids is not None and targets is None:
+            raise ValueError("examples without gold labels need teacher targets")
+        if objective.uses_hidden and (teacher_hidden is None or len(teacher_hidden) != len(objective.hidden_targets)):
+            raise ValueError("objective.hidden.weight > 0 needs the hidden states of each of its teachers")
+        if objective.uses_balance and (label_prior if terms.balance.target == "prior" else targets) is None:
+            raise ValueError(f"the balance term's target {terms.balance.target!r} is missing")
 
     # ---------------------------------------------------------------- the loop
     def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
@@ -237,7 +263,7 @@ class Trainer:
         if not self.cfg.group_by_length:
             return order
         size, window = self.cfg.batch_size, self.cfg.batch_size * 16
-        length = [len(e.text) for e in self.train_examples]
+        length = [self.steps.length(e) if self.steps else len(e.text) for e in self.train_examples]
         batches = []
         for start in range(0, len(order), window):
             chunk = sorted(order[start:start + window], key=lambda i: length[i], reverse=True)
@@ -261,11 +287,10 @@ class Trainer:
         progress = self.state.global_step / max(self.total_steps, 1)
         sums: dict[str, torch.Tensor] = {}
         for j, chunk in enumerate(chunks):
-            inputs = {k: v.to(self.device) for k, v in self.model.encode([e.text for e in chunk]).items()}
-            targets = self._targets(chunk, **balance)
+            arguments = self.steps.arguments(chunk, self.device) if self.steps else self._label_arguments(chunk, balance)
             last = j == len(chunks) - 1  # gradients are synchronized once per step, after the last micro-batch
             with self.accelerator.no_sync(self.forward_step) if self.accelerator and not last else contextlib.nullcontext():
-                total_b, terms = self.forward_step(inputs, targets, progress, self._pool)
+                total_b, terms = self.forward_step(progress, *arguments)
                 loss = total_b.sum() * weight
                 if self.accelerator is not None:
                     self.accelerator.backward(loss)
@@ -290,6 +315,11 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _label_arguments(self, chunk: list["Example"], balance: dict[str, torch.Tensor]) -> tuple:
+        """`TrainStep`'s arguments for a micro-batch (after `progress`)."""
+        inputs = {k: v.to(self.device) for k, v in self.model.encode([e.text for e in chunk]).items()}
+        return inputs, self._targets(chunk, **balance), self._pool
 
     @property
     def _pool(self) -> str:
@@ -351,9 +381,14 @@ class Trainer:
     def _validate(self) -> None:
         if not self.val_examples:
             return
-        score = macro_f1(self.model, self.val_examples, batch_size=max(self.cfg.batch_size, 32))
+        if self.steps:
+            self.trainable.eval()
+            record, score = self.steps.validate(self.val_examples)
+        else:
+            score = macro_f1(self.model, self.val_examples, batch_size=max(self.cfg.batch_size, 32))
+            record = {"val_macro_f1": score}
         st = self.state
-        self._record({"step": st.global_step, "epoch": st.epoch, "val_macro_f1": score})
+        self._record({"step": st.global_step, "epoch": st.epoch, **record})
         if score > st.best_metric:
             st.best_metric, st.best_step, st.bad_validations = score, st.global_step, 0
             self.best_weights = cpu_state(self.model.module)
@@ -361,7 +396,7 @@ class Trainer:
             st.bad_validations += 1
             patience = self.cfg.early_stopping_patience
             if patience and st.bad_validations >= patience:
-                log.info("early stopping at step %d: no better validation macro-F1 for %d validations",
+                log.info("early stopping at step %d: no better validation score for %d validations",
                          st.global_step, patience)
                 st.stopped_early = True
 
