@@ -29,8 +29,21 @@ class TaskConfig:
 
     name: str = "custom"
     """A short name for the task, shown in reports."""
-    kind: Literal["classification"] = "classification"
-    """Task kind. `classification` now; `multiple_choice` and `generation` come later."""
+    kind: Literal["classification", "multiple_choice", "generation"] = "classification"
+    """classification: one label per text. multiple_choice: a question with `num_options` options,
+    answered by the option's number (the seeds' standardized output format: labels '1'..'N' and
+    verbalizers ' 1'..' N' are filled in), distilled in label space like a classification.
+    generation: a prompt and a target text (an answer, a summary), from the data or the teacher."""
+    num_options: int = 0
+    """multiple_choice only: options per question (Winogrande 2, Social IQA 3, AQuA-RAT 5)."""
+    targets: Literal["data", "teacher"] = "data"
+    """generation only: where the training targets and test references come from: the data, or
+    the teacher's own generations (sequence-level KD; cached with their decoding settings and seed)."""
+    evaluate_as: Literal["summary", "qa"] = "summary"
+    """generation only: summary (ROUGE against references, similarity, faithfulness, copying) or
+    qa (exact match and token F1 against every gold answer, and ROUGE)."""
+    max_new_tokens: int = 64
+    """generation only: the longest output in tokens (teacher references, evaluation, timing)."""
     labels: list[str] = field(default_factory=list)
     """The label set, in a fixed order (this order is the order of every probability vector)."""
     prompt_template: str = "{text}\nAnswer:"
@@ -43,6 +56,13 @@ class TaskConfig:
     """One line for `kdistill ls`."""
 
     def __post_init__(self) -> None:
+        if self.kind == "multiple_choice":
+            self._fill_option_labels()
+        if self.kind == "generation" and (self.labels or self.verbalizers):
+            raise KdistillError("task.labels and task.verbalizers belong to classification and multiple_choice "
+                                "tasks; a generation task has a prompt and a target text. Remove them.")
+        if self.max_new_tokens < 1:
+            raise KdistillError(f"task.max_new_tokens must be >= 1; found {self.max_new_tokens}.")
         if self.labels and len(set(self.labels)) != len(self.labels):
             raise KdistillError(f"task.labels has duplicates: {self.labels}; list each label once.")
         if "{text}" not in self.prompt_template:
@@ -58,13 +78,27 @@ class TaskConfig:
                 f"unknown {extra}. Labels are {self.labels}."
             )
 
+    def _fill_option_labels(self) -> None:
+        if self.num_options < 2:
+            raise KdistillError(f"task.num_options must be >= 2 for a multiple_choice task; found {self.num_options}.")
+        numbers = [str(i) for i in range(1, self.num_options + 1)]
+        if self.labels and self.labels != numbers:
+            raise KdistillError(f"task.labels of a multiple_choice task are the option numbers {numbers}; "
+                                f"found {self.labels}. Remove task.labels (they are filled in).")
+        self.labels = numbers
+        self.verbalizers = self.verbalizers or {n: f" {n}" for n in numbers}
+
 
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the examples come from and how they are cleaned and split."""
 
-    source: Literal["csv", "jsonl", "parquet", "folder", "hf"] = "csv"
-    """File format: csv, jsonl, parquet, folder (`<label>/*.txt`) or hf (a 🤗 datasets name)."""
+    source: Literal["csv", "jsonl", "parquet", "folder", "hf", "winogrande", "social_iqa", "aqua_rat",
+                    "triviaqa", "chatterbot", "bbc_articles"] = "csv"
+    """File format: csv, jsonl, parquet, folder (`<label>/*.txt`) or hf (a 🤗 datasets name);
+    multiple choice: winogrande, social_iqa, aqua_rat (their public jsonl files); generation:
+    jsonl (`text_field` the prompt, `target_field` the target), triviaqa (its json), chatterbot
+    (chatterbot-corpus YAML question/answer pairs), bbc_articles (a folder of <topic>/*.txt)."""
     path: str = ""
     """File or folder path (relative paths are relative to the config file), `asset:NAME` for a
     built-in data asset, or the 🤗 datasets name when `source: hf`."""
@@ -72,6 +106,10 @@ class DataConfig:
     """Column holding the input text."""
     label_field: str = "label"
     """Column holding the gold label."""
+    target_field: str = "target"
+    """generation, jsonl: the field holding the reference target (may be absent when the teacher writes them)."""
+    labels_path: str = ""
+    """social_iqa only: the `*-labels.lst` file with one answer (1-3) per line, if the answers are not in the jsonl."""
     columns: list[str] = field(default_factory=list)
     """For a CSV without a header row: the column names in order."""
     encoding: str = "utf-8"
@@ -216,6 +254,17 @@ class TeacherConfig(ModelConfig):
     (one scalar: confidence that matches accuracy; never changes the argmax) or `affine`
     (temperature + one offset per label: also removes the prompt's lean towards one label).
     A prompted LLM is often timid (0.55 where it is right 80 % of the time) and biased."""
+    token_top_k: int = 32
+    """generation: the teacher's top-k log-probs kept per target token (plus the tail mass) for token-level KD."""
+    sampling: bool = False
+    """generation: sample the teacher's written targets (with sampling_temperature, top_p and
+    sampling_seed, all part of the cache key) instead of greedy decoding."""
+    sampling_temperature: float = 1.0
+    """generation with sampling: the decoding temperature (not the KD temperature)."""
+    top_p: float = 1.0
+    """generation with sampling: nucleus sampling's probability mass."""
+    sampling_seed: int = 0
+    """generation with sampling: the seed that makes the teacher's targets reproducible."""
     endpoint: EndpointConfig | None = None
     """Ask this teacher over an OpenAI-compatible API instead of loading it: `model` is then the
     name sent to the server (see `kdistill ls` for the fields). Causal-LM prompting only."""
@@ -334,6 +383,13 @@ class EvaluationConfig:
     """Batches timed for throughput."""
     warmup_batches: int = 2
     """Untimed calls before each timing, so one-off set-up is not counted."""
+    judge: str = ""
+    """generation (summary): the prompted LLM that judges whether the source supports each summary
+    (faithfulness; no NLI model is reachable offline): a model name, folder or hub id; empty = the teacher."""
+    similarity_model: str = "all-MiniLM-L6-v2"
+    """generation: the sentence-embedding model of semantic similarity to the reference; empty skips it."""
+    num_examples_shown: int = 3
+    """generation: test examples shown side by side (source, reference, every model's output) on the card."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -363,13 +419,15 @@ class RunConfig:
     stages: list[StageConfig] = field(default_factory=list)
     """Run these stages in order instead of one run (seed 001: Winogrande, then Social IQA); see StageConfig."""
     def __post_init__(self) -> None:
-        if not self.task.labels:
+        if self.task.kind == "generation":
+            self._check_generation()
+        elif not self.task.labels:
             raise KdistillError("task.labels is empty: name the labels (or use a built-in task with `task: NAME`).")
         if not self.teacher.model:
             raise KdistillError("teacher.model is empty: name a built-in model, a local folder, a .gguf file or a hub id.")
         if not self.student.model:
             raise KdistillError("student.model is empty: name a built-in model, a local folder, a .gguf file or a hub id.")
-        if not self.task.verbalizers and "causal_lm" in [t.kind for t in self.members] + [self.student.kind]:
+        if self.task.kind != "generation" and not self.task.verbalizers and "causal_lm" in [t.kind for t in self.members] + [self.student.kind]:
             raise KdistillError("task.verbalizers are needed to ask a causal LM: give one word per label.")
         for i, member in enumerate(self.teachers):
             if not member.model:
@@ -392,6 +450,20 @@ class RunConfig:
                 raise KdistillError(f"objective.hidden: teacher {remote[0]!r} is behind an endpoint, which exposes no "
                                     "hidden states; list in-process teachers in objective.hidden.teachers, or set "
                                     "objective.hidden.weight to 0.")
+
+    def _check_generation(self) -> None:
+        unsupported = [name for name, on in [("teachers (an ensemble)", bool(self.teachers)),
+                                             ("objective.hidden", self.objective.hidden.weight > 0),
+                                             ("objective.balance", self.objective.balance.weight > 0),
+                                             ("teacher.endpoint", self.teacher.is_endpoint),
+                                             ("teacher.finetune", self.teacher.finetune),
+                                             ("data.num_labelled", self.data.num_labelled is not None)] if on]
+        if unsupported:
+            raise KdistillError(f"a generation task does not support {', '.join(unsupported)} yet: one in-process "
+                                "causal-LM teacher, and the ce and kd terms. Remove them from the config.")
+        if "encoder" in (self.teacher.kind, self.student.kind):
+            raise KdistillError("a generation task needs causal-LM teacher and student (kind: auto or causal_lm); "
+                                "an encoder cannot write text.")
 
     @property
     def members(self) -> list[TeacherConfig]:

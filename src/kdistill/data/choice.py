@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kdistill.config import DataConfig, TaskConfig
 from kdistill.data.generative import ChoiceExample, read_jsonl, read_text, text_field
-from kdistill.data.loaders import normalize_text, text_id
+from kdistill.data.loaders import CHOICE_SOURCES, Example, LoadedExamples, normalize_text, text_id
 from kdistill.errors import KdistillError
 
 _AQUA_OPTION = re.compile(r"\s*([A-Z])\s*\)(.*)", re.DOTALL)
@@ -123,3 +124,39 @@ def _answer_index(raw: Any, names: tuple[str, ...], origin: str, field: str, *, 
             f"{origin}: field '{field}': expected one of {', '.join(names)}{unlabelled}, found {raw!r}; fix the line."
         )
     return names.index(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Multiple choice as label-space examples (the option number is the label)
+
+
+def render_choice(example: ChoiceExample) -> str:
+    """The question and its numbered options, one per line: what the prompt's `{text}` becomes."""
+    lines = [example.question] + [f"{i}. {option}" for i, option in enumerate(example.options, 1)]
+    return "\n".join(lines)
+
+
+def read_choice_examples(data: DataConfig, task: TaskConfig) -> LoadedExamples:
+    """A multiple-choice file as Examples whose text is `render_choice` and whose label is the right
+    option's number ('1'..'N'); unanswered questions (a test split) and a wrong option count are errors."""
+    if data.source not in CHOICE_SOURCES or task.kind != "multiple_choice":
+        raise KdistillError(f"data.source {data.source!r} with task.kind {task.kind!r}: multiple-choice files "
+                            f"({', '.join(CHOICE_SOURCES)}) go with task.kind multiple_choice, and back.")
+    from kdistill.data.loaders import _source_path  # one rule for asset:, relative and missing paths
+
+    path = _source_path(data)
+    if data.source == "social_iqa":
+        choices = load_social_iqa(path, data.labels_path or None)
+    else:
+        choices = {"winogrande": load_winogrande, "aqua_rat": load_aqua_rat}[data.source](path)
+    loaded = LoadedExamples(rows_read=len(choices))
+    for example in choices:
+        if len(example.options) != task.num_options:
+            raise KdistillError(f"{example.origin}: {len(example.options)} options, but task.num_options is "
+                                f"{task.num_options}; set task.num_options to the file's option count.")
+        if example.answer is None:
+            raise KdistillError(f"{example.origin}: no answer; training and evaluation need answered questions "
+                                "(a test split without answers cannot be scored; give data.labels_path for Social IQA).")
+        text = render_choice(example)
+        loaded.examples.append(Example(id=text_id(text), text=text, label=str(example.answer + 1), origin=example.origin))
+    return loaded

@@ -61,9 +61,18 @@ def load_examples(data: DataConfig, task: TaskConfig) -> list[Example]:
     return read_examples(data, task).examples
 
 
+CHOICE_SOURCES = ("winogrande", "social_iqa", "aqua_rat")
+
+
 def read_examples(data: DataConfig, task: TaskConfig) -> LoadedExamples:
     """Like `load_examples`, also counting rows read, rows ignored and texts truncated."""
     _check_labels_config(data, task)
+    if data.source in CHOICE_SOURCES or task.kind == "multiple_choice":
+        from kdistill.data.choice import read_choice_examples  # choice imports this module
+
+        return read_choice_examples(data, task)
+    if task.kind == "generation":
+        raise KdistillError("a generation task's data is read by kdistill.data.gen_data, not as labelled texts.")
     text_name, label_name = _field_names(data)
     loaded = LoadedExamples()
     for record in _read_records(data):
@@ -166,7 +175,7 @@ def _source_path(data: DataConfig) -> Path:
 
         return fetch_data_asset(data.path.removeprefix("asset:"))
     path = Path(data.path)
-    want_folder = data.source == "folder"
+    want_folder = data.source in ("folder", "bbc_articles")
     if not path.exists():
         kind = "folder" if want_folder else f"{data.source} file"
         raise KdistillError(
