@@ -29,12 +29,13 @@ def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
-def _tokenizer(kind: str):
+def _tokenizer(kind: str, extra_words: tuple[str, ...] = ()):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(POSITIVE + NEGATIVE + FILLER + PROMPT_WORDS)))}
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + PROMPT_WORDS)) + [w for w in extra_words if w not in PROMPT_WORDS]
+    vocab = {w: i for i, w in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if kind == "encoder":
@@ -47,10 +48,10 @@ def _tokenizer(kind: str):
                                    bos_token="[BOS]", eos_token="[EOS]")
 
 
-def save_tiny_lm(path: Path, seed: int = 0) -> Path:
+def save_tiny_lm(path: Path, seed: int = 0, extra_words: tuple[str, ...] = ()) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _tokenizer("lm")
+    tokenizer = _tokenizer("lm", extra_words)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

@@ -38,7 +38,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[Generation | None] = [None] * len(prompts)
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    # a long prompt loses its beginning, as in training (`token_kd.encode_targets`): the instruction at its end stays
+    sides = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side = tokenizer.truncation_side = "left"
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -53,7 +55,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
             for row, i in zip(new_bt.cpu(), idx):
                 out[i] = Generation(tokenizer.decode(row, skip_special_tokens=True), _num_generated(row, tokenizer))
     finally:
-        tokenizer.padding_side = padding_side
+        tokenizer.padding_side, tokenizer.truncation_side = sides
     return out
 
 
@@ -63,16 +65,19 @@ def _num_generated(row: torch.Tensor, tokenizer) -> int:
     return int(eos[0, 0]) + 1 if len(eos) else len(row)
 
 
-def generation_cost(model, tokenizer, prompts: list[str], *, max_new_tokens: int, warmup: int = 1) -> dict:
+def generation_cost(model, tokenizer, prompts: list[str], *, max_new_tokens: int, warmup: int = 1,
+                    max_prompt_tokens: int | None = None) -> dict:
     """Greedy generation one prompt at a time, end to end from text: seconds per output (p50, p95) and
     generated tokens per second over all of them. Every model is timed by this same function."""
     for prompt in prompts[:warmup]:
-        generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1)
+        generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
+                 max_prompt_tokens=max_prompt_tokens)
     seconds, tokens = [], 0
     sync = torch.cuda.synchronize if next(model.parameters()).device.type == "cuda" else (lambda: None)
     for prompt in prompts:
         start = time.perf_counter()
-        (generation,) = generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1)
+        (generation,) = generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
+                                 max_prompt_tokens=max_prompt_tokens)
         sync()
         seconds.append(time.perf_counter() - start)
         tokens += generation.num_tokens

@@ -64,6 +64,8 @@ def _data(cfg: RunConfig) -> PreparedData:
 def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
     """Check a config, its data and the verbalizers against the tokenizers; write nothing."""
     cfg = _config(config)
+    if cfg.task.kind == "generation":
+        return _validate_generation(cfg, check_models)
     if cfg.stages:
         return "\n\n".join(f"stage {i}: {stage_cfg.name}\n" + validate(stage_cfg, check_models=check_models)
                            for i, stage_cfg in enumerate(stage_configs(cfg), 1))
@@ -88,6 +90,21 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
     return text + "\nconfig ok"
 
 
+def _validate_generation(cfg: RunConfig, check_models: bool) -> str:
+    from kdistill.data.gen_data import format_generation_report, prepare_generation
+
+    text = format_generation_report(prepare_generation(cfg.data, cfg.task))
+    if check_models:
+        from transformers import AutoTokenizer
+
+        for role, model_cfg in [("teacher", cfg.teacher), ("student", cfg.student)]:
+            path = resolve_model_path(model_cfg.model)
+            tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
+                                                      trust_remote_code=model_cfg.trust_remote_code)
+            text += f"\n{role}: {model_cfg.model} -> {path} (tokenizer ok, {len(tokenizer)} tokens)"
+    return text + "\nconfig ok"
+
+
 def load_teachers(cfg: RunConfig, data: PreparedData, *, progress: bool = True) -> dict[str, LabelModel]:
     """Every teacher of the run, by name (fine-tuned first where asked)."""
     return {t.display_name: load_member(cfg, data, t, progress=progress) for t in cfg.members}
@@ -98,6 +115,11 @@ def elicit(config: ConfigLike = None, *, progress: bool = True,
     """Every teacher's label distributions for the train, validation and test splits, from the store or
     computed once, recalibrated, and combined when there are several."""
     cfg = _single_run(_config(config), "elicit")
+    if cfg.task.kind == "generation":
+        from kdistill.gen_pipeline import _targets_for
+        from kdistill.data.gen_data import prepare_generation
+
+        return _targets_for(cfg, prepare_generation(cfg.data, cfg.task), progress=progress)
     return teacher_signal(cfg, _data(cfg), progress=progress, models=teachers)
 
 
@@ -165,9 +187,11 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
     the previous stage's student to start from, ``optimizer_from`` its saved optimizer state to carry
     on, and ``save_optimizer`` keeps this student's optimizer state for the next stage. ``data``: the
     prepared splits to use instead of the config's (a search trains on a subsample)."""
+    cfg = _single_run(_config(config), "train")
+    if cfg.task.kind == "generation":
+        return _train_generation(cfg, variant, seed, resume, progress, on_record)
     if variant not in VARIANTS:
         raise KdistillError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
-    cfg = _single_run(_config(config), "train")
     seed = cfg.evaluation.seeds[0] if seed is None else seed
     data = data or _data(cfg)
     objective_cfg = cfg.objective.labels_only() if variant == "labels_only" else cfg.objective
@@ -217,6 +241,18 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
     return out
 
 
+def _train_generation(cfg: RunConfig, variant: str, seed: int | None, resume: bool, progress: bool,
+                      on_record: Callable[[dict[str, Any]], None] | None) -> Path:
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_pipeline import _targets_for, train_generation
+
+    variant = "sequence_kd" if variant == "labels_only" else variant
+    data = prepare_generation(cfg.data, cfg.task)
+    return train_generation(cfg, variant=variant, seed=cfg.evaluation.seeds[0] if seed is None else seed, data=data,
+                            targets=_targets_for(cfg, data, progress=progress), resume=resume, progress=progress,
+                            on_record=on_record)
+
+
 def _save_student(out: Path, student: LabelModel, objective: Objective, trainer: Trainer, result: Any, *,
                   save_optimizer: bool, variant: str, seed: int, hidden_targets: list[HiddenTarget]) -> None:
     student.save(out)
@@ -262,6 +298,11 @@ def evaluate(config: ConfigLike = None, *, progress: bool = True,
     """Score every teacher (and their ensemble), the untrained student and every trained student on the
     test split; cost of each."""
     cfg = _single_run(_config(config), "eval")
+    if cfg.task.kind == "generation":
+        from kdistill.data.gen_data import prepare_generation
+        from kdistill.gen_pipeline import evaluate_generation
+
+        return evaluate_generation(cfg, data=prepare_generation(cfg.data, cfg.task), progress=progress)
     data = _data(cfg)
     test = data.test
     gold = [cfg.task.labels.index(e.label) for e in test]
@@ -360,6 +401,10 @@ def report(config: ConfigLike = None) -> Path:
     from kdistill.report_html import write_html_report
 
     cfg = _single_run(_config(config), "report")
+    if cfg.task.kind == "generation":
+        from kdistill.gen_pipeline import report_generation
+
+        return report_generation(cfg)
     results_path = cfg.run_dir / "eval" / "results.json"
     if not results_path.exists():
         raise KdistillError(f"{results_path}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
@@ -382,6 +427,12 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
     cfg = _config(config, overrides)
     if cfg.stages:
         return run_stages(cfg, resume=resume, progress=progress)
+    if cfg.task.kind == "generation":
+        if init_dir is not None:
+            raise KdistillError("multi-stage runs carry label-space students; a generation task cannot be a stage yet.")
+        from kdistill.gen_pipeline import run_generation
+
+        return run_generation(cfg, resume=resume, progress=progress)
     data = _data(cfg)  # a bad row stops the run here, before anything is written
     if distributed.is_main():
         atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))

@@ -129,3 +129,13 @@ def lee_similarity() -> tuple[list[str], np.ndarray]:
                             f"matrix, found {len(documents)} and {upper_dd.shape}; delete the folder to fetch it "
                             "again.")
     return documents, np.triu(upper_dd) + np.triu(upper_dd, 1).T
+
+
+def human_pearson(scorer: SimilarityScorer) -> float:
+    """How far ``scorer`` can be trusted: the Pearson correlation of its cosines with the mean human
+    ratings of the Lee corpus's 1,225 document pairs (the "STS Pearson" a report card quotes)."""
+    from scipy import stats
+
+    documents, human_dd = lee_similarity()
+    upper = np.triu_indices(len(documents), k=1)
+    return float(stats.pearsonr(scorer.similarity_matrix(documents)[upper], human_dd[upper]).statistic)

@@ -1,0 +1,296 @@
+"""The pipeline of a generation task (summaries, answers): teacher targets, students, evaluation, report.
+
+`kdistill.pipeline` hands a config whose `task.kind` is `generation` to these functions; they write the
+same run directory. The student variants:
+
+    sequence_kd   CE on the target texts alone: the teacher's written targets (sequence-level KD), or
+                  the data's references (plain fine-tuning): the labels-only analogue
+    distilled     CE + token-level KD on the same target tokens, from the teacher's cached top-k + tail
+
+Both see only target tokens as targets; the prompt is context (see `token_kd`). A student with another
+tokenizer than the teacher's can only take sequence-level KD (objective.kd.weight: 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from kdistill import distributed
+from kdistill.config import CETerm, KDTerm, ObjectiveConfig, RunConfig, dump_yaml
+from kdistill.data.gen_data import GenData, prepare_generation
+from kdistill.data.generative import GenExample
+from kdistill.errors import KdistillError
+from kdistill.gen_teacher import GenTargets, check_same_tokenizer, load_causal_lm, teacher_targets
+from kdistill.gen_train import GenStudent, TokenSteps, prompt_text
+from kdistill.generate import generate, generation_cost
+from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdistill.models import pick_device, resolve_model_path
+from kdistill.objective import Objective
+from kdistill.tracking import tensorboard_records
+from kdistill.train import Trainer
+
+log = logging.getLogger(__name__)
+
+GEN_VARIANTS = {"sequence_kd": "CE on the target texts (sequence-level KD when the teacher wrote them)",
+                "distilled": "token-level KD + CE on the target tokens"}
+
+
+def variants(cfg: RunConfig) -> list[str]:
+    """The variants this config trains: without a kd term, `distilled` would equal `sequence_kd`."""
+    return [v for v in GEN_VARIANTS if v != "distilled" or cfg.objective.kd.weight > 0]
+
+
+def _objective(cfg: RunConfig, variant: str) -> ObjectiveConfig:
+    if variant == "sequence_kd":
+        return ObjectiveConfig(ce=CETerm(weight=1.0), kd=replace(cfg.objective.kd, weight=0.0))
+    return cfg.objective
+
+
+def _student_dir(cfg: RunConfig, variant: str, seed: int) -> Path:
+    return cfg.run_dir / "students" / f"{variant}-seed{seed}"
+
+
+def _targets_for(cfg: RunConfig, data: GenData, *, progress: bool, teacher=None) -> GenTargets:
+    """The cached teacher targets: of every split when the teacher writes the references, else of train."""
+    examples = data.train + data.validation + data.test if cfg.task.targets == "teacher" else data.train
+    module, tokenizer = teacher or load_causal_lm(cfg.teacher, pick_device(cfg.training.device))
+    return teacher_targets(cfg, examples, module, tokenizer, progress=progress)
+
+
+def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, targets: GenTargets,
+                     resume: bool = False, progress: bool = True,
+                     on_record: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Train one generative student variant with one seed; returns its saved folder."""
+    if variant not in GEN_VARIANTS:
+        raise KdistillError(f"unknown variant {variant!r} for a generation task; choose one of {', '.join(GEN_VARIANTS)}.")
+    objective_cfg = _objective(cfg, variant)
+    torch.manual_seed(seed)
+    module, tokenizer = load_causal_lm(cfg.student, pick_device(cfg.training.device))
+    module.train()
+    student = GenStudent(module, tokenizer, max_length=cfg.student.max_length, name=cfg.student.model)
+    if objective_cfg.kd.weight > 0:
+        from transformers import AutoTokenizer
+
+        teacher_tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.teacher.model), revision=cfg.teacher.revision)
+        check_same_tokenizer(teacher_tok, tokenizer, cfg.student.model)
+    val = data.validation if cfg.task.targets == "teacher" else [e for e in data.validation if e.target]
+    steps = TokenSteps(student, objective_cfg, template=cfg.task.prompt_template, target_of=targets.target,
+                       teacher_rows=targets.rows if objective_cfg.kd.weight > 0 else None,
+                       batch_size=cfg.student.batch_size)
+    records = (tensorboard_records(cfg.run_dir / "tensorboard" / f"{variant}-seed{seed}", resume=resume, then=on_record)
+               if cfg.training.tensorboard and distributed.is_main() else contextlib.nullcontext(on_record))
+    with records as record:
+        trainer = Trainer(student, train_examples=data.train, val_examples=val,
+                          objective=Objective(objective_cfg, hidden_targets=[], student_width=module.config.hidden_size),
+                          cfg=cfg.training, seed=seed, checkpoint_dir=cfg.run_dir / "checkpoints" / f"{variant}-seed{seed}",
+                          progress=progress, on_record=record, steps=steps)
+        result = trainer.run(resume=resume)
+    out = _student_dir(cfg, variant, seed)
+    if distributed.is_main():
+        student.save(out)
+        atomic_write_json(out.parent / f"{out.name}.training.json", {
+            "variant": variant, "seed": seed, "seconds": result.seconds, "steps": result.state.global_step,
+            "best_step": result.state.best_step, "best_val_target_ce": -result.state.best_metric,
+            "stopped_early": result.state.stopped_early, "history": result.state.history})
+    distributed.barrier()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+def _outputs(module, tokenizer, prompts: list[str], cfg: RunConfig) -> list[str]:
+    generations = generate(module, tokenizer, prompts, max_new_tokens=cfg.task.max_new_tokens,
+                           batch_size=cfg.student.batch_size, max_prompt_tokens=_max_prompt_tokens(cfg))
+    return [g.text.strip() for g in generations]
+
+
+def _max_prompt_tokens(cfg: RunConfig) -> int:
+    return cfg.student.max_length - cfg.task.max_new_tokens
+
+
+def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str | Path | None) -> dict[str, Any]:
+    from kdistill.evaluate import size_on_disk
+
+    n = max(1, min(cfg.evaluation.latency_examples, len(prompts)))
+    cost = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens,
+                           max_prompt_tokens=_max_prompt_tokens(cfg))
+    folder = Path(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
+    return {**cost, "parameters": sum(p.numel() for p in module.parameters()),
+            "size_on_disk_bytes": size_on_disk(folder) if folder else None}
+
+
+def _references(cfg: RunConfig, test: list[GenExample], targets: GenTargets | None) -> list:
+    if cfg.task.targets == "teacher":
+        return [targets.target(e) for e in test]
+    return [list(e.answers) or [e.target] for e in test] if cfg.task.evaluate_as == "qa" else [e.target for e in test]
+
+
+def _scorers(cfg: RunConfig, teacher) -> tuple[Any, Any, dict[str, Any]]:
+    """The similarity scorer and the faithfulness judge (summaries only), and how the card names them."""
+    from kdistill.judge import FaithfulnessJudge
+    from kdistill.similarity import SimilarityScorer, human_pearson
+
+    similarity = SimilarityScorer(cfg.evaluation.similarity_model) if cfg.evaluation.similarity_model else None
+    judge = None
+    if cfg.task.evaluate_as == "summary":
+        name = cfg.evaluation.judge or cfg.teacher.model
+        module, tokenizer = teacher if not cfg.evaluation.judge else load_causal_lm(
+            replace(cfg.teacher, model=cfg.evaluation.judge), pick_device(cfg.training.device))
+        judge = FaithfulnessJudge(module, tokenizer, name=name)
+    info = {"similarity": {"model": cfg.evaluation.similarity_model, "pearson_with_humans": human_pearson(similarity),
+                           "measured_on": "Lee corpus, 1,225 document pairs rated by people"} if similarity else None,
+            "faithfulness": judge.describe() if judge else None}
+    return similarity, judge, info
+
+
+def evaluate_generation(cfg: RunConfig, *, data: GenData, targets: GenTargets | None = None,
+                        progress: bool = True) -> Path:
+    """Every model's outputs on the test split, scored against the references; cost of each; results.json."""
+    from kdistill.gen_eval import comparison_rows, score_generations, summarize_seeds
+
+    test = data.test
+    prompts = [prompt_text(cfg.task.prompt_template, e) for e in test]
+    sources = [e.prompt for e in test]
+    device = pick_device(cfg.training.device)
+    teacher = load_causal_lm(cfg.teacher, device)
+    if targets is None:
+        targets = _targets_for(cfg, data, progress=progress, teacher=teacher)
+    references = _references(cfg, test, targets)
+    similarity, judge, scorer_info = _scorers(cfg, teacher)
+    score = lambda outputs: score_generations(outputs, sources=sources, references=references,
+                                              evaluate_as=cfg.task.evaluate_as, similarity=similarity, judge=judge)
+    outputs: dict[str, list[str]] = {}
+    models: dict[str, Any] = {}
+    outputs["teacher"] = ([targets.target(e) for e in test] if cfg.task.targets == "teacher"
+                          else _outputs(*teacher, prompts, cfg))
+    models["teacher"] = {"name": cfg.teacher.model, "metrics": score(outputs["teacher"]),
+                         "cost": _cost(*teacher, prompts, cfg, resolve_model_path(cfg.teacher.model))}
+    if cfg.evaluation.baselines:
+        torch.manual_seed(cfg.evaluation.seeds[0])
+        untrained = load_causal_lm(cfg.student, device)
+        outputs["student_untrained"] = _outputs(*untrained, prompts, cfg)
+        models["student_untrained"] = {"name": cfg.student.model, "metrics": score(outputs["student_untrained"]),
+                                       "cost": _cost(*untrained, prompts, cfg, resolve_model_path(cfg.student.model))}
+        del untrained
+    for variant in variants(cfg):
+        entry = _evaluate_variant(cfg, variant, prompts, score, outputs)
+        if entry:
+            entry["summary"] = summarize_seeds(entry["seeds"])
+            models[f"student_{variant}"] = entry
+    del teacher, judge
+    gc.collect()
+    results = {"run": cfg.name, "task": cfg.task.name, "task_kind": "generation", "evaluate_as": cfg.task.evaluate_as,
+               "references": cfg.task.targets, "test_examples": len(test), "data": data.report,
+               "scorers": scorer_info, "models": models, "comparison": comparison_rows(models, evaluate_as=cfg.task.evaluate_as),
+               "examples": _examples(cfg, test, references, outputs)}
+    path = cfg.run_dir / "eval" / "results.json"
+    atomic_write_json(path, results)
+    return path
+
+
+def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, outputs: dict) -> dict | None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    per_seed, training, cost = {}, {}, None
+    for seed in cfg.evaluation.seeds:
+        folder = _student_dir(cfg, variant, seed)
+        if not folder.exists():
+            continue
+        module = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(pick_device(cfg.training.device))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        texts = _outputs(module, tokenizer, prompts, cfg)
+        if seed == cfg.evaluation.seeds[0]:
+            outputs[f"student_{variant}"] = texts
+            cost = _cost(module, tokenizer, prompts, cfg, folder)
+        per_seed[str(seed)] = score(texts)
+        training[str(seed)] = {k: v for k, v in json.loads(folder.with_name(f"{folder.name}.training.json")
+                                                          .read_text(encoding="utf-8")).items() if k != "history"}
+    if not per_seed:
+        return None
+    return {"name": cfg.student.model, "seeds": per_seed, "training": training, "cost": cost}
+
+
+def _examples(cfg: RunConfig, test: list[GenExample], references: list, outputs: dict[str, list[str]]) -> list[dict]:
+    shown = []
+    for i, example in enumerate(test[:cfg.evaluation.num_examples_shown]):
+        reference = references[i] if isinstance(references[i], str) else " | ".join(references[i])
+        shown.append({"id": example.id, "source": example.prompt, "reference": reference,
+                      **{key: texts[i] for key, texts in outputs.items()}})
+    return shown
+
+
+# ------------------------------------------------------------------------------------------------ the whole run
+
+def run_generation(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Data, teacher targets, every variant and seed, evaluation, report, the best student exported."""
+    start = time.perf_counter()
+    data = prepare_generation(cfg.data, cfg.task)  # a bad record stops the run here, before anything is written
+    if distributed.is_main():
+        atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
+        atomic_write_json(cfg.run_dir / "data" / "splits.json",
+                          {split: [e.id for e in examples] for split, examples in data.splits().items()})
+    timings = {}
+    t = time.perf_counter()
+    targets = _targets_for(cfg, data, progress=progress)
+    gc.collect()
+    timings["elicit_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for seed in cfg.evaluation.seeds:
+        for variant in variants(cfg):
+            train_generation(cfg, variant=variant, seed=seed, data=data, targets=targets, resume=resume,
+                             progress=progress)
+    timings["train_s"] = time.perf_counter() - t
+    if not distributed.is_main():
+        distributed.barrier()
+        return cfg.run_dir
+    t = time.perf_counter()
+    with distributed.alone():
+        path = evaluate_generation(cfg, data=data, targets=targets, progress=progress)
+        timings["eval_s"] = time.perf_counter() - t
+        _export_best(cfg)
+        results = json.loads(path.read_text(encoding="utf-8"))
+        results["timings"] = {**timings, "total_s": time.perf_counter() - start}
+        atomic_write_json(path, results)
+        report_generation(cfg)
+    distributed.barrier()
+    return cfg.run_dir
+
+
+def _export_best(cfg: RunConfig) -> None:
+    """runs/<name>/student: the best student on validation (lowest target CE) of the strongest variant."""
+    import shutil
+
+    variant = variants(cfg)[-1]
+    scores = {}
+    for seed in cfg.evaluation.seeds:
+        folder = _student_dir(cfg, variant, seed)
+        scores[folder] = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())["best_val_target_ce"]
+    best = min(scores, key=scores.get)
+    with atomic_dir(cfg.run_dir / "student") as tmp:
+        shutil.copytree(best, tmp, dirs_exist_ok=True)
+
+
+def report_generation(cfg: RunConfig) -> Path:
+    """report.md and report.html of a generation run, from eval/results.json and the training histories."""
+    from kdistill.gen_report import render_generation_html, render_generation_markdown
+    from kdistill.report_html import training_histories
+
+    results_path = cfg.run_dir / "eval" / "results.json"
+    if not results_path.exists():
+        raise KdistillError(f"{results_path}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    config_yaml = dump_yaml(cfg)
+    atomic_write_text(cfg.run_dir / "report.html",
+                      render_generation_html(results, training_histories(cfg.run_dir, results), config_yaml))
+    path = cfg.run_dir / "report.md"
+    atomic_write_text(path, render_generation_markdown(results, config_yaml))
+    return path

@@ -1,0 +1,124 @@
+"""The teacher of a generation task: loaded once, asked once, its answers kept in the teacher cache.
+
+    load_causal_lm(model_cfg, device)              -> (module, tokenizer)
+    teacher_targets(cfg, examples, module, tok, ...) -> GenTargets: per example, the target text and
+                                                      the teacher's top-k + tail per target token
+
+With `task.targets: teacher` the teacher first writes each target (greedy, or sampled with a seed:
+sequence-level KD) and the cache keeps the text with its seed; then, data-given or teacher-written, the
+teacher's distribution at every target token is kept as top-k log-probs plus the tail mass
+(token-level KD). One cache entry of kind `tokens`, keyed by the teacher's weights and tokenizer, the
+prompt template, the decoding settings, k and the examples, so any change asks the teacher again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kdistill import distributed
+from kdistill.cache import TeacherCache
+from kdistill.cache.entry import CacheEntry
+from kdistill.cache.keys import fingerprint, key_fields
+from kdistill.cache.resumable import elicit_resumable
+from kdistill.cache.shard import TokenRow
+from kdistill.config import ModelConfig, RunConfig
+from kdistill.data.generative import GenExample
+from kdistill.divergences import SparseTargets
+from kdistill.elicit import tokenizer_fingerprint, weights_fingerprint
+from kdistill.errors import KdistillError
+from kdistill.gen_train import prompt_text
+from kdistill.generate import generate
+from kdistill.models import resolve_model_path
+from kdistill.token_elicit import token_targets
+
+
+def load_causal_lm(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, object]:
+    """A causal LM in fp32 on ``device`` and its tokenizer (given a pad token if it has none)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(cfg.model)
+    common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    try:
+        archs = " ".join(AutoConfig.from_pretrained(path, **common).architectures or [])
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    except OSError as err:
+        raise KdistillError(f"model {cfg.model!r}: could not load it ({str(err).splitlines()[0]}). Name a built-in "
+                            "model (kdistill ls models), a local folder, or a hub id while online.") from None
+    if "CausalLM" not in archs and "LMHead" not in archs:
+        raise KdistillError(f"model {cfg.model!r} ({archs or 'no architecture'}) is not a causal LM; a generation "
+                            "task needs causal-LM teacher and student.")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **common).to(device).eval()
+    return module, tokenizer
+
+
+@dataclass
+class GenTargets:
+    """What the students learn from: each example's target text and the teacher's token rows."""
+
+    entry: CacheEntry
+    written_by_teacher: bool
+
+    def target(self, example: GenExample) -> str:
+        if not self.written_by_teacher:
+            return example.target
+        generation = self.entry.generation(example.id)
+        if generation is None:
+            raise KdistillError(f"teacher cache {self.entry.folder}: example {example.id} has no generation.")
+        return generation[0]
+
+    def rows(self, example_id: str) -> SparseTargets:
+        return self.entry.tokens(example_id)
+
+
+def _entry(cfg: RunConfig, examples: list[GenExample], tokenizer, model_path: str, vocab_size: int) -> CacheEntry:
+    t, task = cfg.teacher, cfg.task
+    decoding = ({"sampling": True, "sampling_temperature": t.sampling_temperature, "top_p": t.top_p,
+                 "seed": t.sampling_seed} if t.sampling else {"sampling": False})
+    fields = key_fields(
+        kind="tokens", teacher=f"{t.model}@{t.revision or 'default'}", weights=weights_fingerprint(model_path),
+        tokenizer=tokenizer_fingerprint(tokenizer), prompt=fingerprint([task.prompt_template, task.targets]),
+        data=fingerprint([(e.id, e.prompt, e.target) for e in examples]), example_ids=[e.id for e in examples],
+        k=t.token_top_k, temperature=1.0, vocab_size=vocab_size, max_length=cfg.student.max_length,
+        written_targets=decoding | {"max_new_tokens": task.max_new_tokens} if task.targets == "teacher" else None)
+    return TeacherCache(cfg.run_dir / "teacher_cache").entry(fields)
+
+
+def teacher_targets(cfg: RunConfig, examples: list[GenExample], module: torch.nn.Module, tokenizer, *,
+                    progress: bool = True) -> GenTargets:
+    """Targets for ``examples`` from the cache, asking the teacher only for what it lacks (resumable)."""
+    t, task = cfg.teacher, cfg.task
+    vocab_size = int(module.get_output_embeddings().weight.shape[0])
+    entry = _entry(cfg, examples, tokenizer, resolve_model_path(t.model), vocab_size)
+    by_id = {e.id: e for e in examples}
+
+    def compute(ids: list[str]) -> list[TokenRow]:
+        chunk = [by_id[i] for i in ids]
+        prompts = [prompt_text(task.prompt_template, e) for e in chunk]
+        if task.targets == "teacher":
+            written = generate(module, tokenizer, prompts, max_new_tokens=task.max_new_tokens, batch_size=t.batch_size,
+                               do_sample=t.sampling, temperature=t.sampling_temperature, top_p=t.top_p,
+                               seed=t.sampling_seed, max_prompt_tokens=cfg.student.max_length - task.max_new_tokens)
+            targets, seed = [g.text.strip() for g in written], t.sampling_seed if t.sampling else 0
+        else:
+            targets, seed = [e.target for e in chunk], None
+        rows = token_targets(module, tokenizer, prompts, targets, k=t.token_top_k, max_length=cfg.student.max_length,
+                             batch_size=t.batch_size)
+        return [TokenRow(r.token_ids, r.logprobs, r.tail_logmass, generation=text if seed is not None else None,
+                         seed=seed) for r, text in zip(rows, targets)]
+
+    share = distributed.elicitation_share() if distributed.launched() else None
+    elicit_resumable(entry, list(by_id), compute, shard_size=64, progress=progress, **(share or {}))
+    return GenTargets(entry, written_by_teacher=task.targets == "teacher")
+
+
+def check_same_tokenizer(teacher_tokenizer, student_tokenizer, student_name: str) -> None:
+    """Token-level KD needs the student to tokenize targets exactly as the teacher did."""
+    if tokenizer_fingerprint(teacher_tokenizer) != tokenizer_fingerprint(student_tokenizer):
+        raise KdistillError(f"student {student_name!r} has another tokenizer than the teacher, so the teacher's "
+                            "per-token distributions do not line up with the student's tokens. Set "
+                            "objective.kd.weight: 0 for sequence-level KD only (the student learns from the "
+                            "teacher's written targets), or pick a student of the teacher's family.")

@@ -1,0 +1,215 @@
+"""Generation tasks end to end on tiny models: QA on data targets, summaries the teacher writes, resume,
+accumulation invariance of the token-level step, and multiple choice through the label-space pipeline."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from conftest import FILLER, NEGATIVE, POSITIVE, save_tiny_lm
+
+WORDS = FILLER + POSITIVE + NEGATIVE
+
+
+def _write_qa(path, n: int = 48, seed: int = 0):
+    """Questions whose answer is the one sentiment word they contain: a task a tiny LM can learn."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            answer = rng.choice(POSITIVE + NEGATIVE)
+            words = rng.sample(FILLER, 4) + [answer]
+            rng.shuffle(words)
+            f.write(json.dumps({"text": " ".join(words) + f" {FILLER[i % len(FILLER)]}" * (i % 3),
+                                "target": answer}) + "\n")
+    return path
+
+
+def _gen_config(tmp_path, tiny_models, **sections):
+    from kdistill.config import RunConfig, from_dict
+
+    config = {
+        "name": "tiny-gen", "output_dir": str(tmp_path / "runs"),
+        "task": {"name": "tiny-qa", "kind": "generation", "targets": "data", "evaluate_as": "qa",
+                 "max_new_tokens": 4, "prompt_template": "{text} Answer:"},
+        "data": {"source": "jsonl", "path": str(_write_qa(tmp_path / "qa.jsonl")), "test_fraction": 0.25,
+                 "validation_fraction": 0.125},
+        "teacher": {"model": str(tiny_models["lm"]), "batch_size": 8, "token_top_k": 8},
+        "student": {"model": str(tiny_models["lm2"]), "max_length": 32, "batch_size": 8},
+        "objective": {"ce": {"weight": 0.5}, "kd": {"weight": 0.5, "temperature": 1.0}},
+        "training": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-3, "checkpoint_every_steps": 2},
+        "evaluation": {"seeds": [0], "latency_examples": 2, "similarity_model": "", "num_examples_shown": 2},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return from_dict(RunConfig, config)
+
+
+def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_models):
+    from kdistill import pipeline
+
+    cfg = _gen_config(tmp_path, tiny_models)
+    run_dir = pipeline.run(cfg, progress=False)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(results["models"]) == {"teacher", "student_untrained", "student_sequence_kd", "student_distilled"}
+    for key, entry in results["models"].items():
+        metrics = entry["metrics"] if "metrics" in entry else entry["seeds"]["0"]
+        assert 0.0 <= metrics["exact_match"] <= 1.0 and 0.0 <= metrics["token_f1"] <= 1.0, key
+        assert entry["cost"]["tokens_per_s"] > 0 and entry["cost"]["parameters"] > 0
+    history = json.loads((run_dir / "students" / "distilled-seed0.training.json").read_text())["history"]
+    assert any("train_kd" in r for r in history) and any("val_target_ce" in r for r in history)
+    seq_history = json.loads((run_dir / "students" / "sequence_kd-seed0.training.json").read_text())["history"]
+    assert not any("train_kd" in r for r in seq_history)  # sequence-level KD is CE on the targets only
+    assert len(results["examples"]) == 2 and "student_distilled" in results["examples"][0]
+    assert (run_dir / "report.md").read_text().strip() and (run_dir / "report.html").exists()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "student") is not None  # the exported student loads
+
+
+def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_references(tmp_path, tiny_models):
+    from kdistill import pipeline
+    from kdistill.cache.entry import open_entry
+
+    judge = save_tiny_lm(tmp_path / "judge", extra_words=("Yes", "No", "Article:", "Summary:"))
+    cfg = _gen_config(tmp_path, tiny_models,
+                      task={"targets": "teacher", "evaluate_as": "summary", "prompt_template": "{text} Summary:"},
+                      teacher={"sampling": True, "sampling_seed": 7, "sampling_temperature": 1.0},
+                      evaluation={"judge": str(judge)}, training={"epochs": 1})
+    run_dir = pipeline.run(cfg, progress=False)
+    entries = [open_entry(p.parent) for p in (run_dir / "teacher_cache").glob("*/manifest.json")]
+    assert len(entries) == 1 and entries[0].fields["written_targets"]["seed"] == 7
+    entry = entries[0]
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["references"] == "teacher"
+    test_ids = json.loads((run_dir / "data" / "splits.json").read_text())["test"]
+    first = results["examples"][0]
+    assert first["reference"] == entry.generation(first["id"])[0] and entry.generation(first["id"])[1] == 7
+    teacher = results["models"]["teacher"]["metrics"]
+    assert teacher["rougeL"] == pytest.approx(1.0)  # the references are the teacher's own summaries
+    assert 0.0 <= teacher["faithfulness"] <= 1.0 and "copy_rate_2" in teacher
+    assert results["scorers"]["faithfulness"]["model"] == str(judge)
+    assert set(test_ids) <= set(entry.ids())
+    # asked again, nothing is generated anew: the same entry is read back
+    before = {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()}
+    pipeline.elicit(cfg, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()} == before
+
+
+def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny_models):
+    from safetensors.torch import load_file
+
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_pipeline import _targets_for, train_generation
+    from kdistill.train import StopTraining, Trainer
+
+    cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 2, "checkpoint_every_steps": 1})
+    data = prepare_generation(cfg.data, cfg.task)
+    targets = _targets_for(cfg, data, progress=False)
+    whole = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
+    expected = load_file(str(whole / "model.safetensors"))
+    original_run = Trainer.run
+
+    def crash_at_3(self, *, resume=False, stop_after_steps=None):
+        return original_run(self, resume=resume, stop_after_steps=None if resume else 3)
+
+    Trainer.run = crash_at_3
+    try:
+        with pytest.raises(StopTraining):
+            train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
+        resumed = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False,
+                                   resume=True)
+    finally:
+        Trainer.run = original_run
+    got = load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path, tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_pipeline import _targets_for
+    from kdistill.gen_train import GenStudent, TokenSteps
+
+    cfg = _gen_config(tmp_path, tiny_models)
+    data = prepare_generation(cfg.data, cfg.task)
+    targets = _targets_for(cfg, data, progress=False)
+    module = AutoModelForCausalLM.from_pretrained(tiny_models["lm2"])
+    student = GenStudent(module, AutoTokenizer.from_pretrained(tiny_models["lm2"]), max_length=32)
+    steps = TokenSteps(student, cfg.objective, template=cfg.task.prompt_template, target_of=targets.target,
+                       teacher_rows=targets.rows, batch_size=8)
+    batch = data.train[:8]
+
+    def grads(split: int) -> torch.Tensor:
+        module.zero_grad()
+        size = len(batch) // split
+        for s in range(0, len(batch), size):
+            loss_b, terms = steps.module(0.0, *steps.arguments(batch[s:s + size], torch.device("cpu")))
+            assert set(terms) == {"ce", "kd"}
+            (loss_b.sum() / len(batch)).backward()
+        return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+
+    whole, halves, singles = grads(1), grads(2), grads(8)
+    assert torch.allclose(whole, halves, atol=1e-6) and torch.allclose(whole, singles, atol=1e-6)
+
+
+def test_a_student_with_another_tokenizer_is_refused_token_level_kd_with_the_way_out(tmp_path, tiny_models):
+    from kdistill import pipeline
+    from kdistill.errors import KdistillError
+
+    other = save_tiny_lm(tmp_path / "other", extra_words=("zebra",))
+    cfg = _gen_config(tmp_path, tiny_models, student={"model": str(other)})
+    with pytest.raises(KdistillError, match="objective.kd.weight: 0"):
+        pipeline.train(cfg, variant="distilled", progress=False)
+    cfg = _gen_config(tmp_path, tiny_models, student={"model": str(other)},
+                      objective={"ce": {"weight": 1.0}, "kd": {"weight": 0.0}})
+    from kdistill.gen_pipeline import variants
+
+    assert variants(cfg) == ["sequence_kd"]  # sequence-level KD only
+
+
+def _write_winogrande(path, n: int = 40, seed: int = 0):
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            good, bad = rng.choice(POSITIVE), rng.choice(NEGATIVE)
+            options = [good, bad] if i % 2 == 0 else [bad, good]
+            sentence = " ".join(rng.sample(FILLER, 4)) + f" _ {i}"
+            f.write(json.dumps({"qID": str(i), "sentence": sentence, "option1": options[0], "option2": options[1],
+                                "answer": "1" if i % 2 == 0 else "2"}) + "\n")
+    return path
+
+
+def test_a_multiple_choice_run_completes_end_to_end_on_a_winogrande_file(tmp_path, tiny_models, tiny_config):
+    from kdistill import pipeline
+
+    from kdistill.config import TaskConfig
+
+    default = TaskConfig(kind="multiple_choice", num_options=2)
+    assert default.labels == ["1", "2"] and default.verbalizers == {"1": " 1", "2": " 2"}
+    # the tiny tokenizer has no digits: answer with words it knows
+    cfg = tiny_config(task={"name": "tiny-winogrande", "kind": "multiple_choice", "num_options": 2, "labels": [],
+                            "verbalizers": {"1": " positive", "2": " negative"}, "prompt_template": "{text} Answer:"},
+                      data={"source": "winogrande", "path": str(_write_winogrande(tmp_path / "wg.jsonl"))},
+                      evaluation={"seeds": [0]}, training={"epochs": 1})
+    run_dir = pipeline.run(cfg, progress=False)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["labels"] == ["1", "2"] and results["test_examples"] == 10
+    assert {"teacher", "student_distilled", "student_labels_only"} <= set(results["models"])
+    splits = json.loads((run_dir / "data" / "splits.json").read_text())
+    assert sum(len(v) for v in splits.values()) == 40
+
+
+def test_multiple_choice_files_give_clear_errors(tmp_path, tiny_config):
+    from kdistill.data import prepare_data
+    from kdistill.errors import KdistillError
+
+    path = _write_winogrande(tmp_path / "wg.jsonl", n=12)
+    cfg = tiny_config(task={"name": "mc", "kind": "multiple_choice", "num_options": 3, "labels": [], "verbalizers": {},
+                            "prompt_template": "{text} Answer:"},
+                      data={"source": "winogrande", "path": str(path)})
+    with pytest.raises(KdistillError, match=r"wg.jsonl:1: 2 options, but task.num_options is 3"):
+        prepare_data(cfg.data, cfg.task)
