@@ -113,7 +113,8 @@ def _pct(value: float | None, reference: float | None) -> float | None:
     return None if ratio is None else 100 * ratio
 
 
-def _ordered(models: dict[str, Any]) -> list[str]:
+def ordered_models(models: dict[str, Any]) -> list[str]:
+    """The model keys in the card's order: :data:`MODEL_ORDER`, then any other in its own order."""
     return [k for k in MODEL_ORDER if k in models] + [k for k in models if k not in MODEL_ORDER]
 
 
@@ -129,7 +130,7 @@ def comparison_rows(models: dict[str, Any], *, evaluate_as: str) -> list[dict[st
     teacher_faithfulness = _mean_std(teacher, "faithfulness")[0] if teacher else None
     teacher_cost = teacher["cost"] if teacher else {"tokens_per_s": None, "seconds_p50": None}
     rows = []
-    for key in _ordered(models):
+    for key in ordered_models(models):
         entry, cost = models[key], models[key]["cost"]
         value, std = _mean_std(entry, headline)
         faithfulness, faithfulness_std = _mean_std(entry, "faithfulness")

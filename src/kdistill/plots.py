@@ -109,10 +109,11 @@ def comparison_chart(comparison: list[Record], row_names: dict[str, str]) -> byt
     return _png(fig)
 
 
-def generation_comparison_chart(comparison: list[Record], row_names: dict[str, str]) -> bytes:
+def generation_comparison_chart(comparison: list[Record], row_names: dict[str, str], *,
+                                headline_label: str | None = None) -> bytes:
     """A generative card's rows (`gen_eval.comparison_rows`): the headline metric (left) and judged
     faithfulness (right, when it was scored), ± the std over seeds, the teacher's as a dashed line."""
-    panels = [("headline", comparison[0]["headline_metric"])]
+    panels = [("headline", headline_label or comparison[0]["headline_metric"])]
     if any(r["faithfulness"] is not None for r in comparison):
         panels.append(("faithfulness", "faithfulness (judge's P(supported))"))
     fig = _figure(5 * len(panels) + 1, 0.55 * len(comparison) + 1.4)
@@ -121,7 +122,7 @@ def generation_comparison_chart(comparison: list[Record], row_names: dict[str, s
     for ax, (key, label) in zip(axes, panels):
         _bars(ax, comparison, [r[key] for r in comparison], [r[f"{key}_std"] for r in comparison], row_names,
               teacher.get(key))
-        ax.set(xlabel=f"{label} on the test split (± std over seeds)", title=label)
+        ax.set(xlabel="on the test split (± std over seeds)", title=label)
     return _png(fig)
 
 

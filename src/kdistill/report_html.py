@@ -31,6 +31,7 @@ figure { margin: 12px 0; } figure img { max-width: 100%; height: auto; border: 1
 figcaption { font-size: 13px; color: #555; }
 .grid { display: flex; flex-wrap: wrap; gap: 12px; } .grid figure { flex: 0 1 270px; }
 .examples td { text-align: left; white-space: pre-wrap; max-width: 360px; }
+table.described td:last-child { text-align: left; color: #555; }
 pre { background: #f6f6f4; padding: 12px; overflow-x: auto; font-size: 12.5px; }
 summary { cursor: pointer; color: #555; }
 """
