@@ -113,9 +113,10 @@ def _scorer_notes(results: Record) -> list[str]:
         lines = ["No similarity scorer was run."]
     else:
         pearson = similarity.get("pearson_with_humans")
+        where = similarity.get("measured_on", "Lee corpus")
         trust = ("its agreement with human similarity ratings was not measured" if pearson is None else
-                 f"its cosine agrees with human similarity ratings at Pearson {pearson:.3f} on the Lee corpus "
-                 "(`benchmarks/results/sts_scorer.md`)")
+                 f"its cosine agrees with human similarity ratings at Pearson {pearson:.3f} ({where}; "
+                 "`benchmarks/results/sts_scorer.md`)")
         lines = [f"Similarity scorer: `{similarity['model']}`; {trust}."]
     if judge is None:
         lines.append("Faithfulness was not judged.")
@@ -124,6 +125,8 @@ def _scorer_notes(results: Record) -> list[str]:
         lines.append(f"Faithfulness judge: `{judge['model']}`, {judge['note']}. Its score is the probability of "
                      f"{judge['verbalizers'][0]!r} against {judge['verbalizers'][1]!r} as the next token after the "
                      f"prompt below{chat}, with the article cut to its first {judge['max_source_tokens']} tokens.")
+        if judge["model"] == results["models"].get("teacher", {}).get("name"):
+            lines.append("The judge is the teacher model itself, so it may favour summaries written like its own.")
     return lines
 
 
