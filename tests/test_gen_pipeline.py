@@ -91,6 +91,9 @@ def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_ref
     assert teacher["rougeL"] == pytest.approx(1.0)  # the references are the teacher's own summaries
     assert 0.0 <= teacher["faithfulness"] <= 1.0 and "copy_rate_2" in teacher
     assert results["scorers"]["faithfulness"]["model"] == str(judge)
+    check = results["scorers"]["faithfulness"]["check"]  # the judge's own reliability, measured in the run
+    assert check["pairs"] == len(test_ids) and 0.0 <= check["auc"] <= 1.0
+    assert "ROC AUC" in (run_dir / "report.md").read_text()
     assert set(test_ids) <= set(entry.ids())
     # asked again, nothing is generated anew: the same entry is read back
     before = {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()}
@@ -213,3 +216,18 @@ def test_multiple_choice_files_give_clear_errors(tmp_path, tiny_config):
                       data={"source": "winogrande", "path": str(path)})
     with pytest.raises(KdistillError, match=r"wg.jsonl:1: 2 options, but task.num_options is 3"):
         prepare_data(cfg.data, cfg.task)
+
+
+def test_trainable_layers_keeps_the_lower_blocks_and_embeddings_fixed(tmp_path, tiny_models):
+    from safetensors.torch import load_file
+
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_pipeline import _targets_for, train_generation
+
+    cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 1, "trainable_layers": 1})
+    data = prepare_generation(cfg.data, cfg.task)
+    folder = train_generation(cfg, variant="distilled", seed=0, data=data, targets=_targets_for(cfg, data, progress=False),
+                              progress=False)
+    before, after = load_file(str(tiny_models["lm2"] / "model.safetensors")), load_file(str(folder / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed)  # 2 blocks: the top one

@@ -30,7 +30,7 @@ from kdistill.data.gen_data import GenData, prepare_generation
 from kdistill.data.generative import GenExample
 from kdistill.errors import KdistillError
 from kdistill.gen_teacher import GenTargets, check_same_tokenizer, load_causal_lm, teacher_targets
-from kdistill.gen_train import GenStudent, TokenSteps, prompt_text
+from kdistill.gen_train import GenStudent, TokenSteps, freeze_lower_layers, prompt_text
 from kdistill.generate import generate, generation_cost
 from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdistill.models import pick_device, resolve_model_path
@@ -76,6 +76,8 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
     torch.manual_seed(seed)
     module, tokenizer = load_causal_lm(cfg.student, pick_device(cfg.training.device))
     module.train()
+    trainable, total = freeze_lower_layers(module, cfg.training.trainable_layers)
+    log.info("%s student: %d of %d parameters train", variant, trainable, total)
     student = GenStudent(module, tokenizer, max_length=cfg.student.max_length, name=cfg.student.model)
     if objective_cfg.kd.weight > 0:
         from transformers import AutoTokenizer
@@ -152,6 +154,20 @@ def _scorers(cfg: RunConfig, teacher) -> tuple[Any, Any, dict[str, Any]]:
     return similarity, judge, info
 
 
+def judge_check(judge, sources: list[str], references: list[str]) -> dict[str, Any] | None:
+    """Can the judge tell a source's own reference summary from another source's? Its scores on the matched
+    pairs against the pairs shifted by one, as an ROC AUC (0.5: chance, 1: always right), measured in the run."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(sources) < 2:
+        return None
+    matched = judge.scores(sources, references)
+    mismatched = judge.scores(sources, references[1:] + references[:1])
+    return {"auc": float(roc_auc_score([1] * len(matched) + [0] * len(mismatched), matched + mismatched)),
+            "mean_matched": sum(matched) / len(matched), "mean_mismatched": sum(mismatched) / len(mismatched),
+            "pairs": len(matched), "what": "the test sources with their own reference vs the next source's reference"}
+
+
 def evaluate_generation(cfg: RunConfig, *, data: GenData, targets: GenTargets | None = None,
                         progress: bool = True) -> Path:
     """Every model's outputs on the test split, scored against the references; cost of each; results.json."""
@@ -166,6 +182,9 @@ def evaluate_generation(cfg: RunConfig, *, data: GenData, targets: GenTargets | 
         targets = _targets_for(cfg, data, progress=progress, teacher=teacher)
     references = _references(cfg, test, targets)
     similarity, judge, scorer_info = _scorers(cfg, teacher)
+    if judge is not None:
+        scorer_info["faithfulness"]["check"] = judge_check(judge, sources, [r if isinstance(r, str) else r[0]
+                                                                            for r in references])
     score = lambda outputs: score_generations(outputs, sources=sources, references=references,
                                               evaluate_as=cfg.task.evaluate_as, similarity=similarity, judge=judge)
     outputs: dict[str, list[str]] = {}
@@ -280,17 +299,11 @@ def _export_best(cfg: RunConfig) -> None:
 
 
 def report_generation(cfg: RunConfig) -> Path:
-    """report.md and report.html of a generation run, from eval/results.json and the training histories."""
-    from kdistill.gen_report import render_generation_html, render_generation_markdown
-    from kdistill.report_html import training_histories
+    """report.md, report.html and plots/ of a generation run, from eval/results.json and the training histories."""
+    from kdistill.gen_report import write_generation_report
 
     results_path = cfg.run_dir / "eval" / "results.json"
     if not results_path.exists():
         raise KdistillError(f"{results_path}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
-    results = json.loads(results_path.read_text(encoding="utf-8"))
-    config_yaml = dump_yaml(cfg)
-    atomic_write_text(cfg.run_dir / "report.html",
-                      render_generation_html(results, training_histories(cfg.run_dir, results), config_yaml))
-    path = cfg.run_dir / "report.md"
-    atomic_write_text(path, render_generation_markdown(results, config_yaml))
-    return path
+    write_generation_report(cfg.run_dir, json.loads(results_path.read_text(encoding="utf-8")), dump_yaml(cfg))
+    return cfg.run_dir / "report.md"

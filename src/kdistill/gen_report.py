@@ -127,6 +127,12 @@ def _scorer_notes(results: Record) -> list[str]:
                      f"prompt below{chat}, with the article cut to its first {judge['max_source_tokens']} tokens.")
         if judge["model"] == results["models"].get("teacher", {}).get("name"):
             lines.append("The judge is the teacher model itself, so it may favour summaries written like its own.")
+        check = judge.get("check")
+        if check:
+            lines.append(f"How well the judge tells summaries apart, measured in this run: on the {check['pairs']} test "
+                         f"articles it gave their own reference {check['mean_matched']:.3f} on average and the next "
+                         f"article's reference {check['mean_mismatched']:.3f} (ROC AUC {check['auc']:.3f}; 0.5 is "
+                         "chance). Read the faithfulness column with that in mind.")
     return lines
 
 

@@ -52,6 +52,27 @@ class GenStudent:
                                                       "name": self.name})
 
 
+def freeze_lower_layers(module: nn.Module, trainable_layers: int | None) -> tuple[int, int]:
+    """Keep all but the top ``trainable_layers`` transformer blocks (and the final norm) fixed; returns
+    (trainable parameters, all parameters). None leaves every parameter trainable."""
+    total = sum(p.numel() for p in module.parameters())
+    if trainable_layers is None:
+        return total, total
+    layers = getattr(module.base_model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise KdistillError(f"training.trainable_layers: {type(module).__name__} keeps no `layers` list of blocks "
+                            "in its base model; set training.trainable_layers: null to train every parameter.")
+    if trainable_layers > len(layers):
+        raise KdistillError(f"training.trainable_layers is {trainable_layers}, but the student has {len(layers)} blocks.")
+    module.requires_grad_(False)
+    for block in layers[len(layers) - trainable_layers:]:
+        block.requires_grad_(True)
+    norm = getattr(module.base_model, "norm", None)
+    if isinstance(norm, nn.Module):
+        norm.requires_grad_(True)
+    return sum(p.numel() for p in module.parameters() if p.requires_grad), total
+
+
 def prompt_text(template: str, example: GenExample) -> str:
     """The prompt the models see: the task's template with the example's source text in it."""
     return template.replace("{text}", example.prompt)

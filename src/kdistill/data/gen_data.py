@@ -46,6 +46,8 @@ def load_generation(data: DataConfig) -> list[GenExample]:
     path = _source_path(data)
     if data.source == "jsonl":
         examples = _load_jsonl(path, data)
+    elif data.path == "asset:trivia-pairs":  # the pinned file's one broken entry is skipped, not an error
+        examples = load_trivia_pairs()
     else:
         examples = {"triviaqa": load_triviaqa, "chatterbot": load_trivia_pairs,
                     "bbc_articles": load_bbc_articles}[data.source](path)
