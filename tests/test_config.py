@@ -44,9 +44,15 @@ def test_every_shipped_config_validates():
 
     found = [p for p in REPO.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts
              and "teacher:" in p.read_text(encoding="utf-8")]
-    assert len(found) == 4, found  # default, news-topics, sentiment3, sentiment-two-stage
+    assert len(found) == 6, found  # default, news-topics, sentiment3, sentiment-two-stage, bbc-summary, trivia-qa
     for path in found:
         cfg = load_config(path)
+        if cfg.task.kind == "generation":
+            from kdistill.data.gen_data import prepare_generation
+
+            data = prepare_generation(cfg.data, cfg.task)
+            assert len(data.test) > 0 and len(data.train) > len(data.test), path
+            continue
         for stage_cfg in stage_configs(cfg) if cfg.stages else [cfg]:
             data = prepare_data(stage_cfg.data, stage_cfg.task)
             assert len(data.test) > 0 and len(data.train) > len(data.test) / 2, path
@@ -57,7 +63,7 @@ def test_every_builtin_task_loads():
     from kdistill.config import DataConfig, TaskConfig
 
     tasks = builtin_tasks()
-    assert len(tasks) == 3
+    assert len(tasks) == 5
     for name in tasks:
         raw = load_builtin_task(name)
         from_dict(TaskConfig, raw["task"]), from_dict(DataConfig, raw["data"])
