@@ -47,3 +47,17 @@ def test_cost_harness_times_each_output_and_counts_tokens(tiny_lm):
     assert 0 < cost["seconds_p50"] <= cost["seconds_p95"] and cost["tokens_per_s"] > 0
     with pytest.raises(KdistillError, match="max_new_tokens"):
         generate(model, tokenizer, PROMPTS, max_new_tokens=0)
+
+
+def test_stop_strings_end_an_output_and_are_cut_off(tiny_lm):
+    from kdistill.generate import cut_at_stop
+
+    assert cut_at_stop("A sentence.Human: more", ["\n", "Human:"]) == "A sentence."
+    assert cut_at_stop("one\ntwo Human: x", ["Human:", "\n"]) == "one"  # the earliest stop, whichever it is
+    assert cut_at_stop("nothing to cut", ["Human:"]) == "nothing to cut"
+    model, tokenizer = tiny_lm
+    free = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=8, batch_size=1)[0]
+    words = free.text.split()
+    assert len(words) >= 3, free  # the tiny model writes on; stop at its second word
+    stopped = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=8, batch_size=1, stop=[words[1]])[0]
+    assert stopped.text == free.text[:free.text.find(words[1])] and stopped.num_tokens < free.num_tokens

@@ -44,6 +44,10 @@ class TaskConfig:
     qa (exact match and token F1 against every gold answer, and ROUGE)."""
     max_new_tokens: int = 64
     """generation only: the longest output in tokens (teacher references, evaluation, timing)."""
+    stop: list[str] = field(default_factory=list)
+    """generation only: an output ends at the first of these strings (cut off, with what follows) or at
+    EOS, for the teacher's written targets and every model's outputs alike; e.g. a raw-prompted
+    instruct model that goes on past its answer."""
     labels: list[str] = field(default_factory=list)
     """The label set, in a fixed order (this order is the order of every probability vector)."""
     prompt_template: str = "{text}\nAnswer:"

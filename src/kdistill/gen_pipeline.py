@@ -111,7 +111,8 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
 
 def _outputs(module, tokenizer, prompts: list[str], cfg: RunConfig) -> list[str]:
     generations = generate(module, tokenizer, prompts, max_new_tokens=cfg.task.max_new_tokens,
-                           batch_size=cfg.student.batch_size, max_prompt_tokens=_max_prompt_tokens(cfg))
+                           batch_size=cfg.student.batch_size, max_prompt_tokens=_max_prompt_tokens(cfg),
+                           stop=cfg.task.stop)
     return [g.text.strip() for g in generations]
 
 
@@ -124,7 +125,7 @@ def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str 
 
     n = max(1, min(cfg.evaluation.latency_examples, len(prompts)))
     cost = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens,
-                           max_prompt_tokens=_max_prompt_tokens(cfg))
+                           max_prompt_tokens=_max_prompt_tokens(cfg), stop=cfg.task.stop)
     folder = Path(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
     return {**cost, "parameters": sum(p.numel() for p in module.parameters()),
             "size_on_disk_bytes": size_on_disk(folder) if folder else None}

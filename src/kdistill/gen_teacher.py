@@ -80,7 +80,7 @@ def _entry(cfg: RunConfig, examples: list[GenExample], tokenizer, model_path: st
                  "seed": t.sampling_seed} if t.sampling else {"sampling": False})
     fields = key_fields(
         kind="tokens", teacher=f"{t.model}@{t.revision or 'default'}", weights=weights_fingerprint(model_path),
-        tokenizer=tokenizer_fingerprint(tokenizer), prompt=fingerprint([task.prompt_template, task.targets]),
+        tokenizer=tokenizer_fingerprint(tokenizer), prompt=fingerprint([task.prompt_template, task.targets, task.stop]),
         data=fingerprint([(e.id, e.prompt, e.target) for e in examples]), example_ids=[e.id for e in examples],
         k=t.token_top_k, temperature=1.0, vocab_size=vocab_size, max_length=cfg.student.max_length,
         written_targets=decoding | {"max_new_tokens": task.max_new_tokens} if task.targets == "teacher" else None)
@@ -101,7 +101,8 @@ def teacher_targets(cfg: RunConfig, examples: list[GenExample], module: torch.nn
         if task.targets == "teacher":
             written = generate(module, tokenizer, prompts, max_new_tokens=task.max_new_tokens, batch_size=t.batch_size,
                                do_sample=t.sampling, temperature=t.sampling_temperature, top_p=t.top_p,
-                               seed=t.sampling_seed, max_prompt_tokens=cfg.student.max_length - task.max_new_tokens)
+                               seed=t.sampling_seed, max_prompt_tokens=cfg.student.max_length - task.max_new_tokens,
+                               stop=task.stop)
             targets, seed = [g.text.strip() for g in written], t.sampling_seed if t.sampling else 0
         else:
             targets, seed = [e.target for e in chunk], None

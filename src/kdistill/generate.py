@@ -30,8 +30,9 @@ class Generation:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 4,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-             max_prompt_tokens: int | None = None) -> list[Generation]:
-    """Continuations of ``prompts`` (left-padded batches, length-sorted; returned in input order)."""
+             max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = ()) -> list[Generation]:
+    """Continuations of ``prompts`` (left-padded batches, length-sorted; returned in input order). A
+    continuation ends at EOS or at the first of the ``stop`` strings, which is cut off with what follows."""
     if max_new_tokens < 1:
         raise KdistillError(f"max_new_tokens must be >= 1; found {max_new_tokens}.")
     model.eval()
@@ -51,12 +52,33 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
             new_bt = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
                                     do_sample=do_sample, temperature=temperature if do_sample else None,
                                     top_p=top_p if do_sample else None, top_k=None,
-                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)[:, enc["input_ids"].shape[1]:]
+                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                    stopping_criteria=_stop_criteria(tokenizer, stop, enc["input_ids"].shape[1])
+                                    )[:, enc["input_ids"].shape[1]:]
             for row, i in zip(new_bt.cpu(), idx):
-                out[i] = Generation(tokenizer.decode(row, skip_special_tokens=True), _num_generated(row, tokenizer))
+                out[i] = Generation(cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop),
+                                    _num_generated(row, tokenizer))
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = sides
     return out
+
+
+def _stop_criteria(tokenizer, stop, prompt_width: int):
+    """Ends each row once its continuation holds a stop string (decoded text: works for any tokenizer)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids_bt: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+            texts = tokenizer.batch_decode(input_ids_bt[:, prompt_width:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids_bt.device)
+
+    return StoppingCriteriaList([StopOnStrings()] if stop else [])
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> str:
+    """``text`` up to the first occurrence of any of the ``stop`` strings."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return text[:min(ends)] if ends else text
 
 
 def _num_generated(row: torch.Tensor, tokenizer) -> int:
@@ -66,18 +88,18 @@ def _num_generated(row: torch.Tensor, tokenizer) -> int:
 
 
 def generation_cost(model, tokenizer, prompts: list[str], *, max_new_tokens: int, warmup: int = 1,
-                    max_prompt_tokens: int | None = None) -> dict:
+                    max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = ()) -> dict:
     """Greedy generation one prompt at a time, end to end from text: seconds per output (p50, p95) and
     generated tokens per second over all of them. Every model is timed by this same function."""
     for prompt in prompts[:warmup]:
         generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
-                 max_prompt_tokens=max_prompt_tokens)
+                 max_prompt_tokens=max_prompt_tokens, stop=stop)
     seconds, tokens = [], 0
     sync = torch.cuda.synchronize if next(model.parameters()).device.type == "cuda" else (lambda: None)
     for prompt in prompts:
         start = time.perf_counter()
         (generation,) = generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
-                                 max_prompt_tokens=max_prompt_tokens)
+                                 max_prompt_tokens=max_prompt_tokens, stop=stop)
         sync()
         seconds.append(time.perf_counter() - start)
         tokens += generation.num_tokens
