@@ -231,3 +231,41 @@ def test_trainable_layers_keeps_the_lower_blocks_and_embeddings_fixed(tmp_path, 
     before, after = load_file(str(tiny_models["lm2"] / "model.safetensors")), load_file(str(folder / "model.safetensors"))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed)  # 2 blocks: the top one
+
+
+def test_likelihood_scoring_is_each_options_mean_token_logprob_after_the_question(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdistill.data.choice import render_choice
+    from kdistill.data.generative import ChoiceExample
+    from kdistill.models.choice_lm import ChoiceLikelihoodModel, split_choice
+
+    module, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_models["lm"]), AutoTokenizer.from_pretrained(tiny_models["lm"])
+    model = ChoiceLikelihoodModel(module, tokenizer, labels=["1", "2", "3"], prompt_template="{text} Answer:")
+    examples = [ChoiceExample("a", "the film was", ("great fun", "dull", "really quite boring"), 0, "x:1"),
+                ChoiceExample("b", "the plot is really", ("moving", "awful story", "bland"), 2, "x:2")]
+    texts = [render_choice(e) for e in examples]
+    assert split_choice(texts[0], 3) == ("the film was", ["great fun", "dull", "really quite boring"])
+    got_bn = model.predict_logits(texts)
+    for b, example in enumerate(examples):
+        prompt = tokenizer(f"{example.question} Answer:")["input_ids"]
+        for n, option in enumerate(example.options):
+            option_ids = tokenizer(" " + option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logprobs = module(torch.tensor([prompt + option_ids])).logits[0].log_softmax(-1)  # unpadded, alone
+            expected = sum(float(logprobs[len(prompt) - 1 + j, t]) for j, t in enumerate(option_ids)) / len(option_ids)
+            assert got_bn[b, n].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_likelihood_scored_multiple_choice_run_completes(tmp_path, tiny_models, tiny_config):
+    from kdistill import pipeline
+
+    cfg = tiny_config(task={"name": "tiny-winogrande", "kind": "multiple_choice", "num_options": 2, "labels": [],
+                            "verbalizers": {}, "choice_scoring": "likelihood", "prompt_template": "{text} Answer:"},
+                      data={"source": "winogrande", "path": str(_write_winogrande(tmp_path / "wg.jsonl"))},
+                      teacher={"few_shot_per_label": 0, "calibrate": False},
+                      student={"model": str(tiny_models["lm2"])}, evaluation={"seeds": [0]}, training={"epochs": 1})
+    run_dir = pipeline.run(cfg, progress=False)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert {"teacher", "student_distilled", "student_labels_only"} <= set(results["models"])
+    assert json.loads((run_dir / "student" / "kdistill.json").read_text())["choice_scoring"] == "likelihood"

@@ -36,6 +36,10 @@ class TaskConfig:
     generation: a prompt and a target text (an answer, a summary), from the data or the teacher."""
     num_options: int = 0
     """multiple_choice only: options per question (Winogrande 2, Social IQA 3, AQuA-RAT 5)."""
+    choice_scoring: Literal["number", "likelihood"] = "number"
+    """multiple_choice only, for causal LMs: number (the next-token logit of each option's number after
+    the question and its numbered options) or likelihood (each option's mean token log-probability
+    after the question). Encoder students always read the numbered options."""
     targets: Literal["data", "teacher"] = "data"
     """generation only: where the training targets and test references come from: the data, or
     the teacher's own generations (sequence-level KD; cached with their decoding settings and seed)."""

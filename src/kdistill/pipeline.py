@@ -81,7 +81,7 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
             path = resolve_model_path(model_cfg.model)
             tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
                                                       trust_remote_code=model_cfg.trust_remote_code)
-            if model_cfg.kind != "encoder" and cfg.task.verbalizers:
+            if model_cfg.kind != "encoder" and cfg.task.verbalizers and cfg.task.choice_scoring != "likelihood":
                 verbalizer_token_ids(tokenizer, [cfg.task.verbalizers[label] for label in cfg.task.labels], model_cfg.model)
             text += f"\n{role}: {model_cfg.model} -> {path} (tokenizer ok, {len(tokenizer)} tokens)"
         for t in cfg.members:

@@ -80,9 +80,16 @@ def load_label_model(cfg: ModelConfig, task: TaskConfig, *, prefix: str = "",
         raise KdistillError(f"model {cfg.model!r}: could not load it ({str(err).splitlines()[0]}). "
                             "Name a built-in model (kdistill ls models), a local folder, or a hub id while online.") from None
     kind = _detect_kind(hf_config) if cfg.kind == "auto" else cfg.kind
-    if kind == "causal_lm":
+    if kind == "causal_lm" and task.kind == "multiple_choice" and task.choice_scoring == "likelihood":
+        from kdistill.models.choice_lm import ChoiceLikelihoodModel
+
         module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **common)
-        model: LabelModel = CausalLMLabelModel(
+        model: LabelModel = ChoiceLikelihoodModel(module, tokenizer, labels=task.labels,
+                                                  prompt_template=task.prompt_template, prefix=prefix,
+                                                  max_length=cfg.max_length, name=cfg.model)
+    elif kind == "causal_lm":
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **common)
+        model = CausalLMLabelModel(
             module, tokenizer, labels=task.labels, verbalizers=[task.verbalizers[label] for label in task.labels],
             prompt_template=task.prompt_template, prefix=prefix, max_length=cfg.max_length, name=cfg.model)
     else:
@@ -108,9 +115,16 @@ def load_saved(path: str | Path, device: torch.device | None = None) -> LabelMod
                             "(runs/<name>/student).")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if meta["kind"] == "causal_lm":
+    if meta.get("choice_scoring") == "likelihood":
+        from kdistill.models.choice_lm import ChoiceLikelihoodModel
+
         module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model: LabelModel = CausalLMLabelModel(module, tokenizer, labels=meta["labels"], verbalizers=meta["verbalizers"],
+        model: LabelModel = ChoiceLikelihoodModel(module, tokenizer, labels=meta["labels"],
+                                                  prompt_template=meta["prompt_template"], prefix=meta["prefix"],
+                                                  max_length=meta["max_length"], name=str(path))
+    elif meta["kind"] == "causal_lm":
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = CausalLMLabelModel(module, tokenizer, labels=meta["labels"], verbalizers=meta["verbalizers"],
                                                prompt_template=meta["prompt_template"], prefix=meta["prefix"],
                                                max_length=meta["max_length"], name=str(path))
     else:
