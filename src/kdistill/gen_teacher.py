@@ -112,7 +112,8 @@ def teacher_targets(cfg: RunConfig, examples: list[GenExample], module: torch.nn
                          seed=seed) for r, text in zip(rows, targets)]
 
     share = distributed.elicitation_share() if distributed.launched() else None
-    elicit_resumable(entry, list(by_id), compute, shard_size=64, progress=progress, **(share or {}))
+    # small shards: a teacher writing text is slow, so a kill loses at most a few examples and progress shows
+    elicit_resumable(entry, list(by_id), compute, shard_size=8, progress=progress, **(share or {}))
     return GenTargets(entry, written_by_teacher=task.targets == "teacher")
 
 
