@@ -48,8 +48,9 @@ def refuse_sharded(engine: str) -> KdistillError:
         f"`accelerate launch` was configured for {engine} (`distributed_type: {engine.upper()}` in its config "
         f"file), which kdistill does not train with yet: {why}, while kdistill's checkpoints, best weights and "
         f"saved students are taken from one process that holds the whole model.{on_cpu} Launch with DDP "
-        "instead: `distributed_type: MULTI_GPU` (MULTI_CPU without GPUs) in the config file, "
-        "`accelerate launch --multi_gpu`, or `torchrun` (README: 'Several processes or GPUs').")
+        "instead: `distributed_type: MULTI_GPU` in the config file (without a GPU too, as in "
+        "examples/accelerate/ddp_cpu.yaml), `accelerate launch --multi_gpu`, or `torchrun` (README: "
+        "'Several processes or GPUs').")
 
 
 @contextmanager
