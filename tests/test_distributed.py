@@ -5,11 +5,15 @@ step, and DDP averages gradients scaled so that the step's gradient is the one-p
 two differ only by floating-point summation order (fp32, a different reduction tree), so the weights
 and loss curves agree to a tolerance, not bit for bit; the tolerances below are a few times the
 differences measured here: the tolerance is about 100 times the measured weight difference.
+
+The same holds under `accelerate launch` with the README's example config. FSDP and DeepSpeed are
+refused, before anything is elicited or written, with a message naming the setting and the fix.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +25,7 @@ from safetensors.torch import load_file
 from conftest import tiny_config_dict
 
 HERE = Path(__file__).resolve().parent
+ACCELERATE_CONFIGS = HERE.parent / "examples" / "accelerate"
 WEIGHT_TOL = 1e-5  # max |Δ weight| after 2 epochs (26 AdamW steps); measured here: 1.2e-7
 LOSS_RTOL = 1e-5
 
@@ -40,8 +45,19 @@ def _launch(config: Path, mode: str, processes: int) -> subprocess.CompletedProc
     script = [str(HERE / "ddp_run_proc.py"), str(config), mode]
     command = ([sys.executable, *script] if processes == 1 else
                [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *script])
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=_env())
+
+
+def _env() -> dict[str, str]:
+    # kdistill is imported from where this test's process imports it (an installed copy or PYTHONPATH)
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
+def _accelerate_launch(accelerate_config: Path, config: Path, mode: str, processes: int) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
+               "--num_processes", str(processes), str(HERE / "ddp_run_proc.py"), str(config), mode]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=_env())
 
 
 def _errors(done: subprocess.CompletedProcess) -> str:
@@ -95,3 +111,56 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path, tiny_models):
     done = _launch(resumed, "resume", 1)
     assert done.returncode == 0, _errors(done)
     _assert_close_runs(_outputs(tmp_path, "one"), _outputs(tmp_path, "resumed"))
+
+
+@pytest.mark.slow
+def test_the_example_ddp_cpu_config_trains_the_same_student_as_one_process(tmp_path, tiny_models):
+    """The README's `accelerate launch --config_file examples/accelerate/ddp_cpu.yaml`, not torchrun."""
+    done = _launch(_config(tmp_path, tiny_models, "one"), "run", 1)
+    assert done.returncode == 0, _errors(done)
+    done = _accelerate_launch(ACCELERATE_CONFIGS / "ddp_cpu.yaml", _config(tmp_path, tiny_models, "two"), "run", 2)
+    assert done.returncode == 0, _errors(done)
+    assert "process 1 of 2" in done.stderr  # Accelerate's MULTI_CPU, for one, would have started one process
+    _assert_close_runs(_outputs(tmp_path, "one"), _outputs(tmp_path, "two"))
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DeepSpeed"])
+def test_fsdp_and_deepspeed_are_refused_with_the_setting_and_the_fix(monkeypatch, engine):
+    from kdistill import distributed
+    from kdistill.errors import KdistillError
+    from kdistill.train import _accelerator
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP" if engine == "FSDP" else "ACCELERATE_USE_DEEPSPEED", "true")
+    assert distributed.launched()
+    for first_distributed_call in (distributed.barrier, _accelerator):  # refused before Accelerate is built
+        with pytest.raises(KdistillError) as refused:
+            first_distributed_call()
+        message = str(refused.value)
+        assert f"configured for {engine} (`distributed_type: {engine.upper()}`" in message
+        assert "MULTI_GPU" in message and "ddp_cpu.yaml" in message and "torchrun" in message
+
+
+@pytest.mark.slow
+def test_an_fsdp_launch_is_refused_before_anything_is_elicited_or_written(tmp_path, tiny_models):
+    """On CPU, Accelerate itself would quietly train with DDP here (its FSDP runs only on GPUs)."""
+    config = _config(tmp_path, tiny_models, "fsdp")
+    done = _accelerate_launch(ACCELERATE_CONFIGS / "fsdp.yaml", config, "run", 2)
+    assert done.returncode != 0
+    assert "KdistillError: `accelerate launch` was configured for FSDP" in done.stderr
+    assert not (tmp_path / "runs" / "fsdp").exists()
+
+
+def test_every_example_accelerate_config_is_one_that_accelerate_reads_as_named():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"ddp_cpu": "MULTI_GPU", "ddp_gpu": "MULTI_GPU", "fsdp": "FSDP",
+                "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+    found = {path.stem: path for path in ACCELERATE_CONFIGS.glob("*.yaml")}
+    assert sorted(found) == sorted(expected)
+    for name, path in found.items():
+        config = load_config_from_file(str(path))
+        assert config.distributed_type.value == expected[name], name
+        assert config.mixed_precision == "no", name  # kdistill's training.mixed_precision decides
+    zero = {n: load_config_from_file(str(found[n])).deepspeed_config["zero_stage"] for n in ("deepspeed_zero2", "deepspeed_zero3")}
+    assert zero == {"deepspeed_zero2": 2, "deepspeed_zero3": 3}

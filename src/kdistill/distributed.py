@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from kdistill.errors import KdistillError
 
 _alone = 0  # > 0 inside `alone()`: this process works by itself, whatever the launch
 
@@ -22,8 +23,34 @@ def launched() -> bool:
     process is not inside an `alone()` block."""
     if _alone:
         return False
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" \
-        or os.environ.get("ACCELERATE_USE_FSDP") == "true"
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or sharded_engine() is not None
+
+
+def sharded_engine() -> str | None:
+    """"FSDP" or "DeepSpeed" when `accelerate launch` was configured for one (its config file's
+    `distributed_type`, which the launcher exports as ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED)."""
+    for engine, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "false").lower() == "true":
+            return engine
+    return None
+
+
+def refuse_sharded(engine: str) -> KdistillError:
+    """Why kdistill does not train with ``engine`` yet, and what to launch instead."""
+    why = {"FSDP": "FSDP shards the weights and the optimizer state over the processes",
+           "DeepSpeed": "DeepSpeed ZeRO partitions the optimizer state (and with stage 3 the weights) over the "
+                        "processes and runs gradient accumulation and clipping itself"}[engine]
+    on_cpu = "" if torch.cuda.is_available() else {
+        "FSDP": " On a machine without a GPU, Accelerate runs no FSDP either: it stops with 'There are "
+                "currently no available devices found' (FSDP1) or quietly trains with DDP (FSDP2).",
+        "DeepSpeed": " On a machine without a GPU, Accelerate quietly trains with DDP instead."}[engine]
+    return KdistillError(
+        f"`accelerate launch` was configured for {engine} (`distributed_type: {engine.upper()}` in its config "
+        f"file), which kdistill does not train with yet: {why}, while kdistill's checkpoints, best weights and "
+        f"saved students are taken from one process that holds the whole model.{on_cpu} Launch with DDP "
+        "instead: `distributed_type: MULTI_GPU` in the config file (without a GPU too, as in "
+        "examples/accelerate/ddp_cpu.yaml), `accelerate launch --multi_gpu`, or `torchrun` (README: "
+        "'Several processes or GPUs').")
 
 
 @contextmanager
@@ -41,6 +68,9 @@ def alone() -> Iterator[None]:
 def _state():
     from accelerate import PartialState
 
+    engine = sharded_engine()
+    if engine is not None:  # refused before anything is built or elicited (see `refuse_sharded`)
+        raise refuse_sharded(engine)
     return PartialState(cpu=not torch.cuda.is_available())
 
 

@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from kdistill import distributed
 from kdistill.checkpoints import cpu_state, load_checkpoint, write_checkpoint
 from kdistill.config import TrainingConfig
-from kdistill.errors import KdistillError
 from kdistill.models import LabelModel, pick_device
 from kdistill.models.base import pool_states
 from kdistill.objective import Objective, StepTargets
@@ -103,18 +102,21 @@ def _optimizer(module: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Opti
 
 
 def _accelerator():
-    """Accelerate's view of this launch (DDP, FSDP or DeepSpeed, from `accelerate launch`'s config).
-    kdistill keeps its own autocast, so Accelerate is asked for no mixed precision of its own."""
+    """Accelerate's view of this launch: DDP (FSDP and DeepSpeed are refused, see
+    `distributed.refuse_sharded`). kdistill keeps its own autocast, so Accelerate is asked for no
+    mixed precision of its own."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
+    engine = distributed.sharded_engine()
+    if engine is not None:  # before Accelerator(): on CPU it would fail, or quietly fall back to DDP
+        raise distributed.refuse_sharded(engine)
     # some models leave parameters unused in a label-space forward (e.g. a pooler); DDP must allow that
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise KdistillError(f"`accelerate launch` asked for {accelerator.distributed_type.value}; kdistill trains "
-                            "with DDP for now (its checkpoints assume every process holds the whole model). "
-                            "Choose the multi-GPU / multi-CPU (DDP) setting in `accelerate config`.")
+    engine = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed"}.get(accelerator.distributed_type)
+    if engine is not None:  # asked for some other way than the launcher's variables
+        raise distributed.refuse_sharded(engine)
     return accelerator
 
 
@@ -157,9 +159,10 @@ class Trainer:
     """Trains one student; `run()` resumes from the newest checkpoint in `checkpoint_dir` if asked.
 
     Launched as several processes (`accelerate launch`, `torchrun`), each process takes its share of
-    every global batch and Accelerate wraps the student and objective (DDP, FSDP or DeepSpeed, as
-    configured); the batch size, the step count and the data order stay those of one process, so a
-    checkpoint resumes on any number of processes. Only the main process writes checkpoints.
+    every global batch and Accelerate wraps the student and objective in DDP (FSDP and DeepSpeed
+    are refused for now); the batch size, the step count and the data order stay those of one
+    process, so a checkpoint resumes on any number of processes. Only the main process writes
+    checkpoints.
     """
 
     def __init__(self, model: LabelModel, *, train_examples: list["Example"], val_examples: list["Example"],
