@@ -25,16 +25,17 @@ from typing import Any, Callable
 import torch
 
 from kdistill import distributed
-from kdistill.config import CETerm, KDTerm, ObjectiveConfig, RunConfig, dump_yaml
+from kdistill.config import CETerm, ObjectiveConfig, RunConfig, dump_yaml
 from kdistill.data.gen_data import GenData, prepare_generation
 from kdistill.data.generative import GenExample
 from kdistill.errors import KdistillError
 from kdistill.gen_teacher import GenTargets, check_same_tokenizer, load_causal_lm, teacher_targets
 from kdistill.gen_train import GenStudent, TokenSteps, freeze_lower_layers, prompt_text
 from kdistill.generate import generate, generation_cost
-from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdistill.io import atomic_write_json
 from kdistill.models import pick_device, resolve_model_path
 from kdistill.objective import Objective
+from kdistill.pipeline import export_best_student, finish_run, write_run_start
 from kdistill.tracking import tensorboard_records
 from kdistill.train import Trainer
 
@@ -87,7 +88,7 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
     val = data.validation if cfg.task.targets == "teacher" else [e for e in data.validation if e.target]
     steps = TokenSteps(student, objective_cfg, template=cfg.task.prompt_template, target_of=targets.target,
                        teacher_rows=targets.rows if objective_cfg.kd.weight > 0 else None,
-                       batch_size=cfg.student.batch_size)
+                       batch_size=cfg.student.batch_size, mixed_precision=cfg.training.mixed_precision)
     records = (tensorboard_records(cfg.run_dir / "tensorboard" / f"{variant}-seed{seed}", resume=resume, then=on_record)
                if cfg.training.tensorboard and distributed.is_main() else contextlib.nullcontext(on_record))
     with records as record:
@@ -206,8 +207,6 @@ def evaluate_generation(cfg: RunConfig, *, data: GenData, targets: GenTargets | 
         if entry:
             entry["summary"] = summarize_seeds(entry["seeds"])
             models[f"student_{variant}"] = entry
-    del teacher, judge
-    gc.collect()
     results = {"run": cfg.name, "task": cfg.task.name, "task_kind": "generation", "evaluate_as": cfg.task.evaluate_as,
                "references": cfg.task.targets, "test_examples": len(test), "data": data.report,
                "scorers": scorer_info, "models": models, "comparison": comparison_rows(models, evaluate_as=cfg.task.evaluate_as),
@@ -254,10 +253,7 @@ def run_generation(cfg: RunConfig, *, resume: bool = False, progress: bool = Tru
     """Data, teacher targets, every variant and seed, evaluation, report, the best student exported."""
     start = time.perf_counter()
     data = prepare_generation(cfg.data, cfg.task)  # a bad record stops the run here, before anything is written
-    if distributed.is_main():
-        atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
-        atomic_write_json(cfg.run_dir / "data" / "splits.json",
-                          {split: [e.id for e in examples] for split, examples in data.splits().items()})
+    write_run_start(cfg, data.splits())
     timings = {}
     t = time.perf_counter()
     targets = _targets_for(cfg, data, progress=progress)
@@ -269,34 +265,12 @@ def run_generation(cfg: RunConfig, *, resume: bool = False, progress: bool = Tru
             train_generation(cfg, variant=variant, seed=seed, data=data, targets=targets, resume=resume,
                              progress=progress)
     timings["train_s"] = time.perf_counter() - t
-    if not distributed.is_main():
-        distributed.barrier()
-        return cfg.run_dir
-    t = time.perf_counter()
-    with distributed.alone():
-        path = evaluate_generation(cfg, data=data, targets=targets, progress=progress)
-        timings["eval_s"] = time.perf_counter() - t
-        _export_best(cfg)
-        results = json.loads(path.read_text(encoding="utf-8"))
-        results["timings"] = {**timings, "total_s": time.perf_counter() - start}
-        atomic_write_json(path, results)
-        report_generation(cfg)
-    distributed.barrier()
-    return cfg.run_dir
-
-
-def _export_best(cfg: RunConfig) -> None:
-    """runs/<name>/student: the best student on validation (lowest target CE) of the strongest variant."""
-    import shutil
-
-    variant = variants(cfg)[-1]
-    scores = {}
-    for seed in cfg.evaluation.seeds:
-        folder = _student_dir(cfg, variant, seed)
-        scores[folder] = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())["best_val_target_ce"]
-    best = min(scores, key=scores.get)
-    with atomic_dir(cfg.run_dir / "student") as tmp:
-        shutil.copytree(best, tmp, dirs_exist_ok=True)
+    # runs/<name>/student: the seed of the strongest variant with the lowest validation target CE
+    return finish_run(cfg, timings, start,
+                      evaluate_fn=lambda: evaluate_generation(cfg, data=data, targets=targets, progress=progress),
+                      export_fn=lambda: export_best_student(cfg, variants(cfg)[-1], "best_val_target_ce",
+                                                            lower_is_better=True),
+                      report_fn=lambda: report_generation(cfg))
 
 
 def report_generation(cfg: RunConfig) -> Path:

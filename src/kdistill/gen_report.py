@@ -115,8 +115,8 @@ def _scorer_notes(results: Record) -> list[str]:
         pearson = similarity.get("pearson_with_humans")
         where = similarity.get("measured_on", "Lee corpus")
         trust = ("its agreement with human similarity ratings was not measured" if pearson is None else
-                 f"its cosine agrees with human similarity ratings at Pearson {pearson:.3f} ({where}; "
-                 "`benchmarks/results/sts_scorer.md`)")
+                 f"its cosine agrees with human similarity ratings at Pearson {pearson:.3f}, measured in this run "
+                 f"({where})")
         lines = [f"Similarity scorer: `{similarity['model']}`; {trust}."]
     if judge is None:
         lines.append("Faithfulness was not judged.")

@@ -83,18 +83,23 @@ class TokenStep(nn.Module):
     own target tokens. Logits are only ever formed for target positions, chunk by chunk (the lm_head is
     fused into the loss), so a 150k vocabulary costs a few MB per chunk, not (B, T, V)."""
 
-    def __init__(self, student: nn.Module, objective: ObjectiveConfig, *, chunk_tokens: int = 32) -> None:
+    def __init__(self, student: nn.Module, objective: ObjectiveConfig, *, chunk_tokens: int = 32,
+                 mixed_precision: str = "auto") -> None:
         super().__init__()
         self.student = student
-        self.objective, self.chunk_tokens = objective, chunk_tokens
+        self.objective, self.chunk_tokens, self.mixed_precision = objective, chunk_tokens, mixed_precision
         if getattr(student.config.get_text_config(), "final_logit_softcapping", None):
             raise KdistillError(f"{type(student).__name__} caps its logits (final_logit_softcapping); token-level "
                                 "KD through the fused lm_head does not apply that cap yet. Choose another student.")
 
     def forward(self, progress: float, batch: TargetBatch,
                 teacher: SparseTargets | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        hidden_bth = self.student.base_model(input_ids=batch.input_ids_bt,
-                                             attention_mask=batch.attention_mask_bt).last_hidden_state
+        from kdistill.train import _autocast  # the label step's rule: bf16 on a CUDA device that has it
+
+        with _autocast(batch.input_ids_bt.device, self.mixed_precision):
+            hidden_bth = self.student.base_model(input_ids=batch.input_ids_bt,
+                                                 attention_mask=batch.attention_mask_bt).last_hidden_state
+        hidden_bth = hidden_bth.float()  # the fused lm_head loss works in fp32
         kd = self.objective.kd
         kd_weight = kd.weight * schedule_factor(kd.schedule, progress) if teacher is not None else 0.0
         return target_token_loss(hidden_bth, self.student.get_output_embeddings().weight, batch, teacher,
@@ -121,10 +126,11 @@ class TokenSteps:
 
     def __init__(self, student: GenStudent, objective: ObjectiveConfig, *, template: str,
                  target_of: Callable[[GenExample], str],
-                 teacher_rows: Callable[[str], SparseTargets] | None, batch_size: int) -> None:
+                 teacher_rows: Callable[[str], SparseTargets] | None, batch_size: int,
+                 mixed_precision: str = "auto") -> None:
         self.student, self.template, self.target_of = student, template, target_of
         self.teacher_rows, self.batch_size = teacher_rows, batch_size
-        self.module = TokenStep(student.module, objective)
+        self.module = TokenStep(student.module, objective, mixed_precision=mixed_precision)
 
     def encode(self, chunk: list[GenExample]) -> TargetBatch:
         return encode_targets(self.student.tokenizer, [prompt_text(self.template, e) for e in chunk],
@@ -140,7 +146,8 @@ class TokenSteps:
     @torch.no_grad()
     def validate(self, examples: list[GenExample]) -> tuple[dict[str, float], float]:
         ce_only = ObjectiveConfig(ce=CETerm(weight=1.0), kd=KDTerm(weight=0.0))
-        scorer = TokenStep(self.module.student, ce_only, chunk_tokens=self.module.chunk_tokens)
+        scorer = TokenStep(self.module.student, ce_only, chunk_tokens=self.module.chunk_tokens,
+                           mixed_precision=self.module.mixed_precision)
         total, tokens = 0.0, 0
         device = self.student.device
         for start in range(0, len(examples), self.batch_size):

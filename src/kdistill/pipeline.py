@@ -434,10 +434,7 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
 
         return run_generation(cfg, resume=resume, progress=progress)
     data = _data(cfg)  # a bad row stops the run here, before anything is written
-    if distributed.is_main():
-        atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
-        atomic_write_json(cfg.run_dir / "data" / "splits.json",
-                          {split: [e.id for e in examples] for split, examples in data.splits().items()})
+    write_run_start(cfg, data.splits())
     timings = {}
     t = time.perf_counter()
     with distributed.main_first():  # a teacher kdistill fine-tunes is fine-tuned once, by the main process
@@ -454,30 +451,49 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
                   teachers=teachers, init_from=init_from, save_optimizer=save_optimizer,
                   optimizer_from=_optimizer_path(init_from) if carry_optimizer and init_from else None)
     timings["train_s"] = time.perf_counter() - t
-    if not distributed.is_main():  # evaluation and the report are written once, by the main process
+    held = {"teachers": teachers}  # evaluation takes the teachers, so they are freed once it is done
+    del teachers
+    return finish_run(cfg, timings, start, evaluate_fn=lambda: evaluate(cfg, progress=progress,
+                                                                         teachers=held.pop("teachers")),
+                      export_fn=lambda: export_best_student(cfg, "distilled", "best_val_macro_f1"),
+                      report_fn=lambda: report(cfg))
+
+
+def write_run_start(cfg: RunConfig, splits: dict[str, list]) -> None:
+    """config.yaml and data/splits.json: what ran, and on which examples (written by the main process)."""
+    if distributed.is_main():
+        atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
+        atomic_write_json(cfg.run_dir / "data" / "splits.json",
+                          {split: [e.id for e in examples] for split, examples in splits.items()})
+
+
+def finish_run(cfg: RunConfig, timings: dict[str, float], start: float, *, evaluate_fn: Callable[[], Path],
+               export_fn: Callable[[], None], report_fn: Callable[[], Any]) -> Path:
+    """Evaluation, the exported student and the report, written once by the main process (the others
+    wait); the wall time of each phase goes into results.json."""
+    if not distributed.is_main():
         distributed.barrier()
         return cfg.run_dir
     t = time.perf_counter()
     with distributed.alone():
-        results_path = evaluate(cfg, progress=progress, teachers=teachers)
-        del teachers
+        results_path = evaluate_fn()
         timings["eval_s"] = time.perf_counter() - t
-        _export_best_student(cfg)
+        export_fn()
         results = json.loads(results_path.read_text(encoding="utf-8"))
         results["timings"] = {**timings, "total_s": time.perf_counter() - start}
         atomic_write_json(results_path, results)
-        report(cfg)
+        report_fn()
     distributed.barrier()
     return cfg.run_dir
 
 
-def _export_best_student(cfg: RunConfig) -> None:
-    """runs/<name>/student: the distilled seed with the best validation macro-F1 (chosen on validation)."""
+def export_best_student(cfg: RunConfig, variant: str, score_key: str, *, lower_is_better: bool = False) -> None:
+    """runs/<name>/student: the seed of ``variant`` with the best validation score (chosen on validation)."""
     scores = {}
     for seed in cfg.evaluation.seeds:
-        folder = _student_dir(cfg, "distilled", seed)
-        scores[folder] = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())["best_val_macro_f1"]
-    best = max(scores, key=scores.get)
+        folder = _student_dir(cfg, variant, seed)
+        scores[folder] = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())[score_key]
+    best = (min if lower_is_better else max)(scores, key=scores.get)
     with atomic_dir(cfg.run_dir / "student") as tmp:
         shutil.copytree(best, tmp, dirs_exist_ok=True)
 
