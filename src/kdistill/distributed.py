@@ -3,6 +3,7 @@
 kdistill never makes a process group of its own. Under `accelerate launch` or `torchrun`,
 Accelerate's PartialState reads the launcher's environment and joins the group (gloo on CPU, NCCL on
 GPUs); a plain `python` or `kdistill` call is one process, and every helper here is then a no-op.
+With `training.sharding: fsdp`, `fully_shard_step` shards the student over that same group.
 """
 
 from __future__ import annotations
@@ -51,6 +52,37 @@ def refuse_sharded(engine: str) -> KdistillError:
         "instead: `distributed_type: MULTI_GPU` in the config file (without a GPU too, as in "
         "examples/accelerate/ddp_cpu.yaml), `accelerate launch --multi_gpu`, or `torchrun` (README: "
         "'Several processes or GPUs').")
+
+
+def device() -> torch.device:
+    """This process's device in the launch (its own GPU, or the CPU)."""
+    return _state().device
+
+
+def transformer_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a 🤗 model: the ModuleList entries whose class the model names in
+    `_no_split_modules` (BertLayer, Qwen2DecoderLayer ...), else those of a ModuleList called `layers`."""
+    no_split = set(getattr(module, "_no_split_modules", None) or ())
+    lists = [(name, m) for name, m in module.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    named = [block for _, m in lists for block in m if type(block).__name__ in no_split]
+    return named or [block for name, m in lists if name.rsplit(".", 1)[-1] == "layers" for block in m]
+
+
+def fully_shard_step(step: torch.nn.Module, student: torch.nn.Module) -> None:
+    """Shard ``step`` (the student and the objective, `train.TrainStep`) over this launch's processes with
+    torch's FSDP2: each transformer block, then the student (its embeddings and head), then ``step``
+    (the objective's projections). The process group is the launcher's, joined by Accelerate."""
+    from torch.distributed.fsdp import fully_shard
+
+    _state()  # joins the launcher's process group, if nothing has yet
+    for block in transformer_blocks(student):
+        fully_shard(block)
+    fully_shard(student)  # on its own too: validation and the balance term call the student directly
+    fully_shard(step)
+    # FSDP2 takes as its root the first sharded module to run forward; a direct call of the student
+    # (the balance term's look at the whole step comes before the first training forward) would
+    # make the student the root and the step's first forward fail. So the step becomes root now.
+    step._get_fsdp_state()._lazy_init()
 
 
 @contextmanager
