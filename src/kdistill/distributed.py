@@ -37,21 +37,23 @@ def sharded_engine() -> str | None:
 
 
 def refuse_sharded(engine: str) -> KdistillError:
-    """Why kdistill does not train with ``engine`` yet, and what to launch instead."""
-    why = {"FSDP": "FSDP shards the weights and the optimizer state over the processes",
-           "DeepSpeed": "DeepSpeed ZeRO partitions the optimizer state (and with stage 3 the weights) over the "
-                        "processes and runs gradient accumulation and clipping itself"}[engine]
-    on_cpu = "" if torch.cuda.is_available() else {
-        "FSDP": " On a machine without a GPU, Accelerate runs no FSDP either: it stops with 'There are "
-                "currently no available devices found' (FSDP1) or quietly trains with DDP (FSDP2).",
-        "DeepSpeed": " On a machine without a GPU, Accelerate quietly trains with DDP instead."}[engine]
+    """Why kdistill does not train with ``engine`` as Accelerate runs it, and what to launch instead."""
+    ddp = ("`distributed_type: MULTI_GPU` in the config file (without a GPU too, as in "
+           "examples/accelerate/ddp_cpu.yaml), `accelerate launch --multi_gpu`, or `torchrun` (README: "
+           "'Several processes or GPUs')")
+    if engine == "FSDP":
+        return KdistillError(
+            "`accelerate launch` was configured for FSDP (`distributed_type: FSDP` in its config file), but kdistill "
+            "shards the student itself, with torch's FSDP2: set `training.sharding: fsdp` in the run's config and "
+            f"launch with DDP: {ddp}. (Accelerate's own FSDP does not run without a GPU: it stops with 'There are "
+            "currently no available devices found' (FSDP1) or quietly trains with DDP (FSDP2).)")
+    on_cpu = "" if torch.cuda.is_available() else " On a machine without a GPU, Accelerate quietly trains with DDP instead."
     return KdistillError(
-        f"`accelerate launch` was configured for {engine} (`distributed_type: {engine.upper()}` in its config "
-        f"file), which kdistill does not train with yet: {why}, while kdistill's checkpoints, best weights and "
-        f"saved students are taken from one process that holds the whole model.{on_cpu} Launch with DDP "
-        "instead: `distributed_type: MULTI_GPU` in the config file (without a GPU too, as in "
-        "examples/accelerate/ddp_cpu.yaml), `accelerate launch --multi_gpu`, or `torchrun` (README: "
-        "'Several processes or GPUs').")
+        "`accelerate launch` was configured for DeepSpeed (`distributed_type: DEEPSPEED` in its config file), which "
+        "kdistill does not train with yet: DeepSpeed ZeRO partitions the optimizer state (and with stage 3 the "
+        "weights) over the processes and runs gradient accumulation and clipping itself, while kdistill's checkpoints, "
+        f"best weights and saved students are taken from one process that holds the whole model.{on_cpu} Launch with "
+        f"DDP instead: {ddp}; `training.sharding: fsdp` shards the weights and the optimizer state.")
 
 
 def device() -> torch.device:
