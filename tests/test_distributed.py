@@ -35,11 +35,13 @@ HERE = Path(__file__).resolve().parent
 ACCELERATE_CONFIGS = HERE.parent / "examples" / "accelerate"
 WEIGHT_TOL = 1e-5  # max |Δ weight| after 2 epochs (26 AdamW steps); measured here: 1.2e-7
 LOSS_RTOL = 1e-5
-FSDP_WEIGHT_TOL = 1e-5  # the same bound under FSDP2; measured here: 1.2e-7 (6.0e-8 for 1 -> 2 -> 1 processes)
+ALL_TERMS = {"ce": {"weight": 0.5}, "kd": {"weight": 0.5, "temperature": 2.0},
+             "hidden": {"weight": 0.5}, "balance": {"weight": 0.3}}
+FSDP_WEIGHT_TOL = 1e-5  # the same bound under FSDP2; measured here: 1.2e-7 (3.6e-8 for 1 -> 2 -> 1 processes)
 
 
-def _config(tmp_path, tiny_models, name: str, **training) -> Path:
-    cfg = tiny_config_dict(tmp_path, tiny_models, name=name,
+def _config(tmp_path, tiny_models, name: str, objective: dict | None = None, **training) -> Path:
+    cfg = tiny_config_dict(tmp_path, tiny_models, name=name, **({"objective": objective} if objective else {}),
                            student={"model": str(tiny_models["encoder_nodrop"]), "max_length": 32},
                            training={"epochs": 2, "batch_size": 8, "checkpoint_every_steps": 4,
                                      "early_stopping_patience": 0, "tensorboard": False, **training},
@@ -140,16 +142,22 @@ def test_two_fsdp_processes_train_the_same_student_as_one(tmp_path, tiny_models)
 @pytest.mark.slow
 def test_a_checkpoint_moves_between_one_process_and_two_fsdp_processes(tmp_path, tiny_models):
     """1 process to step 6 (checkpoint at 4), 2 sharded processes from 4 to 10 (checkpoint at 8), 1
-    process from 8 to the end: the same student as an uninterrupted one-process run."""
-    done = _launch(_config(tmp_path, tiny_models, "one", sharding="fsdp"), "run", 1)
+    process from 8 to the end (13 steps, one epoch): the same student as an uninterrupted one-process run. With every
+    term: the hidden term's projections are sharded too, and the balance term calls the sharded
+    student outside the training forward."""
+    done = _launch(_config(tmp_path, tiny_models, "one", ALL_TERMS, sharding="fsdp", epochs=1), "run", 1)
     assert done.returncode == 0, _errors(done)
-    resumed = _config(tmp_path, tiny_models, "resumed", sharding="fsdp")
+    resumed = _config(tmp_path, tiny_models, "resumed", ALL_TERMS, sharding="fsdp", epochs=1)
     for mode, processes, steps in (("crash-at-6", 1, 6), ("resume-crash-at-10", 2, 10)):
         crashed = _launch(resumed, mode, processes)
         assert crashed.returncode != 0 and f"stopped after {steps} steps" in crashed.stderr, _errors(crashed)
     done = _launch(resumed, "resume", 1)
     assert done.returncode == 0, _errors(done)
     _assert_close_runs(_outputs(tmp_path, "one"), _outputs(tmp_path, "resumed"), FSDP_WEIGHT_TOL)
+    projections = [load_file(tmp_path / "runs" / name / "students" / "distilled-seed0.objective.safetensors")
+                   for name in ("one", "resumed")]
+    assert sorted(projections[0]) == sorted(projections[1]) and projections[0]
+    assert all((projections[0][k] - projections[1][k]).abs().max() <= FSDP_WEIGHT_TOL for k in projections[0])
 
 
 @pytest.mark.slow
