@@ -10,10 +10,10 @@ The same holds under `accelerate launch` with the README's example config, and w
 `training.sharding: fsdp` (torch's FSDP2 over the same two gloo processes): there each process
 holds half of every weight, gradients are reduce-scattered instead of all-reduced and the gradient
 norm for clipping is a sum of per-shard sums, so the fp32 summation order differs in other places
-than under DDP, by as little (FSDP_WEIGHT_TOL). Checkpoints are whole either way: one written by two sharded processes resumes in
-one process, and one written by one process resumes sharded over two. Accelerate's own FSDP and
-DeepSpeed launches are refused, before anything is elicited or written, with a message naming the
-setting and the fix.
+than under DDP, by as little (FSDP_WEIGHT_TOL). Checkpoints are whole either way: one written by
+two sharded processes resumes in one process, and one written by one process resumes sharded over
+two. Accelerate's own FSDP and DeepSpeed launches are refused, before anything is elicited or
+written, with a message naming the setting and the fix.
 """
 
 from __future__ import annotations
@@ -142,9 +142,9 @@ def test_two_fsdp_processes_train_the_same_student_as_one(tmp_path, tiny_models)
 @pytest.mark.slow
 def test_a_checkpoint_moves_between_one_process_and_two_fsdp_processes(tmp_path, tiny_models):
     """1 process to step 6 (checkpoint at 4), 2 sharded processes from 4 to 10 (checkpoint at 8), 1
-    process from 8 to the end (13 steps, one epoch): the same student as an uninterrupted one-process run. With every
-    term: the hidden term's projections are sharded too, and the balance term calls the sharded
-    student outside the training forward."""
+    process from 8 to the end (13 steps, one epoch): the same student as an uninterrupted
+    one-process run. With every term: the hidden term's projections are sharded too, and the
+    balance term calls the sharded student outside the training forward."""
     done = _launch(_config(tmp_path, tiny_models, "one", ALL_TERMS, sharding="fsdp", epochs=1), "run", 1)
     assert done.returncode == 0, _errors(done)
     resumed = _config(tmp_path, tiny_models, "resumed", ALL_TERMS, sharding="fsdp", epochs=1)
