@@ -3,6 +3,11 @@
 Weights (safetensors), the best weights so far, the hidden term's projections, optimizer, scheduler,
 grad scaler, RNG states and the loop state (epoch, step, early stopping, history). Loaded with
 `torch.load(weights_only=True)` only.
+
+One format, whoever wrote it: whole tensors and the optimizer state keyed by parameter index as
+`optimizer.state_dict()` gives it. A trainer sharded with FSDP gathers the whole state first (a
+collective: `gather_checkpoint` on every process, then the main process writes it) and loads a
+checkpoint by parameter name, so a run resumes on any number of processes, sharded or not.
 """
 
 from __future__ import annotations
@@ -23,19 +28,41 @@ if TYPE_CHECKING:
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A whole copy of ``module``'s state on CPU. A tensor sharded by FSDP is gathered from every
+    process (collective: every process calls this, for the same module)."""
+    from torch.distributed.tensor import DTensor
+
     # cloned one by one: tied weights become separate tensors, which safetensors can store
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu().clone()
+            for k, v in module.state_dict().items()}
 
 
-def write_checkpoint(trainer: "Trainer", path: Path) -> None:
+def gather_checkpoint(trainer: "Trainer") -> dict[str, Any]:
+    """The weights, projections and optimizer state to write, whole; collective when sharded."""
     t = trainer
+    out = {"model": cpu_state(t.model.module), "objective": cpu_state(t.objective)}
+    if not t.sharded:
+        out["optimizer"] = t.optimizer.state_dict()
+        return out
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(t.trainable, t.optimizer,
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    out["optimizer"] = _by_index(by_name, _parameter_names(t)) if by_name else None  # whole on the main process only
+    return out
+
+
+def write_checkpoint(trainer: "Trainer", path: Path, gathered: dict[str, Any] | None = None) -> None:
+    """Write ``gathered`` (`gather_checkpoint`'s output; gathered here when None) and the rest to ``path``."""
+    t = trainer
+    gathered = gathered or gather_checkpoint(t)
     with atomic_dir(path) as tmp:
-        save_file(cpu_state(t.model.module), str(tmp / "model.safetensors"))
-        if len(t.objective.state_dict()):
-            save_file(cpu_state(t.objective), str(tmp / "objective.safetensors"))
+        save_file(gathered["model"], str(tmp / "model.safetensors"))
+        if gathered["objective"]:
+            save_file(gathered["objective"], str(tmp / "objective.safetensors"))
         if t.best_weights is not None:
             save_file(t.best_weights, str(tmp / "best.safetensors"))
-        torch.save(t.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(gathered["optimizer"], tmp / "optimizer.pt")
         torch.save({"scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()}, tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
@@ -45,15 +72,24 @@ def write_checkpoint(trainer: "Trainer", path: Path) -> None:
 
 
 def load_checkpoint(trainer: "Trainer", path: Path) -> None:
+    """Load ``path`` into ``trainer``; every process loads it (sharded, each keeps its own shards)."""
     from kdistill.train import LoopState
 
-    t, device = trainer, str(trainer.device)
-    t.model.module.load_state_dict(load_file(str(path / "model.safetensors"), device=device))
+    t = trainer
+    device = "cpu" if t.device.type == "cpu" else str(t.device)  # safetensors refuses "cpu:0" (a launch's CPU)
+    _load_module(t, t.model.module, load_file(str(path / "model.safetensors"), device=device))
     if (path / "objective.safetensors").exists():
-        t.objective.load_state_dict(load_file(str(path / "objective.safetensors"), device=device))
+        _load_module(t, t.objective, load_file(str(path / "objective.safetensors"), device=device))
     if (path / "best.safetensors").exists():
         t.best_weights = load_file(str(path / "best.safetensors"))
-    t.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=t.device))
+    optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location=device)
+    if t.sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(t.trainable, t.optimizer, _by_name(optimizer, _parameter_names(t)),
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        t.optimizer.load_state_dict(optimizer)
     sched = torch.load(path / "scheduler.pt", weights_only=True)
     t.scheduler.load_state_dict(sched["scheduler"])
     t.scaler.load_state_dict(sched["scaler"])
@@ -63,6 +99,34 @@ def load_checkpoint(trainer: "Trainer", path: Path) -> None:
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     t.state = LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
+
+
+def _load_module(trainer: "Trainer", module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    if not trainer.sharded:
+        module.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))  # each keeps its shards
+
+
+def _parameter_names(trainer: "Trainer") -> list[str]:
+    """The optimizer's parameters by name, in the order `optimizer.state_dict()` numbers them."""
+    names = {id(p): n for n, p in trainer.trainable.named_parameters()}
+    return [names[id(p)] for group in trainer.optimizer.param_groups for p in group["params"]]
+
+
+def _by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An optimizer state keyed by parameter name (torch.distributed.checkpoint's) keyed by index instead."""
+    index = {name: i for i, name in enumerate(names)}
+    return {"state": {index[n]: s for n, s in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+
+
+def _by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of `_by_index`."""
+    return {"state": {names[i]: s for i, s in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
 
 
 def _as_tuple(state: Any) -> Any:

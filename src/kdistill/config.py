@@ -368,6 +368,11 @@ class TrainingConfig:
     tensorboard: bool = True
     """Log every training-history record (each loss term, lr, validation macro-F1) for TensorBoard
     to `runs/<name>/tensorboard/<variant>-seed<N>/`."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """Launched as several processes (`accelerate launch` with a DDP config, `torchrun`): none keeps a
+    whole copy of the student in every process (DDP); fsdp shards the student's weights, gradients
+    and optimizer state over the processes with torch's FSDP2 (each transformer block, then the rest).
+    Checkpoints and the saved student stay whole either way. One process ignores it."""
 
     def __post_init__(self) -> None:
         if self.batch_size % self.grad_accum_steps:
@@ -377,6 +382,9 @@ class TrainingConfig:
             )
         if self.trainable_layers is not None and self.trainable_layers < 1:
             raise KdistillError(f"training.trainable_layers must be >= 1 (or null for all); found {self.trainable_layers}.")
+        if self.sharding == "fsdp" and self.mixed_precision == "fp16":
+            raise KdistillError("training.sharding: fsdp does not train in fp16 (its loss scaler would have to agree "
+                                "across the processes): set training.mixed_precision to bf16, no or auto.")
         if self.epochs < 1 or self.learning_rate <= 0:
             raise KdistillError("training.epochs must be >= 1 and training.learning_rate > 0.")
 

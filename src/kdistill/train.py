@@ -4,12 +4,14 @@ AdamW with linear warm-up and decay, gradient accumulation that does not change 
 (each micro-batch's per-example losses are summed and divided by the whole step's example count),
 mixed precision where the device supports it, validation macro-F1 with early stopping and
 best-weights restore, and atomic checkpoints holding everything needed for a bit-identical resume:
-weights, optimizer, scheduler, RNG, data position and the early-stopping state.
+weights, optimizer, scheduler, RNG, data position and the early-stopping state. Launched as several
+processes: DDP through Accelerate, or FSDP2 sharding of its own (`training.sharding: fsdp`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -25,8 +27,9 @@ from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
 from kdistill import distributed
-from kdistill.checkpoints import cpu_state, load_checkpoint, write_checkpoint
+from kdistill.checkpoints import cpu_state, gather_checkpoint, load_checkpoint, write_checkpoint
 from kdistill.config import TrainingConfig
+from kdistill.errors import KdistillError
 from kdistill.models import LabelModel, pick_device
 from kdistill.models.base import pool_states
 from kdistill.objective import Objective, StepTargets
@@ -102,9 +105,9 @@ def _optimizer(module: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Opti
 
 
 def _accelerator():
-    """Accelerate's view of this launch: DDP (FSDP and DeepSpeed are refused, see
-    `distributed.refuse_sharded`). kdistill keeps its own autocast, so Accelerate is asked for no
-    mixed precision of its own."""
+    """Accelerate's view of this launch: DDP (Accelerate's FSDP and DeepSpeed are refused, see
+    `distributed.refuse_sharded`; kdistill shards with FSDP2 itself). kdistill keeps its own
+    autocast, so Accelerate is asked for no mixed precision of its own."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
@@ -159,10 +162,11 @@ class Trainer:
     """Trains one student; `run()` resumes from the newest checkpoint in `checkpoint_dir` if asked.
 
     Launched as several processes (`accelerate launch`, `torchrun`), each process takes its share of
-    every global batch and Accelerate wraps the student and objective in DDP (FSDP and DeepSpeed
-    are refused for now); the batch size, the step count and the data order stay those of one
-    process, so a checkpoint resumes on any number of processes. Only the main process writes
-    checkpoints.
+    every global batch and Accelerate wraps the student and objective in DDP, or, with
+    `training.sharding: fsdp`, the trainer shards a copy of them with FSDP2 and copies the trained
+    weights back into the caller's whole student at the end of `run()`. The batch size, the step
+    count and the data order stay those of one process, and checkpoints hold whole tensors, so a
+    checkpoint resumes on any number of processes. Only the main process writes checkpoints.
     """
 
     def __init__(self, model: LabelModel, *, train_examples: list["Example"], val_examples: list["Example"],
@@ -186,17 +190,30 @@ class Trainer:
         self.checkpoint_dir, self.progress = Path(checkpoint_dir), progress
         self.labelled_ids, self.on_record = labelled_ids, on_record
         self.together = distributed.launched()  # several processes train this student
-        self.accelerator = _accelerator() if self.together else None
-        self.device = self.accelerator.device if self.accelerator else pick_device(cfg.device)
+        self.sharded = self.together and cfg.sharding == "fsdp"
+        if self.sharded and steps is not None:
+            raise KdistillError("training.sharding: fsdp trains label-space students only for now; train a generative "
+                                "student with training.sharding: none (DDP).")
+        self.accelerator = _accelerator() if self.together and not self.sharded else None
+        self.device = (self.accelerator.device if self.accelerator else
+                       distributed.device() if self.sharded else pick_device(cfg.device))
         self.steps = steps
         self.label_ids = {label: i for i, label in enumerate(model.labels)}
         self.steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         _seed_everything(seed)
+        self.whole = (model, objective)  # what the caller holds: whole again at the end of `run()`
+        if self.sharded:  # FSDP2 shards in place, so it shards copies; the caller's wait on the CPU (`_copy_back`)
+            model.module.to("cpu")
+            model, objective = copy.copy(model), copy.deepcopy(objective)
+            model.module = copy.deepcopy(model.module)
+            self.model, self.objective = model, objective
         model.module.to(self.device)
         objective.to(self.device)
         # the projections of the hidden term train alongside the student
         self.trainable = steps.module if steps else TrainStep(model, objective, mixed_precision=cfg.mixed_precision)
+        if self.sharded:
+            distributed.fully_shard_step(self.trainable, model.module)
         self.optimizer = _optimizer(self.trainable, cfg)
         self.forward_step: nn.Module = self.trainable
         if self.accelerator is not None:  # the scheduler is ours: it counts global steps, not per-process ones
@@ -251,9 +268,19 @@ class Trainer:
                     self._validate()
                 self._checkpoint()
         bar.close()
+        if self.sharded:
+            self._copy_back()
         if self.best_weights is not None:
-            self.model.module.load_state_dict(self.best_weights)
+            self.whole[0].module.load_state_dict(self.best_weights)
         return TrainResult(self.state, time.perf_counter() - start)
+
+    def _copy_back(self) -> None:
+        """The sharded copies' weights, gathered whole (collective), into the caller's student and
+        objective, which the pipeline saves from the main process alone."""
+        student, objective = self.whole
+        student.module.load_state_dict(cpu_state(self.model.module))
+        student.module.to(self.device)
+        objective.load_state_dict(cpu_state(self.objective))
 
     def _epoch_order(self, epoch: int) -> list[int]:
         """Example order for one epoch: a function of (seed, epoch) only, so a resumed run sees the same.
@@ -292,7 +319,7 @@ class Trainer:
         for j, chunk in enumerate(chunks):
             arguments = self.steps.arguments(chunk, self.device) if self.steps else self._label_arguments(chunk, balance)
             last = j == len(chunks) - 1  # gradients are synchronized once per step, after the last micro-batch
-            with self.accelerator.no_sync(self.forward_step) if self.accelerator and not last else contextlib.nullcontext():
+            with self._gradient_sync(last):
                 total_b, terms = self.forward_step(progress, *arguments)
                 loss = total_b.sum() * weight
                 if self.accelerator is not None:
@@ -306,6 +333,14 @@ class Trainer:
         totals = torch.stack([sums[n] for n in names]) if names else torch.zeros(0)
         totals = distributed.all_sum(totals) if self.together else totals
         return {name: float(total) / len(batch) for name, total in zip(names, totals)}
+
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Whether this backward reduces the gradients over the processes (False: accumulate locally)."""
+        if self.sharded:
+            self.forward_step.set_requires_gradient_sync(sync)  # FSDP2's no_sync
+        elif self.accelerator is not None and not sync:
+            return self.accelerator.no_sync(self.forward_step)
+        return contextlib.nullcontext()
 
     def _optimizer_step(self) -> None:
         if self.cfg.max_grad_norm > 0:
@@ -410,6 +445,7 @@ class Trainer:
     def optimizer_state_by_name(self) -> dict[str, torch.Tensor]:
         """AdamW's per-parameter state keyed ``<parameter name>::<exp_avg|exp_avg_sq|step>``, so a
         later stage, whose parameter list may differ (a new head, other projections), can carry it."""
+        self._refuse_carry_when_sharded()
         out = {}
         for name, param in self._named_parameters():
             for key, value in self.optimizer.state.get(param, {}).items():
@@ -419,6 +455,7 @@ class Trainer:
     def carry_optimizer_state(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
         """Load ``optimizer_state_by_name`` output for every parameter of the same name and shape;
         the others start fresh. Returns (parameters carried, parameters in all)."""
+        self._refuse_carry_when_sharded()
         by_param: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in state.items():
             name, _, slot = key.rpartition("::")
@@ -432,17 +469,23 @@ class Trainer:
                 carried += 1
         return carried, len(named)
 
+    def _refuse_carry_when_sharded(self) -> None:
+        if self.sharded:
+            raise KdistillError("carrying the optimizer state from one stage to the next (a stage's `optimizer: carry`) "
+                                "is not done with training.sharding: fsdp yet; set training.sharding: none.")
+
     # ---------------------------------------------------------------- checkpoints
     def _checkpoint(self) -> None:
         if not self.together:
             self._write_checkpoint()
             return
-        if distributed.is_main():  # every process holds the same weights; one writes them
-            self._write_checkpoint()
+        gathered = gather_checkpoint(self) if self.sharded else None  # sharded: every process takes part
+        if distributed.is_main():  # every process holds the same weights (or its share); one writes them
+            self._write_checkpoint(gathered)
         distributed.barrier()
 
-    def _write_checkpoint(self) -> None:
-        write_checkpoint(self, self.checkpoint_dir / f"step-{self.state.global_step:07d}")
+    def _write_checkpoint(self, gathered: dict[str, Any] | None = None) -> None:
+        write_checkpoint(self, self.checkpoint_dir / f"step-{self.state.global_step:07d}", gathered)
         for old in sorted(self.checkpoint_dir.glob("step-*"))[:-max(self.cfg.keep_checkpoints, 1)]:
             shutil.rmtree(old, ignore_errors=True)
 
