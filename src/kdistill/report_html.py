@@ -7,6 +7,7 @@ import base64
 import html
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,9 @@ def _warnings(results: Record, names: dict[str, str]) -> str:
     return "".join(f'<div class="warn">⚠ {_e(item)}</div>' for item in items)
 
 
-def _figure(plot: Plot) -> str:
+def _figure(plot: Plot, prefix: str = "") -> str:
     data = base64.b64encode(plot.png).decode("ascii")
-    return (f'<figure id="{_e(plot.name)}"><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
+    return (f'<figure id="{_e(prefix + plot.name)}"><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
             f"<figcaption>{_e(plot.title)}</figcaption></figure>")
 
 
@@ -139,32 +140,52 @@ def report_figures(results: Record, histories: dict[str, dict[int, list[Record]]
     return report_plots(results, histories, _names(results))
 
 
-def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], config_yaml: str, *,
-                plots: list[Plot] | None = None) -> str:
-    """The page. ``histories``: variant → seed → training-history records (for the curves); ``plots``:
-    figures already drawn by `report_figures` (`pipeline.report` also writes them to `plots/`)."""
+def _heading(level: int, anchor: str, text: str) -> str:
+    return f'<h{level} id="{_e(anchor)}">{_e(text)}</h{level}>'
+
+
+def render_section(results: Record, plots: list[Plot], *, level: int = 2, prefix: str = "") -> list[str]:
+    """One run's report card (verdict, card, comparison, curves, confusion matrices, examples) as HTML
+    parts: the body of a single run's page and each stage's section of a multi-stage page. ``level``:
+    the heading level of its sections; ``prefix``: put before every id so that ids stay unique."""
     names = _names(results)
-    plots = report_figures(results, histories) if plots is None else plots
     by_kind = {kind: [p for p in plots if p.name.startswith(kind)] for kind in ("comparison", "training", "confusion")}
-    title = f"Report card: {results['run']} ({results['task']})"
-    parts = [f"<h1>{_e(title)}</h1>", *(f"<p>{_inline(line)}</p>" for line in _verdict(results["comparison"])),
-             _setting(results),
-             f'<h2 id="card">Teacher vs students (held-out test split, {_e(results["test_examples"])} examples)</h2>',
-             _card(results, names), _cost_note(results), _warnings(results, names),
-             '<h2 id="comparison">Comparison</h2>', *map(_figure, by_kind["comparison"])]
+    figure = partial(_figure, prefix=prefix)  # a multi-stage page holds each plot name once per stage
+    card = f"Teacher vs students (held-out test split, {results['test_examples']} examples)"
+    parts = [*(f"<p>{_inline(line)}</p>" for line in _verdict(results["comparison"])), _setting(results),
+             _heading(level, prefix + "card", card), _card(results, names), _cost_note(results),
+             _warnings(results, names), _heading(level, prefix + "comparison", "Comparison"),
+             *map(figure, by_kind["comparison"])]
     if by_kind["training"]:
-        parts += ['<h2 id="training">Training curves</h2>', *map(_figure, by_kind["training"])]
-    parts += ['<h2 id="confusion">Confusion matrices (test split)</h2>',
-              '<div class="grid">' + "".join(map(_figure, by_kind["confusion"])) + "</div>"]
+        parts += [_heading(level, prefix + "training", "Training curves"), *map(figure, by_kind["training"])]
+    parts += [_heading(level, prefix + "confusion", "Confusion matrices (test split)"),
+              '<div class="grid">' + "".join(map(figure, by_kind["confusion"])) + "</div>"]
     if results.get("examples"):
-        parts += ['<h2 id="examples">Example outputs</h2>', _examples(results["examples"], names)]
+        parts += [_heading(level, prefix + "examples", "Example outputs"), _examples(results["examples"], names)]
+    return parts
+
+
+def _config_section(config_yaml: str) -> list[str]:
     # folded: the config is long and is what a reader looks at last
-    parts += ['<h2 id="config">Resolved config</h2>',
-              f"<details><summary>the config as it ran (YAML)</summary><pre>{_e(config_yaml.rstrip())}</pre></details>"]
+    return ['<h2 id="config">Resolved config</h2>',
+            f"<details><summary>the config as it ran (YAML)</summary><pre>{_e(config_yaml.rstrip())}</pre></details>"]
+
+
+def page(title: str, parts: list[str]) -> str:
+    """A whole self-contained document around ``parts`` (empty parts are dropped)."""
     body = "\n".join(p for p in parts if p)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
             f"<style>{CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
+
+
+def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], config_yaml: str, *,
+                plots: list[Plot] | None = None) -> str:
+    """The page. ``histories``: variant → seed → training-history records (for the curves); ``plots``:
+    figures already drawn by `report_figures` (`pipeline.report` also writes them to `plots/`)."""
+    plots = report_figures(results, histories) if plots is None else plots
+    title = f"Report card: {results['run']} ({results['task']})"
+    return page(title, [f"<h1>{_e(title)}</h1>", *render_section(results, plots), *_config_section(config_yaml)])
 
 
 def training_histories(run_dir: Path, results: Record) -> dict[str, dict[int, list[Record]]]:
