@@ -21,6 +21,7 @@ CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0; background: #f6f6f4; }
 main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
 h1 { font-size: 26px; margin: 0 0 12px; } h2 { font-size: 20px; margin: 32px 0 10px; border-bottom: 1px solid #ddd; }
+h3 { font-size: 17px; margin: 24px 0 8px; } section.stage { margin-top: 40px; }
 table { border-collapse: collapse; font-size: 13.5px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 5px 9px; text-align: right; vertical-align: top; }
 th { background: #f0f0ee; } td:first-child, th:first-child { text-align: left; }
@@ -186,6 +187,62 @@ def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], 
     plots = report_figures(results, histories) if plots is None else plots
     title = f"Report card: {results['run']} ({results['task']})"
     return page(title, [f"<h1>{_e(title)}</h1>", *render_section(results, plots), *_config_section(config_yaml)])
+
+
+OPTIMIZER_NOTES = {"new": "new AdamW", "reset": "reset: new AdamW moments",
+                   "carry": "carried: the previous stage's AdamW moments (a new head starts fresh)"}
+
+
+def _stage_f1(results: Record, model: str) -> str:
+    row = next((r for r in results["comparison"] if r["model"] == model), None)
+    if row is None:
+        return "—"
+    return f"{row['macro_f1']:.3f}" + (f" ± {row['macro_f1_std']:.3f}" if row["seeds"] else "")
+
+
+def _stages_overview(stages: list[Record]) -> str:
+    """What each stage starts from, its optimizer, its macro-F1s and wall time: one row per stage."""
+    head = ["stage", "task (labels)", "starts from", "optimizer", "teacher", "labels only", "distilled", "wall time"]
+    rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for i, stage in enumerate(stages):
+        results = stage["results"]
+        starts = (f"stage {stages[i - 1]['stage']} ({stages[i - 1]['name']}): its students, each variant and seed "
+                  "its own" if i else f"the pretrained student {results['models']['student_untrained']['name']}")
+        wall = results.get("timings", {}).get("total_s")
+        cells = [f'<a href="#stage-{stage["stage"]}">{_e(stage["stage"])}. {_e(stage["name"])}</a>',
+                 _e(f"{results['task']} ({', '.join(results['labels'])})"), _e(starts),
+                 _e(OPTIMIZER_NOTES.get(stage["optimizer"], stage["optimizer"])),
+                 *(_e(_stage_f1(results, m)) for m in ("teacher", "student_labels_only", "student_distilled")),
+                 "—" if wall is None else f"{wall / 60:.1f} min"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return '<table class="card">' + "\n".join(rows) + "</table>"
+
+
+def _wall_note(stages: list[Record]) -> str:
+    walls = [s["results"].get("timings", {}).get("total_s") for s in stages]
+    if None in walls:
+        return ""
+    return f'<p class="note">Wall time in all (the stages\' sum): {sum(walls) / 60:.1f} min.</p>'
+
+
+def render_stages_html(name: str, stages: list[Record], plots: list[list[Plot]], config_yaml: str) -> str:
+    """The page of a multi-stage run: an overview, then each stage's report card (as `render_html` draws
+    it for one run) in order. ``stages``: the records of the run's eval/results.json; ``plots``: each
+    stage's figures (`report_figures`), in the same order."""
+    title = f"Report card: {name} ({len(stages)} stages)"
+    parts = [f"<h1>{_e(title)}</h1>",
+             "<p>Each stage is a full run; its students start from the previous stage's students of the same "
+             "variant and seed (distilled from distilled, labels-only from labels-only). Macro-F1 on each "
+             "stage's held-out test split, mean ± std over seeds.</p>",
+             _stages_overview(stages), _wall_note(stages)]
+    for stage, stage_plots in zip(stages, plots, strict=True):
+        prefix = f"stage{stage['stage']}-"
+        parts += [f'<section class="stage" id="stage-{_e(stage["stage"])}">',
+                  _heading(2, prefix + "title", f"Stage {stage['stage']}: {stage['name']} (task {stage['task']})"),
+                  f'<p class="note">Starts from: <code>{_e(stage["starts_from"])}</code>; optimizer: '
+                  f'{_e(stage["optimizer"])}. Run directory: <code>{_e(stage["run_dir"])}</code>.</p>',
+                  *render_section(stage["results"], stage_plots, level=3, prefix=prefix), "</section>"]
+    return page(title, parts + _config_section(config_yaml))
 
 
 def training_histories(run_dir: Path, results: Record) -> dict[str, dict[int, list[Record]]]:
