@@ -172,7 +172,7 @@ def _config_section(config_yaml: str) -> list[str]:
             f"<details><summary>the config as it ran (YAML)</summary><pre>{_e(config_yaml.rstrip())}</pre></details>"]
 
 
-def page(title: str, parts: list[str]) -> str:
+def _page(title: str, parts: list[str]) -> str:
     """A whole self-contained document around ``parts`` (empty parts are dropped)."""
     body = "\n".join(p for p in parts if p)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -186,7 +186,7 @@ def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], 
     figures already drawn by `report_figures` (`pipeline.report` also writes them to `plots/`)."""
     plots = report_figures(results, histories) if plots is None else plots
     title = f"Report card: {results['run']} ({results['task']})"
-    return page(title, [f"<h1>{_e(title)}</h1>", *render_section(results, plots), *_config_section(config_yaml)])
+    return _page(title, [f"<h1>{_e(title)}</h1>", *render_section(results, plots), *_config_section(config_yaml)])
 
 
 OPTIMIZER_NOTES = {"new": "new AdamW", "reset": "reset: new AdamW moments",
@@ -200,17 +200,21 @@ def _stage_f1(results: Record, model: str) -> str:
     return f"{row['macro_f1']:.3f}" + (f" ± {row['macro_f1_std']:.3f}" if row["seeds"] else "")
 
 
+def _starts_from(stages: list[Record], i: int) -> str:
+    if i == 0:
+        return f"the pretrained student {stages[0]['results']['models']['student_untrained']['name']}"
+    return f"stage {stages[i - 1]['stage']} ({stages[i - 1]['name']}): its students, each variant and seed its own"
+
+
 def _stages_overview(stages: list[Record]) -> str:
     """What each stage starts from, its optimizer, its macro-F1s and wall time: one row per stage."""
     head = ["stage", "task (labels)", "starts from", "optimizer", "teacher", "labels only", "distilled", "wall time"]
     rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for i, stage in enumerate(stages):
         results = stage["results"]
-        starts = (f"stage {stages[i - 1]['stage']} ({stages[i - 1]['name']}): its students, each variant and seed "
-                  "its own" if i else f"the pretrained student {results['models']['student_untrained']['name']}")
         wall = results.get("timings", {}).get("total_s")
         cells = [f'<a href="#stage-{stage["stage"]}">{_e(stage["stage"])}. {_e(stage["name"])}</a>',
-                 _e(f"{results['task']} ({', '.join(results['labels'])})"), _e(starts),
+                 _e(f"{results['task']} ({', '.join(results['labels'])})"), _e(_starts_from(stages, i)),
                  _e(OPTIMIZER_NOTES.get(stage["optimizer"], stage["optimizer"])),
                  *(_e(_stage_f1(results, m)) for m in ("teacher", "student_labels_only", "student_distilled")),
                  "—" if wall is None else f"{wall / 60:.1f} min"]
@@ -242,7 +246,7 @@ def render_stages_html(name: str, stages: list[Record], plots: list[list[Plot]],
                   f'<p class="note">Starts from: <code>{_e(stage["starts_from"])}</code>; optimizer: '
                   f'{_e(stage["optimizer"])}. Run directory: <code>{_e(stage["run_dir"])}</code>.</p>',
                   *render_section(stage["results"], stage_plots, level=3, prefix=prefix), "</section>"]
-    return page(title, parts + _config_section(config_yaml))
+    return _page(title, parts + _config_section(config_yaml))
 
 
 def training_histories(run_dir: Path, results: Record) -> dict[str, dict[int, list[Record]]]:

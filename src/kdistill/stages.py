@@ -160,9 +160,10 @@ def write_stages_html(run_dir: str | Path, combined: dict[str, Any], config_yaml
     from kdistill.report_html import render_stages_html, report_figures, training_histories
 
     run_dir = Path(run_dir)
-    plots = [report_figures(stage["results"], training_histories(stage_dir(run_dir, stage["stage"], stage["name"]),
-                                                                stage["results"]))
-             for stage in combined["stages"]]
+    plots = []  # per stage, in order
+    for stage in combined["stages"]:
+        folder = stage_dir(run_dir, stage["stage"], stage["name"])
+        plots.append(report_figures(stage["results"], training_histories(folder, stage["results"])))
     path = run_dir / "report.html"
     atomic_write_text(path, render_stages_html(combined["run"], combined["stages"], plots, config_yaml))
     return path
