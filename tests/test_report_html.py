@@ -159,8 +159,8 @@ def test_stages_page_has_each_stages_card_and_figures_in_order():
         assert len(_images(section)) == 1 + 1 + 3 and all(png.startswith(PNG_MAGIC) for png in _images(section))
     assert "0.612 ± 0.032 (2 seeds)" not in sections[0][1], "stage 2's figures stay in stage 2"
     overview = page[:page.index("<section")]
-    assert "carried: the previous stage&#x27;s AdamW moments" in overview and "new AdamW" in overview
-    assert "stage 1 (reviews): its students" in overview and "the pretrained student mini" in overview
+    assert "carried (previous stage&#x27;s AdamW moments" in overview and "new AdamW" in overview
+    assert "stage 1&#x27;s students (same variant and seed)" in overview and "the pretrained mini" in overview
     assert "5.0 min" in overview and "10.0 min" in overview and "in all (the stages' sum): 15.0 min" in overview
     assert page.count('id="config"') == 1
 

@@ -22,6 +22,7 @@ body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #
 main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
 h1 { font-size: 26px; margin: 0 0 12px; } h2 { font-size: 20px; margin: 32px 0 10px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 17px; margin: 24px 0 8px; } section.stage { margin-top: 40px; }
+table.stages td:nth-child(-n+4), table.stages th:nth-child(-n+4) { text-align: left; }
 table { border-collapse: collapse; font-size: 13.5px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 5px 9px; text-align: right; vertical-align: top; }
 th { background: #f0f0ee; } td:first-child, th:first-child { text-align: left; }
@@ -189,8 +190,8 @@ def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], 
     return _page(title, [f"<h1>{_e(title)}</h1>", *render_section(results, plots), *_config_section(config_yaml)])
 
 
-OPTIMIZER_NOTES = {"new": "new AdamW", "reset": "reset: new AdamW moments",
-                   "carry": "carried: the previous stage's AdamW moments (a new head starts fresh)"}
+OPTIMIZER_NOTES = {"new": "new AdamW", "reset": "reset (new AdamW)",
+                   "carry": "carried (previous stage's AdamW moments; a new head starts fresh)"}
 
 
 def _stage_f1(results: Record, model: str) -> str:
@@ -202,8 +203,8 @@ def _stage_f1(results: Record, model: str) -> str:
 
 def _starts_from(stages: list[Record], i: int) -> str:
     if i == 0:
-        return f"the pretrained student {stages[0]['results']['models']['student_untrained']['name']}"
-    return f"stage {stages[i - 1]['stage']} ({stages[i - 1]['name']}): its students, each variant and seed its own"
+        return f"the pretrained {stages[0]['results']['models']['student_untrained']['name']}"
+    return f"stage {stages[i - 1]['stage']}'s students (same variant and seed)"
 
 
 def _stages_overview(stages: list[Record]) -> str:
@@ -219,7 +220,7 @@ def _stages_overview(stages: list[Record]) -> str:
                  *(_e(_stage_f1(results, m)) for m in ("teacher", "student_labels_only", "student_distilled")),
                  "—" if wall is None else f"{wall / 60:.1f} min"]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return '<table class="card">' + "\n".join(rows) + "</table>"
+    return '<table class="stages">' + "\n".join(rows) + "</table>"
 
 
 def _wall_note(stages: list[Record]) -> str:
