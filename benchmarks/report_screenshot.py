@@ -1,9 +1,11 @@
 """Regenerate a run's report.html (and plots/) and photograph it in headless Chromium.
 
     python benchmarks/report_screenshot.py RUN_DIR [--out benchmarks/results/report_html.png]
+    python benchmarks/report_screenshot.py runs/sentiment-two-stage --out benchmarks/results/two_stage_report_html.png
 
 The page is rendered from RUN_DIR/eval/results.json, the students' training histories and
-RUN_DIR/config.yaml as it ran (so runs made by older versions of the config still render). The
+RUN_DIR/config.yaml as it ran (so runs made by older versions of the config still render); a
+multi-stage run's page has a section per stage, drawn from RUN_DIR/stages/<i>-<name>/. The
 screenshot is the full page. Needs Debian's Chromium (`apt-get install chromium`) and the dev extra
 (`pip install -e ".[dev]"`, for playwright); no browser is downloaded.
 """
@@ -47,9 +49,18 @@ def render_in_chromium(html_path: Path, screenshot_path: Path, *, width: int = 1
     return {"errors": errors, **seen}
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_page(run_dir: Path, results: dict[str, Any]) -> Path:
+    """report.html of RUN_DIR again: one run's page, or a multi-stage run's (results.json has `stages`)."""
     from kdistill.report_html import write_html_report
+    from kdistill.stages import write_stages_html
 
+    config_yaml = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    if "stages" in results:
+        return write_stages_html(run_dir, results, config_yaml)
+    return write_html_report(run_dir, results, config_yaml)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "report_html.png")
@@ -60,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(CHROMIUM).exists():
         parser.error(f"{CHROMIUM} not found; install Chromium with `apt-get install chromium`.")
     results = json.loads(results_path.read_text(encoding="utf-8"))
-    html_path = write_html_report(args.run_dir, results, (args.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    html_path = write_page(args.run_dir, results)
     seen = render_in_chromium(html_path, args.out)
     broken = [img["alt"] for img in seen["images"] if not img["naturalWidth"]]
     print(f"{html_path}: {len(seen['images'])} figures, screenshot {args.out}")

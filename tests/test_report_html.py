@@ -9,7 +9,7 @@ import pytest
 
 from kdistill import pipeline
 from kdistill.report import render_markdown
-from kdistill.report_html import render_html
+from kdistill.report_html import render_html, render_stages_html, report_figures
 
 # the screenshot script is the one place that drives Chromium; the test uses it as a reader would
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -121,3 +121,61 @@ def test_report_html_renders_in_headless_chromium(tiny_config):
     assert png.startswith(PNG_MAGIC)
     height = int.from_bytes(png[20:24], "big")  # the IHDR chunk: a full page is taller than the 900 px viewport
     assert height > 900
+
+
+def made_up_stages() -> list[dict]:
+    """The records of a two-stage run's results.json; the second stage has a third label and other figures."""
+    first, second = made_up_results(), made_up_results()
+    second["task"], second["labels"] = "sentiment3", ["neg<ative>", "neutral", "positive"]
+    second["models"]["student_distilled"]["summary"]["macro_f1"] = {"mean": 0.6123, "std": 0.0321}
+    second["comparison"] = pipeline._comparison(second["models"])
+    second["timings"], first["timings"] = {"total_s": 600.0}, {"total_s": 300.0}
+    return [{"stage": 1, "name": "reviews", "task": "sentiment", "run_dir": "runs/x/stages/1-reviews",
+             "starts_from": "the pretrained student", "optimizer": "new", "results": first},
+            {"stage": 2, "name": "tweets", "task": "sentiment3", "run_dir": "runs/x/stages/2-tweets",
+             "starts_from": "runs/x/stages/1-reviews", "optimizer": "carry", "results": second}]
+
+
+def _stages_page(stages: list[dict]) -> str:
+    plots = [report_figures(stage["results"], HISTORIES) for stage in stages]
+    return render_stages_html("x", stages, plots, "name: x\nstages: [...]\n")
+
+
+def test_stages_page_has_each_stages_card_and_figures_in_order():
+    stages = made_up_stages()
+    page = _stages_page(stages)
+    assert not re.search(r'(src|href)="(?!data:|#)', page) and "<script" not in page
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "ids stay unique with a section per stage"
+    sections = re.findall(r'<section class="stage" id="stage-(\d)">(.*?)</section>', page, re.S)
+    assert [number for number, _ in sections] == ["1", "2"]
+    for stage, (_, section) in zip(stages, sections):
+        results = stage["results"]
+        assert f"Stage {stage['stage']}: {stage['name']} (task {stage['task']})" in section
+        assert f"{stage['stage']}-title" in section and f'id="stage{stage["stage"]}-card"' in section
+        distilled = next(r for r in results["comparison"] if r["model"] == "student_distilled")
+        assert f"{distilled['macro_f1']:.3f} ± {distilled['macro_f1_std']:.3f} (2 seeds)" in section  # its own card
+        # comparison + training curves + one confusion matrix per model, all embedded
+        assert len(_images(section)) == 1 + 1 + 3 and all(png.startswith(PNG_MAGIC) for png in _images(section))
+    assert "0.612 ± 0.032 (2 seeds)" not in sections[0][1], "stage 2's figures stay in stage 2"
+    overview = page[:page.index("<section")]
+    assert "carried (previous stage&#x27;s AdamW moments" in overview and "new AdamW" in overview
+    assert "stage 1&#x27;s students (same variant and seed)" in overview and "the pretrained mini" in overview
+    assert "5.0 min" in overview and "10.0 min" in overview and "in all (the stages' sum): 15.0 min" in overview
+    assert page.count('id="config"') == 1
+
+
+def test_stages_page_renders_in_headless_chromium(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found; install Chromium with `apt-get install chromium` (.ci/run does)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
+    page = tmp_path / "report.html"
+    page.write_text(_stages_page(made_up_stages()), encoding="utf-8")
+    seen = render_in_chromium(page, tmp_path / "report.png")
+    assert seen["errors"] == []
+    assert len(seen["images"]) == 2 * 5
+    assert all(img["complete"] and img["naturalWidth"] > 0 for img in seen["images"]), seen["images"]
+    for stage in (1, 2):
+        assert {f"stage-{stage}", *(f"stage{stage}-{s}" for s in ("card", "comparison", "training", "confusion")),
+                f"stage{stage}-comparison.png"} <= set(seen["sections"])
+    assert seen["title"] == "Report card: x (2 stages)"

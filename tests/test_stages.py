@@ -1,11 +1,13 @@
 """Multi-stage runs: stage configs, a student carried into a task with other labels, the optimizer carried
-by parameter name, and a two-stage run whose report shows both stages."""
+by parameter name, and a two-stage run whose report.md and report.html show both stages."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
+import re
 
 import pytest
 import torch
@@ -104,3 +106,34 @@ def test_two_stage_run_reports_both_stages_and_carries_the_optimizer(tiny_config
     for message in carried:
         done, total = (int(x) for x in message.split()[5:8:2])
         assert done == total - 2, message
+    _assert_combined_page(run_dir, results)
+    # `kdistill report` rebuilds the same page from the stages' results, and each stage's own page too
+    page = (run_dir / "report.html").read_text()
+    (run_dir / "report.html").unlink()
+    (run_dir / "stages" / "2-tweets" / "report.html").unlink()
+    assert pipeline.report(cfg) == run_dir / "report.md"
+    assert (run_dir / "report.html").read_text() == page
+    assert (run_dir / "stages" / "2-tweets" / "report.html").exists()
+
+
+def _assert_combined_page(run_dir, results):
+    """report.html: a section per stage, in order, with the stage's name, its card and its figures embedded."""
+    page = (run_dir / "report.html").read_text()
+    sections = re.findall(r'<section class="stage" id="stage-(\d)">(.*?)</section>', page, re.S)
+    assert [int(number) for number, _ in sections] == [1, 2]
+    for stage, (_, section) in zip(results["stages"], sections):
+        assert f"Stage {stage['stage']}: {stage['name']} (task {stage['task']})" in section
+        own_page = (run_dir / "stages" / f"{stage['stage']}-{stage['name']}" / "report.html").read_text()
+        card = re.search(r'<table class="card">.*?</table>', own_page, re.S).group(0)
+        assert card in section, "the stage's section carries the stage's own report card"
+        images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', section)
+        # comparison, training curves of both variants, confusion matrices of the four models
+        assert len(images) == 1 + 2 + 4 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert not re.search(r'(src|href)="(?!data:|#)', page), "nothing is fetched"
+
+
+def test_report_of_an_unfinished_multi_stage_run_names_the_missing_stage(tiny_config):
+    cfg = tiny_config(stages=[{"name": "a"}, {"name": "b"}])
+    with pytest.raises(KdistillError, match=r"1-a/eval/results.json: stage 1 \(a\) has no results yet.*--resume"):
+        pipeline.report(cfg)
+    assert not (cfg.run_dir / "report.html").exists()

@@ -130,7 +130,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "search": (cmd_search, "search the distilled student's hyper-parameters with optuna on a subsample (the config's "
                            "`search` section); resumes after a kill; writes search/results.md and best.yaml"),
     "eval": (cmd_eval, "score teacher and students on the test split, with cost; writes eval/results.json"),
-    "report": (cmd_report, "render report.md from eval/results.json"),
+    "report": (cmd_report, "render report.md and report.html from eval/results.json (a config with stages: every "
+                           "stage's, then the combined ones)"),
     "predict": (cmd_predict, "label new texts with a saved student"),
     "validate": (cmd_validate, "check a config, its data and the verbalizers; writes nothing"),
     "cache": (cmd_cache, "inspect, verify or export a teacher cache (runs/NAME/teacher_cache or one entry)"),

@@ -33,7 +33,7 @@ from kdistill.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomi
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
 from kdistill.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.targets import TeacherTargets
-from kdistill.stages import check_stage_dirs, init_student, run_stages, stage_configs
+from kdistill.stages import check_stage_dirs, init_student, report_stages, run_stages, stage_configs
 from kdistill.teachers import TeacherSignal, load_member, member_path, teacher_signal
 from kdistill.tracking import tensorboard_records
 from kdistill.train import Trainer
@@ -49,7 +49,7 @@ def _config(config: ConfigLike, overrides: dict[str, Any] | None = None) -> RunC
 
 
 def _single_run(cfg: RunConfig, command: str) -> RunConfig:
-    """Commands other than run and validate work on one run, not on a config with stages."""
+    """Commands other than run, validate and report work on one run, not on a config with stages."""
     if cfg.stages:
         raise KdistillError(f"`kdistill {command}` works on one run, and this config has {len(cfg.stages)} stages; "
                             f"use `kdistill run`, or point `{command}` at a stage's config "
@@ -396,11 +396,14 @@ def _comparison(models: dict[str, Any]) -> list[dict[str, Any]]:
 
 def report(config: ConfigLike = None) -> Path:
     """report.md, and report.html with its figures (also written to plots/), from eval/results.json and
-    the students' training histories; returns report.md's path."""
+    the students' training histories; returns report.md's path. A config with stages: every stage's
+    reports, then the run's combined report.md and report.html (kdistill.stages)."""
     from kdistill.report import render_markdown
     from kdistill.report_html import write_html_report
 
-    cfg = _single_run(_config(config), "report")
+    cfg = _config(config)
+    if cfg.stages:
+        return report_stages(cfg)
     if cfg.task.kind == "generation":
         from kdistill.gen_pipeline import report_generation
 

@@ -7,6 +7,7 @@ import base64
 import html
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0; background: #f6f6f4; }
 main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
 h1 { font-size: 26px; margin: 0 0 12px; } h2 { font-size: 20px; margin: 32px 0 10px; border-bottom: 1px solid #ddd; }
+h3 { font-size: 17px; margin: 24px 0 8px; } section.stage { margin-top: 40px; }
+table.stages td:nth-child(-n+4), table.stages th:nth-child(-n+4) { text-align: left; }
 table { border-collapse: collapse; font-size: 13.5px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 5px 9px; text-align: right; vertical-align: top; }
 th { background: #f0f0ee; } td:first-child, th:first-child { text-align: left; }
@@ -109,9 +112,9 @@ def _warnings(results: Record, names: dict[str, str]) -> str:
     return "".join(f'<div class="warn">⚠ {_e(item)}</div>' for item in items)
 
 
-def _figure(plot: Plot) -> str:
+def _figure(plot: Plot, prefix: str = "") -> str:
     data = base64.b64encode(plot.png).decode("ascii")
-    return (f'<figure id="{_e(plot.name)}"><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
+    return (f'<figure id="{_e(prefix + plot.name)}"><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
             f"<figcaption>{_e(plot.title)}</figcaption></figure>")
 
 
@@ -140,26 +143,29 @@ def report_figures(results: Record, histories: dict[str, dict[int, list[Record]]
     return report_plots(results, histories, _names(results))
 
 
-def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], config_yaml: str, *,
-                plots: list[Plot] | None = None) -> str:
-    """The page. ``histories``: variant → seed → training-history records (for the curves); ``plots``:
-    figures already drawn by `report_figures` (`pipeline.report` also writes them to `plots/`)."""
+def _heading(level: int, anchor: str, text: str) -> str:
+    return f'<h{level} id="{_e(anchor)}">{_e(text)}</h{level}>'
+
+
+def render_section(results: Record, plots: list[Plot], *, level: int = 2, prefix: str = "") -> list[str]:
+    """One run's report card (verdict, card, comparison, curves, confusion matrices, examples) as HTML
+    parts: the body of a single run's page and each stage's section of a multi-stage page. ``level``:
+    the heading level of its sections; ``prefix``: put before every id so that ids stay unique."""
     names = _names(results)
-    plots = report_figures(results, histories) if plots is None else plots
     by_kind = {kind: [p for p in plots if p.name.startswith(kind)] for kind in ("comparison", "training", "confusion")}
-    title = f"Report card: {results['run']} ({results['task']})"
-    parts = [f"<h1>{_e(title)}</h1>", *(f"<p>{_inline(line)}</p>" for line in _verdict(results["comparison"])),
-             _setting(results),
-             f'<h2 id="card">Teacher vs students (held-out test split, {_e(results["test_examples"])} examples)</h2>',
-             _card(results, names), _cost_note(results), _warnings(results, names),
-             '<h2 id="comparison">Comparison</h2>', *map(_figure, by_kind["comparison"])]
+    figure = partial(_figure, prefix=prefix)  # a multi-stage page holds each plot name once per stage
+    card = f"Teacher vs students (held-out test split, {results['test_examples']} examples)"
+    parts = [*(f"<p>{_inline(line)}</p>" for line in _verdict(results["comparison"])), _setting(results),
+             _heading(level, prefix + "card", card), _card(results, names), _cost_note(results),
+             _warnings(results, names), _heading(level, prefix + "comparison", "Comparison"),
+             *map(figure, by_kind["comparison"])]
     if by_kind["training"]:
-        parts += ['<h2 id="training">Training curves</h2>', *map(_figure, by_kind["training"])]
-    parts += ['<h2 id="confusion">Confusion matrices (test split)</h2>',
-              '<div class="grid">' + "".join(map(_figure, by_kind["confusion"])) + "</div>"]
+        parts += [_heading(level, prefix + "training", "Training curves"), *map(figure, by_kind["training"])]
+    parts += [_heading(level, prefix + "confusion", "Confusion matrices (test split)"),
+              '<div class="grid">' + "".join(map(figure, by_kind["confusion"])) + "</div>"]
     if results.get("examples"):
-        parts += ['<h2 id="examples">Example outputs</h2>', _examples(results["examples"], names)]
-    return html_page(title, parts + config_section(config_yaml))
+        parts += [_heading(level, prefix + "examples", "Example outputs"), _examples(results["examples"], names)]
+    return parts
 
 
 def config_section(config_yaml: str) -> list[str]:
@@ -174,6 +180,75 @@ def html_page(title: str, parts: list[str]) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
             f"<style>{CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
+
+
+def render_html(results: Record, histories: dict[str, dict[int, list[Record]]], config_yaml: str, *,
+                plots: list[Plot] | None = None) -> str:
+    """The page. ``histories``: variant → seed → training-history records (for the curves); ``plots``:
+    figures already drawn by `report_figures` (`pipeline.report` also writes them to `plots/`)."""
+    plots = report_figures(results, histories) if plots is None else plots
+    title = f"Report card: {results['run']} ({results['task']})"
+    return html_page(title, [f"<h1>{_e(title)}</h1>", *render_section(results, plots), *config_section(config_yaml)])
+
+
+OPTIMIZER_NOTES = {"new": "new AdamW", "reset": "reset (new AdamW)",
+                   "carry": "carried (previous stage's AdamW moments; a new head starts fresh)"}
+
+
+def _stage_f1(results: Record, model: str) -> str:
+    row = next((r for r in results["comparison"] if r["model"] == model), None)
+    if row is None:
+        return "—"
+    return f"{row['macro_f1']:.3f}" + (f" ± {row['macro_f1_std']:.3f}" if row["seeds"] else "")
+
+
+def _starts_from(stages: list[Record], i: int) -> str:
+    if i == 0:
+        return f"the pretrained {stages[0]['results']['models']['student_untrained']['name']}"
+    return f"stage {stages[i - 1]['stage']}'s students (same variant and seed)"
+
+
+def _stages_overview(stages: list[Record]) -> str:
+    """What each stage starts from, its optimizer, its macro-F1s and wall time: one row per stage."""
+    head = ["stage", "task (labels)", "starts from", "optimizer", "teacher", "labels only", "distilled", "wall time"]
+    rows = ["<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for i, stage in enumerate(stages):
+        results = stage["results"]
+        wall = results.get("timings", {}).get("total_s")
+        cells = [f'<a href="#stage-{stage["stage"]}">{_e(stage["stage"])}. {_e(stage["name"])}</a>',
+                 _e(f"{results['task']} ({', '.join(results['labels'])})"), _e(_starts_from(stages, i)),
+                 _e(OPTIMIZER_NOTES.get(stage["optimizer"], stage["optimizer"])),
+                 *(_e(_stage_f1(results, m)) for m in ("teacher", "student_labels_only", "student_distilled")),
+                 "—" if wall is None else f"{wall / 60:.1f} min"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return '<table class="stages">' + "\n".join(rows) + "</table>"
+
+
+def _wall_note(stages: list[Record]) -> str:
+    walls = [s["results"].get("timings", {}).get("total_s") for s in stages]
+    if None in walls:
+        return ""
+    return f'<p class="note">Wall time in all (the stages\' sum): {sum(walls) / 60:.1f} min.</p>'
+
+
+def render_stages_html(name: str, stages: list[Record], plots: list[list[Plot]], config_yaml: str) -> str:
+    """The page of a multi-stage run: an overview, then each stage's report card (as `render_html` draws
+    it for one run) in order. ``stages``: the records of the run's eval/results.json; ``plots``: each
+    stage's figures (`report_figures`), in the same order."""
+    title = f"Report card: {name} ({len(stages)} stages)"
+    parts = [f"<h1>{_e(title)}</h1>",
+             "<p>Each stage is a full run; its students start from the previous stage's students of the same "
+             "variant and seed (distilled from distilled, labels-only from labels-only). Macro-F1 on each "
+             "stage's held-out test split, mean ± std over seeds.</p>",
+             _stages_overview(stages), _wall_note(stages)]
+    for stage, stage_plots in zip(stages, plots, strict=True):
+        prefix = f"stage{stage['stage']}-"
+        parts += [f'<section class="stage" id="stage-{_e(stage["stage"])}">',
+                  _heading(2, prefix + "title", f"Stage {stage['stage']}: {stage['name']} (task {stage['task']})"),
+                  f'<p class="note">Starts from: <code>{_e(stage["starts_from"])}</code>; optimizer: '
+                  f'{_e(stage["optimizer"])}. Run directory: <code>{_e(stage["run_dir"])}</code>.</p>',
+                  *render_section(stage["results"], stage_plots, level=3, prefix=prefix), "</section>"]
+    return html_page(title, parts + config_section(config_yaml))
 
 
 def training_histories(run_dir: Path, results: Record) -> dict[str, dict[int, list[Record]]]:

@@ -44,7 +44,8 @@ def stage_configs(cfg: RunConfig) -> list[RunConfig]:
         for key, value in stage.set.items():
             set_dotted(data, key, value)
         expand_builtin_task(data)
-        data.update(name=f"{i}-{stage.name}", output_dir=str(cfg.run_dir / "stages"))
+        folder = stage_dir(cfg.run_dir, i, stage.name)
+        data.update(name=folder.name, output_dir=str(folder.parent))
         configs.append(from_dict(RunConfig, data, where))
     return configs
 
@@ -104,22 +105,73 @@ def run_stages(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -
     configs = stage_configs(cfg)
     atomic_write_text(cfg.run_dir / "config.yaml", dump_yaml(cfg))
     previous: Path | None = None
-    stages = []
     for i, (stage, stage_cfg) in enumerate(zip(cfg.stages, configs)):
         carry_next = i + 1 < len(cfg.stages) and cfg.stages[i + 1].optimizer == "carry"
         log.info("stage %d of %d: %s (task %s)", i + 1, len(configs), stage.name, stage_cfg.task.name)
-        run_dir = pipeline.run(stage_cfg, resume=resume, progress=progress, init_dir=previous,
-                               carry_optimizer=stage.optimizer == "carry" and previous is not None,
-                               save_optimizer=carry_next)
-        results = json.loads((run_dir / "eval" / "results.json").read_text(encoding="utf-8"))
-        stages.append({"stage": i + 1, "name": stage.name, "task": stage_cfg.task.name, "run_dir": str(run_dir),
+        previous = pipeline.run(stage_cfg, resume=resume, progress=progress, init_dir=previous,
+                                carry_optimizer=stage.optimizer == "carry" and previous is not None,
+                                save_optimizer=carry_next)
+    _export_final_student(cfg, previous)
+    write_stage_reports(cfg, _stage_records(cfg, configs))
+    return cfg.run_dir
+
+
+def report_stages(cfg: RunConfig) -> Path:
+    """`kdistill report` on a config with stages: each stage's own report, then the combined ones, all
+    from the stages' eval/results.json; returns the combined report.md's path."""
+    from kdistill import pipeline
+
+    configs = stage_configs(cfg)
+    stages = _stage_records(cfg, configs)  # first, so that a missing stage stops before anything is written
+    for stage_cfg in configs:
+        pipeline.report(stage_cfg)
+    return write_stage_reports(cfg, stages)
+
+
+def _stage_records(cfg: RunConfig, configs: list[RunConfig]) -> list[dict[str, Any]]:
+    """One record per stage for the combined results.json: where it ran, what it started from, its results."""
+    stages, previous = [], None
+    for i, (stage, stage_cfg) in enumerate(zip(cfg.stages, configs), 1):
+        results_path = stage_cfg.run_dir / "eval" / "results.json"
+        if not results_path.exists():
+            raise KdistillError(f"{results_path}: stage {i} ({stage.name}) has no results yet; finish the run "
+                                "with `kdistill run CONFIG --resume` (the same config and --set options).")
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        stages.append({"stage": i, "name": stage.name, "task": stage_cfg.task.name, "run_dir": str(stage_cfg.run_dir),
                        "starts_from": str(previous) if previous else "the pretrained student",
                        "optimizer": stage.optimizer if previous else "new", "results": results})
-        previous = run_dir
-    atomic_write_json(cfg.run_dir / "eval" / "results.json", {"run": cfg.name, "stages": stages})
-    _export_final_student(cfg, previous)
-    atomic_write_text(cfg.run_dir / "report.md", render_stages(cfg.name, stages))
-    return cfg.run_dir
+        previous = stage_cfg.run_dir
+    return stages
+
+
+def write_stage_reports(cfg: RunConfig, stages: list[dict[str, Any]]) -> Path:
+    """The run's eval/results.json (every stage), report.md and report.html; returns report.md's path."""
+    combined = {"run": cfg.name, "stages": stages}
+    atomic_write_json(cfg.run_dir / "eval" / "results.json", combined)
+    write_stages_html(cfg.run_dir, combined, dump_yaml(cfg))
+    path = cfg.run_dir / "report.md"
+    atomic_write_text(path, render_stages(cfg.name, stages))
+    return path
+
+
+def write_stages_html(run_dir: str | Path, combined: dict[str, Any], config_yaml: str) -> Path:
+    """report.html of a multi-stage run from its combined results.json: each stage's figures are drawn from
+    that stage's results and training histories (in ``run_dir``/stages/<i>-<name>/); returns its path."""
+    from kdistill.report_html import render_stages_html, report_figures, training_histories
+
+    run_dir = Path(run_dir)
+    plots = []  # per stage, in order
+    for stage in combined["stages"]:
+        folder = stage_dir(run_dir, stage["stage"], stage["name"])
+        plots.append(report_figures(stage["results"], training_histories(folder, stage["results"])))
+    path = run_dir / "report.html"
+    atomic_write_text(path, render_stages_html(combined["run"], combined["stages"], plots, config_yaml))
+    return path
+
+
+def stage_dir(run_dir: Path, number: int, name: str) -> Path:
+    """Where stage ``number`` (from 1) runs: inside the run's own directory, wherever that now lies."""
+    return Path(run_dir) / "stages" / f"{number}-{name}"
 
 
 def _export_final_student(cfg: RunConfig, last_stage_dir: Path) -> None:
