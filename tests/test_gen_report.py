@@ -96,7 +96,7 @@ def test_markdown_card_has_every_model_metric_retention_speed_up_and_note():
             assert re.search(rf"\| `{metric}` \|.* \| {re.escape(METRICS[metric])} \|", card), metric
     assert TEACHER_NOTE in card
     assert "Faithfulness judge: `qwen2.5-1.5b-instruct`, an LLM judge, not an NLI model" in card
-    assert "Similarity scorer: `all-MiniLM-L6-v2`" in card and "Pearson 0.656 (Lee corpus;" in card
+    assert "Similarity scorer: `all-MiniLM-L6-v2`" in card and "Pearson 0.656, measured in this run (" in card
     assert "The judge is the teacher model itself" not in card
     assert "Is every claim in the summary supported by the article? Answer Yes or No.\nAnswer:" in card
 
