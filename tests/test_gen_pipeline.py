@@ -269,3 +269,32 @@ def test_a_likelihood_scored_multiple_choice_run_completes(tmp_path, tiny_models
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert {"teacher", "student_distilled", "student_labels_only"} <= set(results["models"])
     assert json.loads((run_dir / "student" / "kdistill.json").read_text())["choice_scoring"] == "likelihood"
+
+
+def test_a_teacher_written_target_ends_where_the_teachers_decoding_stopped_it(tmp_path, tiny_models):
+    """The last row of a written target is EOS with all the mass (the decoding policy stopped there), so KD
+    never teaches the student to go on past the end; the cache keeps the raw rows, and data targets are as
+    cached."""
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.divergences import divergence
+    from kdistill.gen_pipeline import _targets_for
+
+    cfg = _gen_config(tmp_path, tiny_models, task={"targets": "teacher", "evaluate_as": "summary"})
+    data = prepare_generation(cfg.data, cfg.task)
+    targets = _targets_for(cfg, data, progress=False)
+    example = data.train[0]
+    raw, read = targets.entry.tokens(example.id), targets.rows(example.id)
+    assert torch.equal(raw.token_ids[:-1], read.token_ids[:-1]) and torch.equal(raw.logprobs[:-1], read.logprobs[:-1])
+    eos = targets.eos_id
+    buckets = read.rows(slice(-1, None)).bucket_logprobs(1.0, 64)  # (1, k + 1)
+    assert read.token_ids[-1, 0] == eos and buckets[0, 0].exp().item() > 1 - 1e-6
+    assert len(set(read.token_ids[-1].tolist())) == read.token_ids.shape[1]  # ids stay distinct
+    # a student sure of EOS there has (almost) no KD loss; one that goes on has a large one
+    sure = torch.full((1, 64), -20.0)
+    sure[0, eos] = 20.0
+    assert divergence(sure, read.rows(slice(-1, None)), kind="forward_kl").item() < 1e-6
+    (tmp_path / "d").mkdir()
+    data_cfg = _gen_config(tmp_path / "d", tiny_models)
+    data_targets = _targets_for(data_cfg, prepare_generation(data_cfg.data, data_cfg.task), progress=False)
+    first = prepare_generation(data_cfg.data, data_cfg.task).train[0]
+    assert torch.equal(data_targets.rows(first.id).logprobs, data_targets.entry.tokens(first.id).logprobs)

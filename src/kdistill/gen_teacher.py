@@ -61,6 +61,7 @@ class GenTargets:
 
     entry: CacheEntry
     written_by_teacher: bool
+    eos_id: int | None = None
 
     def target(self, example: GenExample) -> str:
         if not self.written_by_teacher:
@@ -71,7 +72,27 @@ class GenTargets:
         return generation[0]
 
     def rows(self, example_id: str) -> SparseTargets:
-        return self.entry.tokens(example_id)
+        rows = self.entry.tokens(example_id)
+        return ends_with_eos(rows, self.eos_id) if self.written_by_teacher and self.eos_id is not None else rows
+
+
+def ends_with_eos(rows: SparseTargets, eos_id: int, *, floor: float = -30.0) -> SparseTargets:
+    """The teacher's rows with the last one (the target's EOS) as the teacher's decoding policy has it.
+
+    A written target ends where the teacher's decoding stopped it: at EOS, at a stop string or at the
+    length cap, so that policy puts all its mass on EOS there. The cached distribution at that position
+    is the raw model's, which may want to go on (a raw-prompted instruct model continues with a made-up
+    next turn), and KD towards it would teach the student not to stop. Applied on read; the cache keeps
+    the raw rows. ``floor``: the log-prob of every other bucket (e^-30: nothing, without -inf's nans).
+    """
+    k = rows.token_ids.shape[1]
+    others = [i for i in range(k + 1) if i != eos_id][:k - 1]
+    token_ids, logprobs, tail = rows.token_ids.clone(), rows.logprobs.clone(), rows.tail_logmass.clone()
+    token_ids[-1] = torch.tensor([eos_id, *others], dtype=token_ids.dtype)
+    logprobs[-1] = floor
+    logprobs[-1, 0] = 0.0
+    tail[-1] = floor
+    return SparseTargets(token_ids, logprobs, tail, stored_temperature=rows.stored_temperature)
 
 
 def _entry(cfg: RunConfig, examples: list[GenExample], tokenizer, model_path: str, vocab_size: int) -> CacheEntry:
@@ -114,7 +135,7 @@ def teacher_targets(cfg: RunConfig, examples: list[GenExample], module: torch.nn
     share = distributed.elicitation_share() if distributed.launched() else None
     # small shards: a teacher writing text is slow, so a kill loses at most a few examples and progress shows
     elicit_resumable(entry, list(by_id), compute, shard_size=8, progress=progress, **(share or {}))
-    return GenTargets(entry, written_by_teacher=task.targets == "teacher")
+    return GenTargets(entry, written_by_teacher=task.targets == "teacher", eos_id=tokenizer.eos_token_id)
 
 
 def check_same_tokenizer(teacher_tokenizer, student_tokenizer, student_name: str) -> None:
