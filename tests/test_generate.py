@@ -61,3 +61,9 @@ def test_stop_strings_end_an_output_and_are_cut_off(tiny_lm):
     assert len(words) >= 3, free  # the tiny model writes on; stop at its second word
     stopped = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=8, batch_size=1, stop=[words[1]])[0]
     assert stopped.text == free.text[:free.text.find(words[1])] and stopped.num_tokens < free.num_tokens
+
+
+def test_fixed_length_timing_writes_exactly_the_asked_tokens(tiny_lm):
+    model, tokenizer = tiny_lm
+    cost = generation_cost(model, tokenizer, PROMPTS[:2], max_new_tokens=5, fixed_length=True)
+    assert cost["generated_tokens"] == 2 * 5 and cost["outputs"] == 2

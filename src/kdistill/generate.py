@@ -30,9 +30,11 @@ class Generation:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 4,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-             max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = ()) -> list[Generation]:
+             max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
+             min_new_tokens: int = 0) -> list[Generation]:
     """Continuations of ``prompts`` (left-padded batches, length-sorted; returned in input order). A
-    continuation ends at EOS or at the first of the ``stop`` strings, which is cut off with what follows."""
+    continuation ends at EOS or at the first of the ``stop`` strings, which is cut off with what follows;
+    ``min_new_tokens`` holds EOS back until that many tokens are out (fixed-length timing)."""
     if max_new_tokens < 1:
         raise KdistillError(f"max_new_tokens must be >= 1; found {max_new_tokens}.")
     model.eval()
@@ -50,6 +52,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
             if do_sample:
                 torch.manual_seed(seed * 1_000_003 + idx[0])
             new_bt = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
+                                    min_new_tokens=min_new_tokens or None,
                                     do_sample=do_sample, temperature=temperature if do_sample else None,
                                     top_p=top_p if do_sample else None, top_k=None,
                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
@@ -88,18 +91,20 @@ def _num_generated(row: torch.Tensor, tokenizer) -> int:
 
 
 def generation_cost(model, tokenizer, prompts: list[str], *, max_new_tokens: int, warmup: int = 1,
-                    max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = ()) -> dict:
+                    max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
+                    fixed_length: bool = False) -> dict:
     """Greedy generation one prompt at a time, end to end from text: seconds per output (p50, p95) and
     generated tokens per second over all of them. Every model is timed by this same function."""
     for prompt in prompts[:warmup]:
         generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
-                 max_prompt_tokens=max_prompt_tokens, stop=stop)
+                 max_prompt_tokens=max_prompt_tokens, stop=stop, min_new_tokens=max_new_tokens if fixed_length else 0)
     seconds, tokens = [], 0
     sync = torch.cuda.synchronize if next(model.parameters()).device.type == "cuda" else (lambda: None)
     for prompt in prompts:
         start = time.perf_counter()
         (generation,) = generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
-                                 max_prompt_tokens=max_prompt_tokens, stop=stop)
+                                 max_prompt_tokens=max_prompt_tokens, stop=stop,
+                                 min_new_tokens=max_new_tokens if fixed_length else 0)
         sync()
         seconds.append(time.perf_counter() - start)
         tokens += generation.num_tokens
