@@ -298,3 +298,11 @@ def test_a_teacher_written_target_ends_where_the_teachers_decoding_stopped_it(tm
     data_targets = _targets_for(data_cfg, prepare_generation(data_cfg.data, data_cfg.task), progress=False)
     first = prepare_generation(data_cfg.data, data_cfg.task).train[0]
     assert torch.equal(data_targets.rows(first.id).logprobs, data_targets.entry.tokens(first.id).logprobs)
+
+
+def test_search_refuses_a_generation_task_with_the_way_out(tmp_path, tiny_models):
+    from kdistill.errors import KdistillError
+    from kdistill.search import search
+
+    with pytest.raises(KdistillError, match="generation task, run `kdistill run`"):
+        search(_gen_config(tmp_path, tiny_models))

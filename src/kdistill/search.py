@@ -239,6 +239,10 @@ def search(config: RunConfig | str | Path | None = None, *, trials: int | None =
     """Run (or resume) the config's search until ``trials`` (default search.trials) trials are finished;
     returns the search folder, which holds results.md, results.json and best.yaml."""
     cfg = config if isinstance(config, RunConfig) else load_config(config)
+    if cfg.task.kind == "generation":
+        raise KdistillError("kdistill search scores trials by validation macro-F1, so it works on classification and "
+                            "multiple-choice tasks for now; for a generation task, run `kdistill run` with --set "
+                            "overrides of objective.kd.* and training.*.")
     if not cfg.search.space:
         raise KdistillError("search.space is empty: give the config a `search:` section naming the fields to "
                             "search, e.g. space: {objective.kd.temperature: {low: 1, high: 8}} (the built-in "
