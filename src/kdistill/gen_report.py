@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.gen_eval import HEADLINE, METRICS, MODEL_ORDER, ordered_models
-from kdistill.io import atomic_write_bytes, atomic_write_text
+from kdistill.io import atomic_write_text
 from kdistill.plots import KIND_COLOURS, Plot, _slug, generation_comparison_chart, training_curves
 from kdistill.report import _fmt_bytes
-from kdistill.report_html import _e, _figure, _inline, config_section, html_page, training_histories
+from kdistill.report_html import _e, _figure, _inline, config_section, html_page, training_histories, write_plots
 
 Record = dict[str, Any]
 Table = tuple[list[str], list[list[str]], list[str]]  # header, rows of cells, each row's model key ("" if none)
@@ -295,8 +295,7 @@ def write_generation_report(run_dir: str | Path, results: Record, config_yaml: s
     run_dir = Path(run_dir)
     histories = training_histories(run_dir, results)
     plots = generation_figures(results, histories)
-    for plot in plots:
-        atomic_write_bytes(run_dir / "plots" / plot.name, plot.png)
+    write_plots(run_dir, plots)
     atomic_write_text(run_dir / "report.html", render_generation_html(results, histories, config_yaml, plots=plots))
     path = run_dir / "report.md"
     atomic_write_text(path, render_generation_markdown(results, config_yaml))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from kdistill.errors import KdistillError
+from kdistill.models.causal_lm import verbalizer_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +28,6 @@ ANSWER_CUE = "\nAnswer:"  # plain prompts only; in a chat the assistant's turn i
 PLAIN_VERBALIZERS = (" Yes", " No")  # after "Answer:" the word comes with its space
 CHAT_VERBALIZERS = ("Yes", "No")  # the assistant's turn starts with the bare word
 JUDGE_NOTE = "an LLM judge, not an NLI model: no NLI model is reachable offline"
-
-
-def first_token_ids(tokenizer: Any, verbalizers: Sequence[str], judge_name: str) -> list[int]:
-    """The first token of each verbalizer; they must differ, or Yes and No cannot be told apart."""
-    ids = []
-    for word in verbalizers:
-        tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if not tokens:
-            raise KdistillError(f"judge verbalizer {word!r} has no tokens for the tokenizer of {judge_name}; "
-                                "give a real word.")
-        if len(tokens) > 1:
-            log.warning("judge verbalizer %r is %d tokens for %s; scoring its first token %r",
-                        word, len(tokens), judge_name, tokenizer.convert_ids_to_tokens(tokens[0]))
-        ids.append(tokens[0])
-    if len(set(ids)) != len(ids):
-        pieces = [tokenizer.convert_ids_to_tokens(i) for i in ids]
-        raise KdistillError(f"the judge's verbalizers {list(verbalizers)} start with the same token for "
-                            f"{judge_name} ({pieces}), so its Yes and No cannot be told apart; pass verbalizers "
-                            "whose first tokens differ (a leading space usually matters).")
-    return ids
 
 
 class FaithfulnessJudge:
@@ -76,7 +57,8 @@ class FaithfulnessJudge:
         self.max_source_tokens, self.batch_size = max_source_tokens, batch_size
         self.use_chat_template = use_chat_template
         self.verbalizers = verbalizers or (CHAT_VERBALIZERS if use_chat_template else PLAIN_VERBALIZERS)
-        self.yes_no_ids = first_token_ids(tokenizer, self.verbalizers, name)
+        self.yes_no_ids = verbalizer_token_ids(tokenizer, list(self.verbalizers), name,
+                                               setting="the judge's verbalizers")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             raise KdistillError(f"the tokenizer of {name} has neither a pad nor an EOS token to pad batches with.")

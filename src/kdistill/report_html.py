@@ -263,13 +263,18 @@ def training_histories(run_dir: Path, results: Record) -> dict[str, dict[int, li
     return histories
 
 
+def write_plots(run_dir: Path, plots: list[Plot]) -> None:
+    """Each figure as `plots/<name>.png` in the run directory (the page embeds the same images)."""
+    for plot in plots:
+        atomic_write_bytes(run_dir / "plots" / plot.name, plot.png)
+
+
 def write_html_report(run_dir: str | Path, results: Record, config_yaml: str) -> Path:
     """`plots/*.png` and `report.html` (the same figures, embedded) in the run directory; returns the page's path."""
     run_dir = Path(run_dir)
     histories = training_histories(run_dir, results)
     plots = report_figures(results, histories)
-    for plot in plots:
-        atomic_write_bytes(run_dir / "plots" / plot.name, plot.png)
+    write_plots(run_dir, plots)
     path = run_dir / "report.html"
     atomic_write_text(path, render_html(results, histories, config_yaml, plots=plots))
     return path

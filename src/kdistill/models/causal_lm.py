@@ -19,13 +19,15 @@ from kdistill.models.base import LabelModel, pool_states
 log = logging.getLogger(__name__)
 
 
-def verbalizer_token_ids(tokenizer: Any, verbalizers: list[str], model_name: str) -> list[int]:
-    """First token of each verbalizer; they must exist and differ, or the labels can't be told apart."""
+def verbalizer_token_ids(tokenizer: Any, verbalizers: list[str], model_name: str, *,
+                         setting: str = "task.verbalizers") -> list[int]:
+    """First token of each verbalizer; they must exist and differ, or the answers can't be told apart.
+    ``setting`` names, in the error, where the verbalizers come from."""
     ids = []
     for word in verbalizers:
         tokens = tokenizer(word, add_special_tokens=False)["input_ids"]
         if not tokens:
-            raise KdistillError(f"task.verbalizers: {word!r} is empty for the tokenizer of {model_name}; use a real word.")
+            raise KdistillError(f"{setting}: {word!r} is empty for the tokenizer of {model_name}; use a real word.")
         if len(tokens) > 1:
             log.warning("verbalizer %r is %d tokens for %s; scoring its first token %r",
                         word, len(tokens), model_name, tokenizer.convert_ids_to_tokens(tokens[0]))
@@ -33,8 +35,8 @@ def verbalizer_token_ids(tokenizer: Any, verbalizers: list[str], model_name: str
     if len(set(ids)) != len(ids):
         pieces = [tokenizer.convert_ids_to_tokens(i) for i in ids]
         raise KdistillError(
-            f"task.verbalizers {verbalizers} start with the same token for {model_name} ({pieces}); "
-            "choose words whose first tokens differ (a leading space usually matters)."
+            f"{setting} {list(verbalizers)} start with the same token for {model_name} ({pieces}), so the answers "
+            "cannot be told apart; choose words whose first tokens differ (a leading space usually matters)."
         )
     return ids
 
