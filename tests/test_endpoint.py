@@ -7,6 +7,8 @@ Fast tests run against a deterministic fake OpenAI-compatible server behind a lo
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 import logging
@@ -263,7 +265,7 @@ def test_an_unknown_route_is_a_sentence_not_a_retry_loop(tmp_path):
 
 
 def test_llama_server_reports_a_missing_binary_and_a_server_that_dies(tmp_path, monkeypatch):
-    from kdistill.llama_server import find_binary, llama_server
+    from kdistill.llama_server import find_binary
 
     monkeypatch.setenv("KDISTILL_LLAMA_SERVER", str(tmp_path / "nowhere"))
     assert find_binary() is None
@@ -282,14 +284,34 @@ def test_llama_server_reports_a_missing_binary_and_a_server_that_dies(tmp_path, 
 # against a real llama-server serving the Gemma-3-270m GGUF
 
 
+@contextlib.contextmanager
+def _running_server(*args, **kwargs):
+    """llama_server(...), or a skip when the built binary cannot run on this CPU (SIGILL: it was compiled
+    for instructions this machine does not execute), which is a build mismatch, not a kdistill defect."""
+    from kdistill.errors import KdistillError
+    from kdistill.llama_server import llama_server
+
+    try:
+        server = llama_server(*args, **kwargs)
+        url = server.__enter__()
+    except KdistillError as err:
+        if "exited with code -4" in str(err):
+            pytest.skip("llama-server died with SIGILL on this CPU; rebuild it with .ci/llama_server.sh")
+        raise
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
 @pytest.fixture(scope="module")
 def gemma_server():
     from kdistill import assets
-    from kdistill.llama_server import find_binary, llama_server
+    from kdistill.llama_server import find_binary
 
     if find_binary() is None:
         pytest.skip("no llama-server binary: run .ci/llama_server.sh (CI does) or set KDISTILL_LLAMA_SERVER")
-    with llama_server(assets.fetch("gemma-3-270m"), parallel=2) as url:
+    with _running_server(assets.fetch("gemma-3-270m"), parallel=2) as url:
         yield url
 
 
@@ -332,7 +354,7 @@ def test_real_llama_server_on_f32_weights_reproduces_the_in_process_teacher(sent
     if find_binary() is None:
         pytest.skip("no llama-server binary: run .ci/llama_server.sh (CI does) or set KDISTILL_LLAMA_SERVER")
     cfg, prefix, texts = sentiment_setup
-    with llama_server(f32_copy(assets.fetch("gemma-3-270m")), extra_args=F32_SERVER_ARGS) as url:
+    with _running_server(f32_copy(assets.fetch("gemma-3-270m")), extra_args=F32_SERVER_ARGS) as url:
         remote_logprobs, missing_bl = gemma_endpoint(cfg, prefix, url, tmp_path / "j.jsonl").label_logprobs(texts)
     assert not missing_bl.any()  # both verbalizers are in Gemma's top-20 after this prompt
     remote_p = torch.softmax(remote_logprobs, -1)
