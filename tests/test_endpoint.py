@@ -18,6 +18,8 @@ import threading
 import time
 
 import pytest
+
+from kdistill.llama_server import llama_server
 import torch
 
 from fault_proxy import FAULTS, FakeOpenAI, FaultProxy, fake_logprobs
@@ -289,7 +291,6 @@ def _running_server(*args, **kwargs):
     """llama_server(...), or a skip when the built binary cannot run on this CPU (SIGILL: it was compiled
     for instructions this machine does not execute), which is a build mismatch, not a kdistill defect."""
     from kdistill.errors import KdistillError
-    from kdistill.llama_server import llama_server
 
     try:
         server = llama_server(*args, **kwargs)
@@ -349,7 +350,7 @@ def test_real_llama_server_on_f32_weights_reproduces_the_in_process_teacher(sent
                                                                             tmp_path):
     """The same weights in f32 on both sides: what is left is the client's own doing, and must be ~0."""
     from kdistill import assets
-    from kdistill.llama_server import F32_SERVER_ARGS, f32_copy, find_binary, llama_server
+    from kdistill.llama_server import F32_SERVER_ARGS, f32_copy, find_binary
 
     if find_binary() is None:
         pytest.skip("no llama-server binary: run .ci/llama_server.sh (CI does) or set KDISTILL_LLAMA_SERVER")
