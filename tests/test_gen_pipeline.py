@@ -58,8 +58,15 @@ def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_mo
         metrics = entry["metrics"] if "metrics" in entry else entry["seeds"]["0"]
         assert 0.0 <= metrics["exact_match"] <= 1.0 and 0.0 <= metrics["token_f1"] <= 1.0, key
         assert entry["cost"]["tokens_per_s"] > 0 and entry["cost"]["parameters"] > 0
-    history = json.loads((run_dir / "students" / "distilled-seed0.training.json").read_text())["history"]
+    training = json.loads((run_dir / "students" / "distilled-seed0.training.json").read_text())
+    history = training["history"]
     assert any("train_kd" in r for r in history) and any("val_target_ce" in r for r in history)
+    # the kept weights are the best validation's, and the figure reported is that validation's target CE
+    # (a -CE score below the loop's old -1.0 start once left best_step 0 and reported 1.0)
+    validations = [r for r in history if "val_target_ce" in r]
+    best = min(validations, key=lambda r: r["val_target_ce"])
+    assert training["best_val_target_ce"] == pytest.approx(best["val_target_ce"])
+    assert training["best_step"] == best["step"] > 0
     seq_history = json.loads((run_dir / "students" / "sequence_kd-seed0.training.json").read_text())["history"]
     assert not any("train_kd" in r for r in seq_history)  # sequence-level KD is CE on the targets only
     assert len(results["examples"]) == 2 and "student_distilled" in results["examples"][0]

@@ -102,7 +102,8 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
         student.save(out)
         atomic_write_json(out.parent / f"{out.name}.training.json", {
             "variant": variant, "seed": seed, "seconds": result.seconds, "steps": result.state.global_step,
-            "best_step": result.state.best_step, "best_val_target_ce": -result.state.best_metric,
+            "best_step": result.state.best_step, "best_val_target_ce": (None if result.state.best_metric is None
+                                                                           else -result.state.best_metric),
             "stopped_early": result.state.stopped_early, "history": result.state.history})
     distributed.barrier()
     return out

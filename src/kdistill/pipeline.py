@@ -496,7 +496,10 @@ def export_best_student(cfg: RunConfig, variant: str, score_key: str, *, lower_i
     for seed in cfg.evaluation.seeds:
         folder = _student_dir(cfg, variant, seed)
         scores[folder] = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())[score_key]
-    best = (min if lower_is_better else max)(scores, key=scores.get)
+    scored = {folder: score for folder, score in scores.items() if score is not None}
+    # without a validation split no seed was scored: the first seed's student, not a pick
+    best = ((min if lower_is_better else max)(scored, key=scored.get) if scored
+            else _student_dir(cfg, variant, cfg.evaluation.seeds[0]))
     with atomic_dir(cfg.run_dir / "student") as tmp:
         shutil.copytree(best, tmp, dirs_exist_ok=True)
 

@@ -254,6 +254,9 @@ def search(config: RunConfig | str | Path | None = None, *, trials: int | None =
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out / ".lock"):
         data = prepare_data(cfg.data, cfg.task)
+        if not data.validation:
+            raise KdistillError("kdistill search scores trials on the validation split, which is empty here: set "
+                                "data.validation_fraction above 0 (e.g. 0.1).")
         targets, teachers = _teacher_side(cfg, data, progress)
         trial_data = subsample(data, cfg.search.subsample, cfg.search.seed)
         storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.sqlite3').resolve()}")

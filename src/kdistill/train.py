@@ -48,7 +48,7 @@ class LoopState:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    best_metric: float = -1.0
+    best_metric: float | None = None
     best_step: int = 0
     bad_validations: int = 0
     stopped_early: bool = False
@@ -427,7 +427,7 @@ class Trainer:
             record = {"val_macro_f1": score}
         st = self.state
         self._record({"step": st.global_step, "epoch": st.epoch, **record})
-        if score > st.best_metric:
+        if st.best_metric is None or score > st.best_metric:
             st.best_metric, st.best_step, st.bad_validations = score, st.global_step, 0
             self.best_weights = cpu_state(self.model.module)
         else:
