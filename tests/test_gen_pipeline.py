@@ -108,14 +108,16 @@ def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_ref
     assert {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()} == before
 
 
-def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny_models):
+@pytest.mark.parametrize("on_policy_fraction", [0.0, 0.5])
+def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny_models, on_policy_fraction):
     from safetensors.torch import load_file
 
     from kdistill.data.gen_data import prepare_generation
     from kdistill.gen_pipeline import _targets_for, train_generation
     from kdistill.train import StopTraining, Trainer
 
-    cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 2, "checkpoint_every_steps": 1})
+    cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 2, "checkpoint_every_steps": 1,
+                                                       "on_policy_fraction": on_policy_fraction})
     data = prepare_generation(cfg.data, cfg.task)
     targets = _targets_for(cfg, data, progress=False)
     whole = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
@@ -135,6 +137,74 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
         Trainer.run = original_run
     got = load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+    history = json.loads((resumed.parent / "distilled-seed0.training.json").read_text())["history"]
+    shares = [r["train_on_policy"] for r in history if "train_on_policy" in r]
+    assert (shares and 0.0 <= min(shares) and max(shares) <= 1.0) if on_policy_fraction else not shares
+
+
+def test_on_policy_examples_learn_the_live_teachers_rows_on_the_students_own_text(tmp_path, tiny_models):
+    """GKD mixing: a chosen example's target is the student's continuation, its rows are the live teacher's
+    on that text, it takes no CE; the draw depends on (step, example) only, so splitting the batch or
+    asking again changes nothing, and about `fraction` of the examples are chosen."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_pipeline import _targets_for
+    from kdistill.gen_train import GenStudent, OnPolicy, TokenSteps, concat_rows, prompt_text
+    from kdistill.token_kd import encode_targets, target_token_loss
+
+    cfg = _gen_config(tmp_path, tiny_models)
+    data = prepare_generation(cfg.data, cfg.task)
+    targets = _targets_for(cfg, data, progress=False)
+    module = AutoModelForCausalLM.from_pretrained(tiny_models["lm2"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["lm2"])
+    student = GenStudent(module, tokenizer, max_length=32)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_models["lm"]).eval()
+    batch = data.train[:8]
+
+    def steps_with(fraction):
+        on_policy = OnPolicy(teacher, fraction=fraction, temperature=1.0, seed=0, k=8, max_new_tokens=4,
+                             eos_id=tokenizer.eos_token_id)
+        return TokenSteps(student, cfg.objective, template=cfg.task.prompt_template, target_of=targets.target,
+                          teacher_rows=targets.rows, batch_size=8, on_policy=on_policy)
+
+    everything = steps_with(1.0)
+    tokens, rows, ce_mask = everything.arguments(batch, torch.device("cpu"), 3)
+    assert ce_mask.tolist() == [0.0] * 8
+    own = [everything.on_policy.continuation(student, prompt_text(cfg.task.prompt_template, e), 3, e.id) for e in batch]
+    prompts = [prompt_text(cfg.task.prompt_template, e) for e in batch]
+    assert torch.equal(tokens.input_ids_bt, encode_targets(tokenizer, prompts, own, max_length=32).input_ids_bt)
+    assert own != [targets.target(e) for e in batch]  # not the cached targets
+    live = concat_rows([everything.on_policy.rows(student, p, t) for p, t in zip(prompts, own)])
+    assert torch.equal(rows.token_ids, live.token_ids) and torch.equal(rows.logprobs, live.logprobs)
+    loss_b, terms = everything.module(0.0, tokens, rows, ce_mask)
+    assert terms["on_policy"].tolist() == [1.0] * 8
+    assert torch.allclose(loss_b, cfg.objective.kd.weight * terms["kd"])  # the kd term alone
+
+    half = steps_with(0.5)
+    chosen = [half.on_policy.chosen(step, e.id) for step in range(20) for e in data.train]
+    assert 0.35 < sum(chosen) / len(chosen) < 0.65
+
+    def grads(split: int) -> torch.Tensor:
+        module.zero_grad()
+        size = len(batch) // split
+        for s in range(0, len(batch), size):
+            loss_b, _ = half.module(0.0, *half.arguments(batch[s:s + size], torch.device("cpu"), 5))
+            (loss_b.sum() / len(batch)).backward()
+        return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+
+    assert 0 < sum(half.on_policy.chosen(5, e.id) for e in batch) < 8
+    whole, quarters = grads(1), grads(4)
+    assert torch.allclose(whole, quarters, atol=1e-6)
+
+
+def test_on_policy_mixing_is_refused_where_it_cannot_apply(tmp_path, tiny_models, tiny_config):
+    from kdistill.errors import KdistillError
+
+    with pytest.raises(KdistillError, match="on_policy_fraction must be in"):
+        _gen_config(tmp_path, tiny_models, training={"on_policy_fraction": 1.5})
+    with pytest.raises(KdistillError, match="for generation tasks"):
+        tiny_config(training={"on_policy_fraction": 0.5})
 
 
 def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path, tiny_models):
@@ -157,7 +227,7 @@ def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path
         module.zero_grad()
         size = len(batch) // split
         for s in range(0, len(batch), size):
-            loss_b, terms = steps.module(0.0, *steps.arguments(batch[s:s + size], torch.device("cpu")))
+            loss_b, terms = steps.module(0.0, *steps.arguments(batch[s:s + size], torch.device("cpu"), 0))
             assert set(terms) == {"ce", "kd"}
             (loss_b.sum() / len(batch)).backward()
         return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])

@@ -365,6 +365,14 @@ class TrainingConfig:
     """Generative students: train only the top N transformer blocks and the final norm, keeping the
     embeddings, the output head and the blocks below as they are (a few CPU-minutes for a 0.5B
     student instead of hours); None trains every parameter."""
+    on_policy_fraction: float = 0.0
+    """Generation tasks, distilled variant (GKD's lambda): the share of training examples, drawn anew at
+    every step, whose target is the student's own continuation, sampled at `on_policy_temperature` and
+    scored by the teacher live (kd term only: CE on its own words would teach the student itself). Keeps
+    the teacher in memory during training and costs one generation per chosen example; 0 trains on the
+    cached targets alone."""
+    on_policy_temperature: float = 1.0
+    """Sampling temperature of those student continuations; 0 takes the greedy one."""
     tensorboard: bool = True
     """Log every training-history record (each loss term, lr, validation macro-F1) for TensorBoard
     to `runs/<name>/tensorboard/<variant>-seed<N>/`."""
@@ -385,6 +393,12 @@ class TrainingConfig:
         if self.sharding == "fsdp" and self.mixed_precision == "fp16":
             raise KdistillError("training.sharding: fsdp does not train in fp16 (its loss scaler would have to agree "
                                 "across the processes): set training.mixed_precision to bf16, no or auto.")
+        if not 0.0 <= self.on_policy_fraction <= 1.0 or self.on_policy_temperature < 0:
+            raise KdistillError("training.on_policy_fraction must be in [0, 1] and training.on_policy_temperature "
+                                f">= 0; found {self.on_policy_fraction} and {self.on_policy_temperature}.")
+        if self.on_policy_fraction > 0 and self.sharding == "fsdp":
+            raise KdistillError("training.on_policy_fraction needs the student whole in every process to generate; "
+                                "set training.sharding: none (DDP) or on_policy_fraction: 0.")
         if self.epochs < 1 or self.learning_rate <= 0:
             raise KdistillError("training.epochs must be >= 1 and training.learning_rate > 0.")
 
@@ -443,6 +457,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task.kind == "generation":
             self._check_generation()
+        elif self.training.on_policy_fraction > 0:
+            raise KdistillError("training.on_policy_fraction is for generation tasks (the student writes text); "
+                                f"task {self.task.name!r} is {self.task.kind}. Set it to 0.")
         elif not self.task.labels:
             raise KdistillError("task.labels is empty: name the labels (or use a built-in task with `task: NAME`).")
         if not self.teacher.model:

@@ -30,7 +30,7 @@ from kdistill.data.gen_data import GenData, prepare_generation
 from kdistill.data.generative import GenExample
 from kdistill.errors import KdistillError
 from kdistill.gen_teacher import GenTargets, check_same_tokenizer, load_causal_lm, teacher_targets
-from kdistill.gen_train import GenStudent, TokenSteps, freeze_lower_layers, prompt_text
+from kdistill.gen_train import GenStudent, OnPolicy, TokenSteps, freeze_lower_layers, prompt_text
 from kdistill.generate import generate, generation_cost
 from kdistill.io import atomic_write_json
 from kdistill.models import pick_device, resolve_model_path
@@ -86,9 +86,17 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
         teacher_tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.teacher.model), revision=cfg.teacher.revision)
         check_same_tokenizer(teacher_tok, tokenizer, cfg.student.model)
     val = data.validation if cfg.task.targets == "teacher" else [e for e in data.validation if e.target]
+    on_policy = None
+    if objective_cfg.kd.weight > 0 and cfg.training.on_policy_fraction > 0:  # GKD: the teacher stays in memory
+        teacher_module, _ = load_causal_lm(cfg.teacher, pick_device(cfg.training.device))
+        on_policy = OnPolicy(teacher_module, fraction=cfg.training.on_policy_fraction,
+                             temperature=cfg.training.on_policy_temperature, seed=seed, k=cfg.teacher.token_top_k,
+                             max_new_tokens=cfg.task.max_new_tokens, stop=tuple(cfg.task.stop),
+                             eos_id=tokenizer.eos_token_id)
     steps = TokenSteps(student, objective_cfg, template=cfg.task.prompt_template, target_of=targets.target,
                        teacher_rows=targets.rows if objective_cfg.kd.weight > 0 else None,
-                       batch_size=cfg.student.batch_size, mixed_precision=cfg.training.mixed_precision)
+                       batch_size=cfg.student.batch_size, mixed_precision=cfg.training.mixed_precision,
+                       on_policy=on_policy)
     records = (tensorboard_records(cfg.run_dir / "tensorboard" / f"{variant}-seed{seed}", resume=resume, then=on_record)
                if cfg.training.tensorboard and distributed.is_main() else contextlib.nullcontext(on_record))
     with records as record:

@@ -2,6 +2,7 @@
 
     TokenStep    the trainable module: student hidden states -> CE + KD on the target tokens only
     TokenSteps   what the Trainer asks of a kind of training: a micro-batch's arguments, validation, length
+    OnPolicy     GKD's mixing: a share of each step's examples learn from the student's own continuation
     GenStudent   a causal LM and its tokenizer, shaped like the label models the Trainer holds
 
 The variants of a generation run differ only in the objective they pass here: `sequence_kd` is CE on
@@ -11,7 +12,9 @@ the targets (the teacher's written targets: sequence-level KD; or the data's ref
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -92,8 +95,8 @@ class TokenStep(nn.Module):
             raise KdistillError(f"{type(student).__name__} caps its logits (final_logit_softcapping); token-level "
                                 "KD through the fused lm_head does not apply that cap yet. Choose another student.")
 
-    def forward(self, progress: float, batch: TargetBatch,
-                teacher: SparseTargets | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, progress: float, batch: TargetBatch, teacher: SparseTargets | None,
+                ce_mask_b: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from kdistill.train import _autocast  # the label step's rule: bf16 on a CUDA device that has it
 
         with _autocast(batch.input_ids_bt.device, self.mixed_precision):
@@ -102,9 +105,13 @@ class TokenStep(nn.Module):
         hidden_bth = hidden_bth.float()  # the fused lm_head loss works in fp32
         kd = self.objective.kd
         kd_weight = kd.weight * schedule_factor(kd.schedule, progress) if teacher is not None else 0.0
-        return target_token_loss(hidden_bth, self.student.get_output_embeddings().weight, batch, teacher,
-                                 ce_weight=self.objective.ce.weight, kd_weight=kd_weight, divergence_kind=kd.divergence,
-                                 temperature=kd.temperature, beta=kd.beta, skew=kd.skew, chunk_tokens=self.chunk_tokens)
+        total_b, terms = target_token_loss(hidden_bth, self.student.get_output_embeddings().weight, batch, teacher,
+                                           ce_weight=self.objective.ce.weight, kd_weight=kd_weight,
+                                           divergence_kind=kd.divergence, temperature=kd.temperature, beta=kd.beta,
+                                           skew=kd.skew, chunk_tokens=self.chunk_tokens, ce_mask_b=ce_mask_b)
+        if ce_mask_b is not None:
+            terms["on_policy"] = 1.0 - ce_mask_b  # recorded as the step's share of on-policy examples
+        return total_b, terms
 
 
 def concat_rows(rows: list[SparseTargets]) -> SparseTargets:
@@ -118,6 +125,57 @@ def _to(rows: SparseTargets, device: torch.device) -> SparseTargets:
                          stored_temperature=rows.stored_temperature)
 
 
+@dataclass
+class OnPolicy:
+    """GKD's on-policy mixing (Agarwal et al., 2024, lambda): each training example is, with probability
+    ``fraction`` at each step, replaced by the student's own continuation of its prompt, which the live
+    ``teacher`` scores token by token; such an example takes the kd term only. The draw and the sampling
+    seed depend on (seed, step, example id) alone, so they do not depend on how a batch is split into
+    micro-batches or processes, and a resumed run draws the same."""
+
+    teacher: nn.Module
+    fraction: float
+    temperature: float
+    seed: int
+    k: int
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    eos_id: int | None = None
+
+    def _random(self, step: int, example_id: str) -> random.Random:
+        digest = hashlib.sha256(f"{self.seed}:{step}:{example_id}".encode()).digest()
+        return random.Random(int.from_bytes(digest[:8], "big"))
+
+    def chosen(self, step: int, example_id: str) -> bool:
+        return self.fraction > 0 and self._random(step, example_id).random() < self.fraction
+
+    @torch.no_grad()
+    def continuation(self, student: "GenStudent", prompt: str, step: int, example_id: str) -> str:
+        from kdistill.generate import generate
+
+        was_training = student.module.training
+        student.module.eval()
+        try:
+            [g] = generate(student.module, student.tokenizer, [prompt], max_new_tokens=self.max_new_tokens,
+                           batch_size=1, do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
+                           seed=self._random(step, example_id).randrange(2 ** 31),
+                           max_prompt_tokens=student.max_length - self.max_new_tokens, stop=self.stop)
+        finally:
+            student.module.train(was_training)
+        return g.text.strip()
+
+    def rows(self, student: "GenStudent", prompt: str, text: str) -> SparseTargets:
+        """The teacher's top-k rows for ``text`` after ``prompt``, ending on EOS as the student's decoding did."""
+        from kdistill.gen_teacher import ends_with_eos
+        from kdistill.token_elicit import token_targets
+
+        [row] = token_targets(self.teacher, student.tokenizer, [prompt], [text], k=self.k,
+                              max_length=student.max_length, batch_size=1)
+        sparse = SparseTargets(torch.from_numpy(row.token_ids), torch.from_numpy(row.logprobs),
+                               torch.from_numpy(row.tail_logmass), stored_temperature=1.0)
+        return ends_with_eos(sparse, self.eos_id) if self.eos_id is not None else sparse
+
+
 class TokenSteps:
     """The Trainer's `Steps` for a generative student. ``target_of`` gives each example's target text
     (the teacher's written one or the data's); ``teacher_rows`` each example's token-level teacher
@@ -127,21 +185,37 @@ class TokenSteps:
     def __init__(self, student: GenStudent, objective: ObjectiveConfig, *, template: str,
                  target_of: Callable[[GenExample], str],
                  teacher_rows: Callable[[str], SparseTargets] | None, batch_size: int,
-                 mixed_precision: str = "auto") -> None:
+                 mixed_precision: str = "auto", on_policy: OnPolicy | None = None) -> None:
+        if on_policy is not None and teacher_rows is None:
+            raise KdistillError("on-policy mixing scores the student's text with the teacher's distributions, so it "
+                                "needs the kd term (objective.kd.weight > 0).")
         self.student, self.template, self.target_of = student, template, target_of
-        self.teacher_rows, self.batch_size = teacher_rows, batch_size
+        self.teacher_rows, self.batch_size, self.on_policy = teacher_rows, batch_size, on_policy
         self.module = TokenStep(student.module, objective, mixed_precision=mixed_precision)
 
     def encode(self, chunk: list[GenExample]) -> TargetBatch:
         return encode_targets(self.student.tokenizer, [prompt_text(self.template, e) for e in chunk],
                               [self.target_of(e) for e in chunk], max_length=self.student.max_length)
 
-    def arguments(self, chunk: list[GenExample], device: torch.device) -> tuple:
-        batch = self.encode(chunk).to(device)
+    def arguments(self, chunk: list[GenExample], device: torch.device, step: int = 0) -> tuple:
+        """(batch, teacher rows, CE mask) of a micro-batch at optimizer step ``step``; with on-policy mixing,
+        the chosen examples' targets are the student's continuations and their rows the live teacher's."""
+        own = {}
+        if self.on_policy is not None:
+            own = {e.id: self.on_policy.continuation(self.student, prompt_text(self.template, e), step, e.id)
+                   for e in chunk if self.on_policy.chosen(step, e.id)}
+        batch = encode_targets(self.student.tokenizer, [prompt_text(self.template, e) for e in chunk],
+                               [own[e.id] if e.id in own else self.target_of(e) for e in chunk],
+                               max_length=self.student.max_length).to(device)
         if self.teacher_rows is None:
-            return batch, None
-        rows = concat_rows([self.teacher_rows(e.id) for e in chunk])
-        return batch, _to(rows, device)
+            return batch, None, None
+        rows = concat_rows([self.on_policy.rows(self.student, prompt_text(self.template, e), own[e.id])
+                            if e.id in own else self.teacher_rows(e.id) for e in chunk])
+        # with mixing on, every micro-batch has the mask (and so records the on-policy share): the terms
+        # recorded must be the same in every process
+        ce_mask_b = (torch.tensor([0.0 if e.id in own else 1.0 for e in chunk], device=device)
+                     if self.on_policy is not None else None)
+        return batch, _to(rows, device), ce_mask_b
 
     @torch.no_grad()
     def validate(self, examples: list[GenExample]) -> tuple[dict[str, float], float]:

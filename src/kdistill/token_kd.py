@@ -88,9 +88,11 @@ def encode_targets(tokenizer, prompts: list[str], targets: list[str], *, max_len
 def target_token_loss(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch: TargetBatch, teacher=None, *,
                       ce_weight: float, kd_weight: float, divergence_kind: str = "forward_kl",
                       temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-                      chunk_tokens: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      chunk_tokens: int = 32, ce_mask_b: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(B,) loss per example = mean over its target tokens of ce_weight * CE + kd_weight * T^2 * D, and
-    each term per example. Logits exist only for target positions, one chunk at a time (the student's
+    each term per example. ``ce_mask_b`` (B,) 0/1 drops the CE of the examples marked 0 from the loss
+    (their target is the student's own text: on-policy); their CE is still reported. Logits exist only for target positions, one chunk at a time (the student's
     hidden states go through ``lm_head_vh`` inside `chunked_token_loss`).
 
     ``teacher``: `SparseTargets` with one row per target token, in (example, position) order; or dense
@@ -108,7 +110,7 @@ def target_token_loss(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch:
         labels_n = batch.next_ids_bt.reshape(-1)[index_n]
         terms["ce"] = per_example(chunked_token_loss(hidden_nh, lm_head_vh, labels_n, cross_entropy,
                                                      chunk_tokens=chunk_tokens))
-        total_b = total_b + ce_weight * terms["ce"]
+        total_b = total_b + ce_weight * (terms["ce"] if ce_mask_b is None else terms["ce"] * ce_mask_b.to(count_b))
     if kd_weight > 0:
         teacher_n = _teacher_rows(teacher, index_n, len(index_n))
         loss_fn = functools.partial(divergence, kind=divergence_kind, temperature=temperature, beta=beta, skew=skew)

@@ -68,8 +68,8 @@ class Steps(Protocol):
     """The trainable step: student (+ any objective parameters); called as module(progress, *arguments)
     and returning ((B,) per-example losses, {term: (B,) values})."""
 
-    def arguments(self, chunk: list[Any], device: torch.device) -> tuple:
-        """A micro-batch's forward arguments, on ``device``."""
+    def arguments(self, chunk: list[Any], device: torch.device, step: int) -> tuple:
+        """A micro-batch's forward arguments, on ``device``, at optimizer step ``step`` (0-based)."""
 
     def validate(self, examples: list[Any]) -> tuple[dict[str, float], float]:
         """(what to record, the score early stopping maximizes) on the validation examples."""
@@ -317,7 +317,7 @@ class Trainer:
         progress = self.state.global_step / max(self.total_steps, 1)
         sums: dict[str, torch.Tensor] = {}
         for j, chunk in enumerate(chunks):
-            arguments = self.steps.arguments(chunk, self.device) if self.steps else self._label_arguments(chunk, balance)
+            arguments = self.steps.arguments(chunk, self.device, self.state.global_step) if self.steps else self._label_arguments(chunk, balance)
             last = j == len(chunks) - 1  # gradients are synchronized once per step, after the last micro-batch
             with self._gradient_sync(last):
                 total_b, terms = self.forward_step(progress, *arguments)

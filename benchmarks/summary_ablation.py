@@ -1,0 +1,142 @@
+"""Benchmark: which training settings bring a summarization student's copying down to the teacher's.
+
+    python benchmarks/summary_ablation.py [--config bbc-summary] [--run-out benchmarks/runs] [--extra 24]
+                                          [--only NAME ...]
+
+Reuses the teacher cache of a finished `benchmarks/summarization.py` run (no teacher targets are asked again)
+and trains seed 0 of a student under each setting of SETTINGS, each in its own run folder. Every setting is
+scored without touching the test split, so the choice it informs is not made on test figures:
+- ROUGE-L against the teacher's references on the validation split;
+- copy rate (share of output word bigrams found in the article) on the validation split and on `--extra`
+  BBC articles outside the run's data, where the teacher writes a summary once (kept in extra_teacher.json)
+  so that its copy rate is measured on the same articles.
+Writes benchmarks/results/summary_ablation.json and .md. Nothing is asserted: the table is what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name -> (variant, overrides); every setting starts from the built-in config
+SETTINGS = {
+    "kd_2ep": ("distilled", {}),
+    "kd_6ep": ("distilled", {"training.epochs": 6}),
+    "seq_kd_6ep": ("sequence_kd", {"training.epochs": 6}),
+    "kd_6ep_reverse": ("distilled", {"training.epochs": 6, "objective.kd.divergence": "reverse_kl"}),
+    "kd_6ep_12layers": ("distilled", {"training.epochs": 6, "training.trainable_layers": 12}),
+    "seq_kd_2ep": ("sequence_kd", {}),
+}
+
+
+def _extra_articles(cfg, data, n: int):
+    """``n`` BBC articles outside the run's data, chosen by a hash of their id (stable, not the split's order)."""
+    from kdistill.data.gen_data import load_generation
+
+    used = {e.id for split in (data.train, data.validation, data.test) for e in split}
+    rest = [e for e in load_generation(cfg.data) if e.id not in used]
+    return sorted(rest, key=lambda e: hashlib.sha256(e.id.encode()).hexdigest())[:n]
+
+
+def _copy_rate(outputs, sources) -> float:
+    from kdistill import gen_metrics
+
+    return gen_metrics.copying(outputs, sources)["copy_rate_2"].mean
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="bbc-summary")
+    parser.add_argument("--run-out", default=str(HERE / "runs"))
+    parser.add_argument("--extra", type=int, default=24)
+    parser.add_argument("--only", nargs="*", default=None)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdistill import gen_metrics
+    from kdistill.config import load_config
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.models import pick_device
+    from kdistill.gen_pipeline import _outputs, _targets_for, train_generation
+    from kdistill.gen_train import prompt_text
+    from kdistill.search import with_overrides
+
+    cfg = load_config(args.config, {"output_dir": args.run_out})
+    if not (cfg.run_dir / "teacher_cache").exists():
+        sys.exit(f"{cfg.run_dir}/teacher_cache: no teacher cache; run benchmarks/summarization.py first.")
+    data = prepare_generation(cfg.data, cfg.task)
+    targets = _targets_for(cfg, data, progress=True)  # from the cache
+    val, extra = data.validation, _extra_articles(cfg, data, args.extra)
+    val_prompts = [prompt_text(cfg.task.prompt_template, e) for e in val]
+    extra_prompts = [prompt_text(cfg.task.prompt_template, e) for e in extra]
+    val_refs = [targets.target(e) for e in val]
+
+    out_dir = cfg.run_dir.parent / f"{cfg.name}-ablation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher_file = out_dir / "extra_teacher.json"
+    teacher_extra = json.loads(teacher_file.read_text()) if teacher_file.exists() else {}
+    if [e.id for e in extra] != teacher_extra.get("ids"):
+        from kdistill.gen_teacher import load_causal_lm
+
+        teacher = load_causal_lm(cfg.teacher, pick_device(cfg.training.device))
+        teacher_extra = {"ids": [e.id for e in extra], "outputs": _outputs(*teacher, extra_prompts, cfg)}
+        teacher_file.write_text(json.dumps(teacher_extra, indent=1))
+        del teacher
+    rows = {"teacher": {"variant": "teacher", "overrides": {}, "val_rougeL": 1.0,
+                        "val_copy_rate_2": _copy_rate(val_refs, [e.prompt for e in val]),
+                        "extra_copy_rate_2": _copy_rate(teacher_extra["outputs"], [e.prompt for e in extra]),
+                        "extra_words": sum(len(o.split()) for o in teacher_extra["outputs"]) / len(extra)}}
+    results_file = HERE / "results" / "summary_ablation.json"
+    if results_file.exists():
+        rows = {**json.loads(results_file.read_text())["rows"], **rows}
+    for name, (variant, overrides) in SETTINGS.items():
+        if args.only and name not in args.only:
+            continue
+        scfg = with_overrides(cfg, {**overrides, "name": f"{cfg.name}-ablation-{name}", "output_dir": str(out_dir)})
+        start = time.perf_counter()
+        folder = train_generation(scfg, variant=variant, seed=0, data=data, targets=targets, progress=True)
+        train_s = time.perf_counter() - start
+        module = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        val_out = _outputs(module, tokenizer, val_prompts, cfg)
+        extra_out = _outputs(module, tokenizer, extra_prompts, cfg)
+        training = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())
+        rows[name] = {"variant": variant, "overrides": overrides, "train_s": train_s,
+                      "steps": training["steps"], "best_step": training["best_step"],
+                      "best_val_target_ce": training["best_val_target_ce"],
+                      "val_rougeL": gen_metrics.rouge(val_out, val_refs)["rougeL"].mean,
+                      "val_copy_rate_2": _copy_rate(val_out, [e.prompt for e in val]),
+                      "extra_copy_rate_2": _copy_rate(extra_out, [e.prompt for e in extra]),
+                      "extra_words": sum(len(o.split()) for o in extra_out) / len(extra),
+                      "extra_examples": extra_out[:3]}
+        print(name, {k: v for k, v in rows[name].items() if k != "extra_examples"}, flush=True)
+        _write(rows, len(val), len(extra))
+
+
+def _write(rows: dict, n_val: int, n_extra: int) -> None:
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "summary_ablation.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    lines = ["# summary_ablation: seed 0 of each setting, scored off the test split", "",
+             f"Validation: {n_val} articles (ROUGE-L against the teacher's references). Extra: {n_extra} BBC articles "
+             "outside the run's data (copy rate only; the teacher summarized them once).", "",
+             "| setting | variant | overrides | steps (best) | best val target CE | val ROUGE-L | val copy rate 2 | "
+             "extra copy rate 2 | extra words | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        ce = r.get("best_val_target_ce")
+        lines.append(f"| {name} | {r['variant']} | {json.dumps(r['overrides']) if r['overrides'] else '—'} | "
+                     f"{r.get('steps', '—')} ({r.get('best_step', '—')}) | {'—' if ce is None else f'{ce:.3f}'} | "
+                     f"{r['val_rougeL']:.3f} | {r['val_copy_rate_2']:.3f} | {r['extra_copy_rate_2']:.3f} | "
+                     f"{r['extra_words']:.1f} | {r.get('train_s', 0):.0f} |")
+    (HERE / "results" / "summary_ablation.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
