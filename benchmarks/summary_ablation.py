@@ -32,6 +32,7 @@ SETTINGS = {
     "kd_6ep_reverse": ("distilled", {"training.epochs": 6, "objective.kd.divergence": "reverse_kl"}),
     "kd_6ep_12layers": ("distilled", {"training.epochs": 6, "training.trainable_layers": 12}),
     "seq_kd_2ep": ("sequence_kd", {}),
+    "kd_6ep_on_policy": ("distilled", {"training.epochs": 6, "training.on_policy_fraction": 0.5}),
 }
 
 

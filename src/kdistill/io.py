@@ -19,11 +19,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _mode(path: Path, base: int) -> int:
+    """The permissions a replacement of ``path`` gets: the old file's, else what open() would give under the
+    umask (a temporary file is 0600 and a temporary folder 0700, which would hide reports from the group)."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _mode(path, 0o666))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,6 +65,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, _mode(path, 0o777))
         yield tmp
         for file in tmp.rglob("*"):
             if file.is_file():
