@@ -213,6 +213,16 @@ def test_ls_losses_lists_every_term_with_parameters():
         assert parameter in text
 
 
+def test_ls_keeps_each_sections_descriptions_in_one_column():
+    from kdistill.ls import listing
+
+    lines = [line for line in listing("models").splitlines()[1:]]
+    name = "qwen2.5-coder-1.5b-instruct"  # longer than the old fixed column of 20
+    assert any(line.split()[0] == name for line in lines)
+    starts = {len(line) - len(line[2:].split(maxsplit=1)[1]) for line in lines}  # where each description starts
+    assert len(starts) == 1
+
+
 def test_shrink_command_makes_a_student_that_trains(tiny_models, tiny_config, tmp_path, capsys):
     out = tmp_path / "shrunk"
     assert main(["shrink", str(tiny_models["lm"]), "--layers", "every-2", "--out", str(out)]) == 0

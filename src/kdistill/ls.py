@@ -33,5 +33,6 @@ def listing(what: str = "all") -> str:
     lines = []
     for title, entries in chosen.items():
         lines.append(f"{title}:")
-        lines += [f"  {name:<20} {text}" for name, text in entries.items()]
+        width = max(map(len, entries), default=0)  # the section's longest name sets its column
+        lines += [f"  {name:<{width}}  {text}" for name, text in entries.items()]
     return "\n".join(lines)
