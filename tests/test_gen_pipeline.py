@@ -108,6 +108,42 @@ def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_ref
     assert {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()} == before
 
 
+def test_a_grown_data_set_copies_the_greedy_teachers_targets_it_already_has(tmp_path, tiny_models, monkeypatch):
+    from kdistill import gen_teacher
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_pipeline import _targets_for
+
+    task = {"targets": "teacher", "evaluate_as": "summary", "prompt_template": "{text} Summary:"}
+    small = _gen_config(tmp_path, tiny_models, task=task, data={"max_examples": 24})
+    grown = _gen_config(tmp_path, tiny_models, task=task, data={"max_examples": 40})
+    asked = []
+    real_generate = gen_teacher.generate
+    monkeypatch.setattr(gen_teacher, "generate", lambda model, tok, prompts, **kw: asked.extend(prompts) or
+                        real_generate(model, tok, prompts, **kw))
+
+    def everything(cfg):
+        data = prepare_generation(cfg.data, cfg.task)
+        return data.train + data.validation + data.test, _targets_for(cfg, data, progress=False)
+
+    small_examples, small_targets = everything(small)
+    asked.clear()
+    grown_examples, grown_targets = everything(grown)
+    shared = {e.id for e in small_examples} & {e.id for e in grown_examples}
+    assert shared and small_targets.entry.folder != grown_targets.entry.folder  # another entry (other examples)
+    assert len(asked) == len(grown_examples) - len(shared)  # the teacher wrote only the new examples' targets
+    for e in grown_examples:
+        if e.id in shared:
+            assert grown_targets.target(e) == small_targets.target(e)
+            a, b = grown_targets.rows(e.id), small_targets.rows(e.id)
+            assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.logprobs, b.logprobs)
+    # a sampled teacher's summaries are never shared: another key, and asked anew
+    sampled = _gen_config(tmp_path, tiny_models, task=task, data={"max_examples": 40},
+                          teacher={"sampling": True, "sampling_seed": 3})
+    asked.clear()
+    everything(sampled)
+    assert len(asked) == len(grown_examples)
+
+
 @pytest.mark.parametrize("on_policy_fraction", [0.0, 0.5])
 def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny_models, on_policy_fraction):
     from safetensors.torch import load_file

@@ -13,13 +13,14 @@ prompt template, the decoding settings, k and the examples, so any change asks t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from kdistill import distributed
 from kdistill.cache import TeacherCache
-from kdistill.cache.entry import CacheEntry
+from kdistill.cache.entry import CacheEntry, open_entry
 from kdistill.cache.keys import fingerprint, key_fields
 from kdistill.cache.resumable import elicit_resumable
 from kdistill.cache.shard import TokenRow
@@ -32,6 +33,8 @@ from kdistill.gen_train import prompt_text
 from kdistill.generate import generate
 from kdistill.models import resolve_model_path
 from kdistill.token_elicit import token_targets
+
+log = logging.getLogger(__name__)
 
 
 def load_causal_lm(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, object]:
@@ -108,6 +111,39 @@ def _entry(cfg: RunConfig, examples: list[GenExample], tokenizer, model_path: st
     return TeacherCache(cfg.run_dir / "teacher_cache").entry(fields)
 
 
+def donor_entries(entry: CacheEntry) -> list[CacheEntry]:
+    """Complete entries of the same cache whose key differs from ``entry``'s only in the examples (data,
+    example_ids), when the teacher writes its targets greedily: its summary of a prompt and the rows along
+    it do not depend on which other prompts were asked, so a grown or re-split data set copies them instead
+    of asking again. An example id is the hash of its prompt text. Sampled targets are not shared (a sample
+    depends on its batch), nor data-given ones (the id does not cover the target)."""
+    written = entry.fields.get("written_targets")
+    if not written or written.get("sampling") or not entry.folder.parent.is_dir():
+        return []
+    same = lambda fields: {k: v for k, v in fields.items() if k not in ("data", "example_ids")}
+    donors = []
+    for folder in sorted(p for p in entry.folder.parent.iterdir() if p != entry.folder and p.is_dir()):
+        try:
+            other = open_entry(folder)
+        except KdistillError:  # an unfinished or damaged folder is no donor
+            continue
+        if other.complete and same(other.fields) == same(entry.fields):
+            donors.append(other)
+    return donors
+
+
+def _donated(donors: list[CacheEntry], ids: list[str]) -> dict[str, TokenRow]:
+    rows = {}
+    for donor in donors:
+        held = set(donor.ids())
+        for example_id in ids:
+            if example_id in held and example_id not in rows:
+                sparse, (text, seed) = donor.tokens(example_id), donor.generation(example_id)
+                rows[example_id] = TokenRow(sparse.token_ids.numpy(), sparse.logprobs.numpy(),
+                                            sparse.tail_logmass.numpy(), generation=text, seed=seed)
+    return rows
+
+
 def teacher_targets(cfg: RunConfig, examples: list[GenExample], module: torch.nn.Module, tokenizer, *,
                     progress: bool = True) -> GenTargets:
     """Targets for ``examples`` from the cache, asking the teacher only for what it lacks (resumable)."""
@@ -115,8 +151,18 @@ def teacher_targets(cfg: RunConfig, examples: list[GenExample], module: torch.nn
     vocab_size = int(module.get_output_embeddings().weight.shape[0])
     entry = _entry(cfg, examples, tokenizer, resolve_model_path(t.model), vocab_size)
     by_id = {e.id: e for e in examples}
+    donors = donor_entries(entry) if not entry.complete else []
 
     def compute(ids: list[str]) -> list[TokenRow]:
+        reused = _donated(donors, ids)
+        asked = [i for i in ids if i not in reused]
+        if reused:
+            log.info("teacher cache: %d of %d examples copied from an entry with the same teacher and settings",
+                     len(reused), len(ids))
+        rows = dict(zip(asked, _ask(asked))) if asked else {}
+        return [reused[i] if i in reused else rows[i] for i in ids]
+
+    def _ask(ids: list[str]) -> list[TokenRow]:
         chunk = [by_id[i] for i in ids]
         prompts = [prompt_text(task.prompt_template, e) for e in chunk]
         if task.targets == "teacher":
