@@ -254,6 +254,9 @@ def test_split_samples_and_handles_choice_examples():
     assert (len(split.train), len(split.validation), len(split.test)) == (15, 0, 5)
     assert len(split.conflicts) == 1 and text_id("q0 _") not in {e.id for e in split.train + split.test}
     assert split_generative(examples, validation_fraction=0.0, test_fraction=0.25, seed=0, max_examples=20) == split
+    grown = split_generative(examples, validation_fraction=0.0, test_fraction=0.25, seed=0, max_examples=32)
+    ids = lambda s: {e.id for e in s.train + s.validation + s.test}
+    assert ids(split) < ids(grown)  # more examples keep the ones already chosen
 
 
 def test_split_of_too_few_examples_is_an_error():

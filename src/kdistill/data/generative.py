@@ -271,13 +271,16 @@ def split_generative(
     """Deduplicate by id (keep the first copy; drop prompts whose copies disagree), sample, and split.
 
     The policy is `prepare.deduplicate`'s, with the reference (target and answers, or options and
-    answer) in the role of the label. Sampling and splitting are seeded and unstratified.
+    answer) in the role of the label. Sampling and splitting are seeded and unstratified; a larger
+    ``max_examples`` samples a superset of a smaller one.
     """
     keyed = [_Keyed(example.id, _reference(example), example) for example in examples]
     kept, duplicates_removed, conflicts = deduplicate(keyed)
     unique = [item.example for item in kept]
     if max_examples is not None and len(unique) > max_examples:
-        chosen = np.random.default_rng(seed).choice(len(unique), size=max_examples, replace=False)
+        # a prefix of one seeded permutation: raising max_examples keeps every example already chosen (and
+        # the teacher cache reuses what it wrote for them)
+        chosen = np.random.default_rng(seed).permutation(len(unique))[:max_examples]
         unique = [unique[i] for i in sorted(chosen)]
     try:
         rest, test = train_test_split(unique, test_size=test_fraction, random_state=seed)
