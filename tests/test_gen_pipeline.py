@@ -144,8 +144,9 @@ def test_a_grown_data_set_copies_the_greedy_teachers_targets_it_already_has(tmp_
     assert len(asked) == len(grown_examples)
 
 
-@pytest.mark.parametrize("on_policy_fraction", [0.0, 0.5])
-def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny_models, on_policy_fraction):
+@pytest.mark.parametrize("on_policy_fraction, trainable_layers", [(0.0, None), (0.5, None), (0.0, 1)])
+def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny_models, on_policy_fraction,
+                                                                  trainable_layers):
     from safetensors.torch import load_file
 
     from kdistill.data.gen_data import prepare_generation
@@ -153,7 +154,8 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
     from kdistill.train import StopTraining, Trainer
 
     cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 2, "checkpoint_every_steps": 1,
-                                                       "on_policy_fraction": on_policy_fraction})
+                                                       "on_policy_fraction": on_policy_fraction,
+                                                       "trainable_layers": trainable_layers})
     data = prepare_generation(cfg.data, cfg.task)
     targets = _targets_for(cfg, data, progress=False)
     whole = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
@@ -167,6 +169,13 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
     try:
         with pytest.raises(StopTraining):
             train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
+        [checkpoint] = (cfg.run_dir / "checkpoints" / "distilled-seed0").glob("step-*")
+        saved = set(load_file(str(checkpoint / "model.safetensors")))
+        if trainable_layers:  # the frozen blocks are the pretrained weights: not in the checkpoint
+            assert saved and not any("layers.0." in k or "embed_tokens" in k for k in saved)
+            assert all("layers.1." in k or k.startswith("model.norm") for k in saved)
+        else:
+            assert saved == set(expected)
         resumed = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False,
                                    resume=True)
     finally:

@@ -27,14 +27,30 @@ if TYPE_CHECKING:
     from kdistill.train import Trainer
 
 
+def frozen_names(module: torch.nn.Module) -> set[str]:
+    """The state keys of ``module``'s parameters that do not train (every name of a tied one)."""
+    return {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A whole copy of ``module``'s state on CPU. A tensor sharded by FSDP is gathered from every
-    process (collective: every process calls this, for the same module)."""
+    """A copy on CPU of ``module``'s state, frozen parameters left out: they are the pretrained weights
+    the module is loaded with again on resume, and leaving them out keeps a checkpoint of a 0.5B student
+    whose top blocks train at those blocks' size, not the whole model's. A tensor sharded by FSDP is
+    gathered from every process (collective: every process calls this, for the same module)."""
     from torch.distributed.tensor import DTensor
 
+    frozen = frozen_names(module)
     # cloned one by one: tied weights become separate tensors, which safetensors can store
     return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu().clone()
-            for k, v in module.state_dict().items()}
+            for k, v in module.state_dict().items() if k not in frozen}
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a `cpu_state` copy: every key but the frozen parameters', which keep their values."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - frozen_names(module):
+        raise RuntimeError(f"weights do not fit the module: missing {sorted(set(missing) - frozen_names(module))}, "
+                           f"unexpected {sorted(unexpected)}")
 
 
 def gather_checkpoint(trainer: "Trainer") -> dict[str, Any]:
@@ -103,11 +119,12 @@ def load_checkpoint(trainer: "Trainer", path: Path) -> None:
 
 def _load_module(trainer: "Trainer", module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     if not trainer.sharded:
-        module.load_state_dict(state)
+        load_state(module, state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))  # each keeps its shards
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True,  # each keeps its shards
+                                                                 strict=not frozen_names(module)))
 
 
 def _parameter_names(trainer: "Trainer") -> list[str]:

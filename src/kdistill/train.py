@@ -27,7 +27,7 @@ from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
 from kdistill import distributed
-from kdistill.checkpoints import cpu_state, gather_checkpoint, load_checkpoint, write_checkpoint
+from kdistill.checkpoints import cpu_state, gather_checkpoint, load_checkpoint, load_state, write_checkpoint
 from kdistill.config import TrainingConfig
 from kdistill.errors import KdistillError
 from kdistill.models import LabelModel, pick_device
@@ -271,16 +271,16 @@ class Trainer:
         if self.sharded:
             self._copy_back()
         if self.best_weights is not None:
-            self.whole[0].module.load_state_dict(self.best_weights)
+            load_state(self.whole[0].module, self.best_weights)
         return TrainResult(self.state, time.perf_counter() - start)
 
     def _copy_back(self) -> None:
         """The sharded copies' weights, gathered whole (collective), into the caller's student and
         objective, which the pipeline saves from the main process alone."""
         student, objective = self.whole
-        student.module.load_state_dict(cpu_state(self.model.module))
+        load_state(student.module, cpu_state(self.model.module))
         student.module.to(self.device)
-        objective.load_state_dict(cpu_state(self.objective))
+        load_state(objective, cpu_state(self.objective))
 
     def _epoch_order(self, epoch: int) -> list[int]:
         """Example order for one epoch: a function of (seed, epoch) only, so a resumed run sees the same.
