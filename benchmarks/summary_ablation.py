@@ -24,14 +24,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# name -> (variant, overrides); every setting starts from the built-in config
+# name -> (variant, overrides); every setting starts from the built-in config, epochs always named
 SETTINGS = {
-    "kd_2ep": ("distilled", {}),
+    "kd_2ep": ("distilled", {"training.epochs": 2}),
     "kd_6ep": ("distilled", {"training.epochs": 6}),
     "seq_kd_6ep": ("sequence_kd", {"training.epochs": 6}),
     "kd_6ep_reverse": ("distilled", {"training.epochs": 6, "objective.kd.divergence": "reverse_kl"}),
     "kd_6ep_12layers": ("distilled", {"training.epochs": 6, "training.trainable_layers": 12}),
-    "seq_kd_2ep": ("sequence_kd", {}),
+    "seq_kd_2ep": ("sequence_kd", {"training.epochs": 2}),
     "kd_6ep_on_policy": ("distilled", {"training.epochs": 6, "training.on_policy_fraction": 0.5}),
 }
 
