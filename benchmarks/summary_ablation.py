@@ -4,7 +4,8 @@
                                           [--only NAME ...]
 
 Reuses the teacher cache of a finished `benchmarks/summarization.py` run (no teacher targets are asked again)
-and trains seed 0 of a student under each setting of SETTINGS, each in its own run folder. Every setting is
+and trains seed 0 of a student under each setting of SETTINGS, each in its own run folder (the run_* settings
+score that run's own seed-0 students instead of training). Every setting is
 scored without touching the test split, so the choice it informs is not made on test figures:
 - ROUGE-L against the teacher's references on the validation split;
 - copy rate (share of output word bigrams found in the article) on the validation split and on `--extra`
@@ -19,16 +20,16 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# name -> (variant, overrides); every setting starts from the built-in config, epochs always named
+# name -> (variant, overrides); every setting starts from the built-in config, epochs always named;
+# run_* settings score the summarization run's own seed-0 students (the built-in config) without training
 SETTINGS = {
+    "run_sequence_kd": ("sequence_kd", {}),
+    "run_distilled": ("distilled", {}),
     "kd_2ep": ("distilled", {"training.epochs": 2}),
-    "kd_6ep": ("distilled", {"training.epochs": 6}),
-    "seq_kd_6ep": ("sequence_kd", {"training.epochs": 6}),
     "kd_6ep_reverse": ("distilled", {"training.epochs": 6, "objective.kd.divergence": "reverse_kl"}),
     "kd_6ep_12layers": ("distilled", {"training.epochs": 6, "training.trainable_layers": 12}),
     "seq_kd_2ep": ("sequence_kd", {"training.epochs": 2}),
@@ -101,16 +102,20 @@ def main() -> None:
     for name, (variant, overrides) in SETTINGS.items():
         if args.only and name not in args.only:
             continue
-        scfg = with_overrides(cfg, {**overrides, "name": f"{cfg.name}-ablation-{name}", "output_dir": str(out_dir)})
-        start = time.perf_counter()
-        folder = train_generation(scfg, variant=variant, seed=0, data=data, targets=targets, progress=True)
-        train_s = time.perf_counter() - start
+        if name.startswith("run_"):  # the summarization run's own seed-0 student, trained with the config as it is
+            folder = cfg.run_dir / "students" / f"{variant}-seed0"
+            if not folder.exists():
+                print(f"{name}: {folder} is missing; run benchmarks/summarization.py first", flush=True)
+                continue
+        else:
+            scfg = with_overrides(cfg, {**overrides, "name": f"{cfg.name}-ablation-{name}", "output_dir": str(out_dir)})
+            folder = train_generation(scfg, variant=variant, seed=0, data=data, targets=targets, progress=True)
         module = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         val_out = _outputs(module, tokenizer, val_prompts, cfg)
         extra_out = _outputs(module, tokenizer, extra_prompts, cfg)
         training = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())
-        rows[name] = {"variant": variant, "overrides": overrides, "train_s": train_s,
+        rows[name] = {"variant": variant, "overrides": overrides, "train_s": training["seconds"],
                       "steps": training["steps"], "best_step": training["best_step"],
                       "best_val_target_ce": training["best_val_target_ce"],
                       "val_rougeL": gen_metrics.rouge(val_out, val_refs)["rougeL"].mean,
