@@ -184,7 +184,7 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     history = json.loads((resumed.parent / "distilled-seed0.training.json").read_text())["history"]
     shares = [r["train_on_policy"] for r in history if "train_on_policy" in r]
-    assert (shares and 0.0 <= min(shares) and max(shares) <= 1.0) if on_policy_fraction else not shares
+    assert (shares and 0.0 <= min(shares) and 0.0 < max(shares) <= 1.0) if on_policy_fraction else not shares
 
 
 def test_on_policy_examples_learn_the_live_teachers_rows_on_the_students_own_text(tmp_path, tiny_models):
@@ -196,7 +196,7 @@ def test_on_policy_examples_learn_the_live_teachers_rows_on_the_students_own_tex
     from kdistill.data.gen_data import prepare_generation
     from kdistill.gen_pipeline import _targets_for
     from kdistill.gen_train import GenStudent, OnPolicy, TokenSteps, concat_rows, prompt_text
-    from kdistill.token_kd import encode_targets, target_token_loss
+    from kdistill.token_kd import encode_targets
 
     cfg = _gen_config(tmp_path, tiny_models)
     data = prepare_generation(cfg.data, cfg.task)

@@ -356,7 +356,8 @@ class TrainingConfig:
     eval_every_steps: int = 0
     """Validate every N optimizer steps; 0 validates at the end of every epoch."""
     early_stopping_patience: int = 3
-    """Stop after this many validations without a better validation macro-F1; 0 never stops."""
+    """Stop after this many validations without a better validation score (macro-F1; for a generation
+    task, target CE on the validation targets); 0 never stops."""
     checkpoint_every_steps: int = 50
     """Write a resumable checkpoint every N optimizer steps (and at every validation)."""
     keep_checkpoints: int = 1

@@ -165,7 +165,9 @@ class OnPolicy:
         return g.text.strip()
 
     def rows(self, student: "GenStudent", prompt: str, text: str) -> SparseTargets:
-        """The teacher's top-k rows for ``text`` after ``prompt``, ending on EOS as the student's decoding did."""
+        """The teacher's top-k rows for ``text`` after ``prompt``, ending on EOS as the student's decoding did.
+        One example per forward pass, like the sampling: batched, padding would make the rows depend on which
+        examples share the micro-batch (the cost next to the generation that precedes it is small)."""
         from kdistill.gen_teacher import ends_with_eos
         from kdistill.token_elicit import token_targets
 
@@ -193,23 +195,25 @@ class TokenSteps:
         self.teacher_rows, self.batch_size, self.on_policy = teacher_rows, batch_size, on_policy
         self.module = TokenStep(student.module, objective, mixed_precision=mixed_precision)
 
-    def encode(self, chunk: list[GenExample]) -> TargetBatch:
+    def encode(self, chunk: list[GenExample], own: dict[str, str] | None = None) -> TargetBatch:
+        """The chunk's prompts and targets: the given ones, or for the ids in ``own`` the student's own text."""
+        own = own or {}
         return encode_targets(self.student.tokenizer, [prompt_text(self.template, e) for e in chunk],
-                              [self.target_of(e) for e in chunk], max_length=self.student.max_length)
+                              [own[e.id] if e.id in own else self.target_of(e) for e in chunk],
+                              max_length=self.student.max_length)
 
-    def arguments(self, chunk: list[GenExample], device: torch.device, step: int = 0) -> tuple:
+    def arguments(self, chunk: list[GenExample], device: torch.device, step: int) -> tuple:
         """(batch, teacher rows, CE mask) of a micro-batch at optimizer step ``step``; with on-policy mixing,
         the chosen examples' targets are the student's continuations and their rows the live teacher's."""
+        prompts = {e.id: prompt_text(self.template, e) for e in chunk}
         own = {}
         if self.on_policy is not None:
-            own = {e.id: self.on_policy.continuation(self.student, prompt_text(self.template, e), step, e.id)
+            own = {e.id: self.on_policy.continuation(self.student, prompts[e.id], step, e.id)
                    for e in chunk if self.on_policy.chosen(step, e.id)}
-        batch = encode_targets(self.student.tokenizer, [prompt_text(self.template, e) for e in chunk],
-                               [own[e.id] if e.id in own else self.target_of(e) for e in chunk],
-                               max_length=self.student.max_length).to(device)
+        batch = self.encode(chunk, own).to(device)
         if self.teacher_rows is None:
             return batch, None, None
-        rows = concat_rows([self.on_policy.rows(self.student, prompt_text(self.template, e), own[e.id])
+        rows = concat_rows([self.on_policy.rows(self.student, prompts[e.id], own[e.id])
                             if e.id in own else self.teacher_rows(e.id) for e in chunk])
         # with mixing on, every micro-batch has the mask (and so records the on-policy share): the terms
         # recorded must be the same in every process
