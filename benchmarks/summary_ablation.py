@@ -34,6 +34,7 @@ SETTINGS = {
     "kd_6ep_12layers": ("distilled", {"training.epochs": 6, "training.trainable_layers": 12}),
     "seq_kd_2ep": ("sequence_kd", {"training.epochs": 2}),
     "kd_6ep_on_policy": ("distilled", {"training.epochs": 6, "training.on_policy_fraction": 0.5}),
+    "kd_1ep": ("distilled", {"training.epochs": 1}),
     "kd_4ep_reverse": ("distilled", {"training.epochs": 4, "objective.kd.divergence": "reverse_kl"}),
     "kd_4ep_T0.5": ("distilled", {"training.epochs": 4, "objective.kd.temperature": 0.5}),
     "kd_6ep_lr2e-4": ("distilled", {"training.epochs": 6, "training.learning_rate": 2.0e-4}),
