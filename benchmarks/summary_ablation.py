@@ -1,11 +1,12 @@
 """Benchmark: which training settings bring a summarization student's copying down to the teacher's.
 
     python benchmarks/summary_ablation.py [--config bbc-summary] [--run-out benchmarks/runs] [--extra 24]
-                                          [--only NAME ...]
+                                          [--only NAME ...] [--keep-students]
 
 Reuses the teacher cache of a finished `benchmarks/summarization.py` run (no teacher targets are asked again)
 and trains seed 0 of a student under each setting of SETTINGS, each in its own run folder (the run_* settings
-score that run's own seed-0 students instead of training). Every setting is
+score that run's own seed-0 students instead of training). A trained setting's student and checkpoints are
+deleted once it is scored (a whole 0.5B student is about 3 GB; --keep-students keeps them). Every setting is
 scored without touching the test split, so the choice it informs is not made on test figures:
 - ROUGE-L against the teacher's references on the validation split;
 - copy rate (share of output word bigrams found in the article) on the validation split and on `--extra`
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--run-out", default=str(HERE / "runs"))
     parser.add_argument("--extra", type=int, default=24)
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--keep-students", action="store_true",
+                        help="keep each trained setting's student and checkpoints (about 3 GB each) after scoring")
     args = parser.parse_args()
 
     import torch
@@ -131,6 +135,10 @@ def main() -> None:
                       "extra_examples": extra_out[:3]}
         print(name, {k: v for k, v in rows[name].items() if k != "extra_examples"}, flush=True)
         _write(rows, len(val), len(extra))
+        if not name.startswith("run_") and not args.keep_students:  # scored: its figures are in the table
+            del module
+            shutil.rmtree(folder)
+            shutil.rmtree(scfg.run_dir / "checkpoints", ignore_errors=True)
 
 
 def _write(rows: dict, n_val: int, n_extra: int) -> None:
