@@ -28,6 +28,8 @@ def test_round_trip(tmp_path, tiny_models):
     ("training", "grad_accum_steps", 3, "must be divisible"),
     ("training", "mixed_precision", "bf61", "Did you mean 'bf16'?"),
     ("training", "epochs", "three", "expected int"),
+    ("training", "select_by", "rouge_l", "is for generation tasks"),
+    ("training", "select_by", "rouge", "Did you mean 'rouge_l'?"),
 ])
 def test_bad_fields_name_the_field(tmp_path, tiny_models, section, field, value, message):
     data = tiny_config_dict(tmp_path, tiny_models)

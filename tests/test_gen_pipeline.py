@@ -14,12 +14,12 @@ from conftest import FILLER, NEGATIVE, POSITIVE, save_tiny_lm
 WORDS = FILLER + POSITIVE + NEGATIVE
 
 
-def _write_qa(path, n: int = 48, seed: int = 0):
+def _write_qa(path, n: int = 48, seed: int = 0, answers=tuple(POSITIVE + NEGATIVE)):
     """Questions whose answer is the one sentiment word they contain: a task a tiny LM can learn."""
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
-            answer = rng.choice(POSITIVE + NEGATIVE)
+            answer = rng.choice(answers)
             words = rng.sample(FILLER, 4) + [answer]
             rng.shuffle(words)
             f.write(json.dumps({"text": " ".join(words) + f" {FILLER[i % len(FILLER)]}" * (i % 3),
@@ -58,6 +58,12 @@ def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_mo
         metrics = entry["metrics"] if "metrics" in entry else entry["seeds"]["0"]
         assert 0.0 <= metrics["exact_match"] <= 1.0 and 0.0 <= metrics["token_f1"] <= 1.0, key
         assert entry["cost"]["tokens_per_s"] > 0 and entry["cost"]["parameters"] > 0
+        # timed again with every output exactly max_new_tokens long: the length-fair tokens/s the speed-up uses
+        assert entry["cost"]["fixed_length_tokens"] == 2 * 4 and entry["cost"]["fixed_length_tokens_per_s"] > 0
+    for row in results["comparison"]:
+        fair = results["models"][row["model"]]["cost"]["fixed_length_tokens_per_s"]
+        teacher_fair = results["models"]["teacher"]["cost"]["fixed_length_tokens_per_s"]
+        assert row["speedup_at_fixed_length"] and row["speedup_tokens_per_s"] == pytest.approx(fair / teacher_fair)
     training = json.loads((run_dir / "students" / "distilled-seed0.training.json").read_text())
     history = training["history"]
     assert any("train_kd" in r for r in history) and any("val_target_ce" in r for r in history)
@@ -144,9 +150,12 @@ def test_a_grown_data_set_copies_the_greedy_teachers_targets_it_already_has(tmp_
     assert len(asked) == len(grown_examples)
 
 
-@pytest.mark.parametrize("on_policy_fraction, trainable_layers", [(0.0, None), (0.5, None), (0.0, 1)])
+# the last case stops after its first validation (step 4), so the weights kept by validation ROUGE-L must
+# come back from the checkpoint
+@pytest.mark.parametrize("on_policy_fraction, trainable_layers, select_by, stop_at",
+                         [(0.0, None, "target_ce", 3), (0.5, None, "target_ce", 3), (0.0, 1, "rouge_l", 5)])
 def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny_models, on_policy_fraction,
-                                                                  trainable_layers):
+                                                                  trainable_layers, select_by, stop_at):
     from safetensors.torch import load_file
 
     from kdistill.data.gen_data import prepare_generation
@@ -155,17 +164,18 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
 
     cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 2, "checkpoint_every_steps": 1,
                                                        "on_policy_fraction": on_policy_fraction,
-                                                       "trainable_layers": trainable_layers})
+                                                       "trainable_layers": trainable_layers,
+                                                       "select_by": select_by})
     data = prepare_generation(cfg.data, cfg.task)
     targets = _targets_for(cfg, data, progress=False)
     whole = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
     expected = load_file(str(whole / "model.safetensors"))
     original_run = Trainer.run
 
-    def crash_at_3(self, *, resume=False, stop_after_steps=None):
-        return original_run(self, resume=resume, stop_after_steps=None if resume else 3)
+    def crash(self, *, resume=False, stop_after_steps=None):
+        return original_run(self, resume=resume, stop_after_steps=None if resume else stop_at)
 
-    Trainer.run = crash_at_3
+    Trainer.run = crash
     try:
         with pytest.raises(StopTraining):
             train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
@@ -182,9 +192,45 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
         Trainer.run = original_run
     got = load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(expected[k], got[k]) for k in expected)
-    history = json.loads((resumed.parent / "distilled-seed0.training.json").read_text())["history"]
+    training = json.loads((resumed.parent / "distilled-seed0.training.json").read_text())
+    history = training["history"]
+    assert training["select_by"] == select_by and any(r.get("step") == 4 and "val_target_ce" in r for r in history)
     shares = [r["train_on_policy"] for r in history if "train_on_policy" in r]
     assert (shares and 0.0 <= min(shares) and 0.0 < max(shares) <= 1.0) if on_policy_fraction else not shares
+
+
+def test_weights_kept_by_validation_rouge_l_write_the_best_validations_outputs(tmp_path, tiny_models):
+    """training.select_by: rouge_l generates on the validation split at every validation and keeps the
+    weights of the highest ROUGE-L against the validation targets; the saved student writes those outputs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_metrics import rouge
+    from kdistill.gen_pipeline import _outputs, _targets_for, train_generation
+    from kdistill.gen_train import prompt_text
+
+    # two answers: a tiny student gets some right within a few steps, so ROUGE-L moves from one validation to the next
+    two = _write_qa(tmp_path / "two.jsonl", answers=("great", "dull"))
+    cfg = _gen_config(tmp_path, tiny_models, data={"path": str(two)},
+                      training={"epochs": 6, "learning_rate": 1e-2, "select_by": "rouge_l", "checkpoint_every_steps": 0,
+                                "early_stopping_patience": 0})
+    data = prepare_generation(cfg.data, cfg.task)
+    targets = _targets_for(cfg, data, progress=False)
+    out = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
+    training = json.loads((out.parent / "distilled-seed0.training.json").read_text())
+    validations = [r for r in training["history"] if "val_rouge_l" in r]
+    assert len(validations) == 6 and len({r["val_rouge_l"] for r in validations}) > 1
+    assert all(r["val_target_ce"] > 0 and 0.0 <= r["val_copy_rate_2"] <= 1.0 for r in validations)
+    best = max(validations, key=lambda r: r["val_rouge_l"])  # the first of equals, as the loop keeps it
+    # on this data the lowest target CE comes at another validation: the test tells the two choices apart
+    assert best["step"] != min(validations, key=lambda r: r["val_target_ce"])["step"]
+    assert training["select_by"] == "rouge_l" and training["best_step"] == best["step"]
+    assert training["best_val_score"] == pytest.approx(best["val_rouge_l"])
+    assert training["best_val_target_ce"] == pytest.approx(best["val_target_ce"])
+    module, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    texts = _outputs(module, tokenizer, [prompt_text(cfg.task.prompt_template, e) for e in data.validation], cfg)
+    again = rouge(texts, [targets.target(e) for e in data.validation])["rougeL"].mean
+    assert again == pytest.approx(best["val_rouge_l"])
 
 
 def test_on_policy_examples_learn_the_live_teachers_rows_on_the_students_own_text(tmp_path, tiny_models):

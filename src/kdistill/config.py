@@ -357,7 +357,14 @@ class TrainingConfig:
     """Validate every N optimizer steps; 0 validates at the end of every epoch."""
     early_stopping_patience: int = 3
     """Stop after this many validations without a better validation score (macro-F1; for a generation
-    task, target CE on the validation targets); 0 never stops."""
+    task, the `select_by` figure); 0 never stops."""
+    select_by: Literal["target_ce", "rouge_l"] = "target_ce"
+    """Generation tasks: the validation figure whose best weights are kept (and early stopping watches).
+    target_ce: the lowest CE per token on the validation targets (one forward pass). rouge_l: the highest
+    ROUGE-L of the student's greedy outputs against the validation references (one generation per
+    validation example at every validation; val_copy_rate_2 is recorded beside it). A student can fit the
+    targets' token distributions better and still write worse text: on bbc-summary the lowest target CE
+    kept the weights that copy the article most."""
     checkpoint_every_steps: int = 50
     """Write a resumable checkpoint every N optimizer steps (and at every validation)."""
     keep_checkpoints: int = 1
@@ -461,6 +468,10 @@ class RunConfig:
         elif self.training.on_policy_fraction > 0:
             raise KdistillError("training.on_policy_fraction is for generation tasks (the student writes text); "
                                 f"task {self.task.name!r} is {self.task.kind}. Set it to 0.")
+        elif self.training.select_by != "target_ce":
+            raise KdistillError(f"training.select_by: {self.training.select_by} is for generation tasks (the student "
+                                f"writes text); task {self.task.name!r} is {self.task.kind}, whose weights are kept by "
+                                "validation macro-F1. Remove training.select_by.")
         elif not self.task.labels:
             raise KdistillError("task.labels is empty: name the labels (or use a built-in task with `task: NAME`).")
         if not self.teacher.model:

@@ -121,14 +121,17 @@ def ordered_models(models: dict[str, Any]) -> list[str]:
 def comparison_rows(models: dict[str, Any], *, evaluate_as: str) -> list[dict[str, Any]]:
     """One row per model (teacher, untrained, sequence-level KD, distilled, then any other): the headline
     metric (:data:`HEADLINE`) mean ± std and faithfulness, each as a % of the teacher's; speed-ups
-    (the model's tokens/s over the teacher's, and the teacher's seconds per output p50 over the model's);
-    parameters. Without a teacher, the relative figures are None."""
+    (the model's tokens/s over the teacher's, at a fixed output length when the cost has it, and the
+    teacher's seconds per output p50 over the model's); parameters. Without a teacher, the relative figures
+    are None."""
     _check_evaluate_as(evaluate_as)
     headline = HEADLINE[evaluate_as]
     teacher = models.get("teacher")
     teacher_headline = _mean_std(teacher, headline)[0] if teacher else None
     teacher_faithfulness = _mean_std(teacher, "faithfulness")[0] if teacher else None
     teacher_cost = teacher["cost"] if teacher else {"tokens_per_s": None, "seconds_p50": None}
+    fair = "fixed_length_tokens_per_s" if all("fixed_length_tokens_per_s" in models[k]["cost"] for k in models) \
+        else "tokens_per_s"  # a results.json written before fixed-length timing compares the outputs' own speeds
     rows = []
     for key in ordered_models(models):
         entry, cost = models[key], models[key]["cost"]
@@ -141,7 +144,9 @@ def comparison_rows(models: dict[str, Any], *, evaluate_as: str) -> list[dict[st
             "faithfulness": faithfulness, "faithfulness_std": faithfulness_std,
             "faithfulness_retained_pct": _pct(faithfulness, teacher_faithfulness),
             "parameters": cost["parameters"], "tokens_per_s": cost["tokens_per_s"], "seconds_p50": cost["seconds_p50"],
-            "speedup_tokens_per_s": _ratio(cost["tokens_per_s"], teacher_cost["tokens_per_s"]),
+            "fixed_length_tokens_per_s": cost.get("fixed_length_tokens_per_s"),
+            "speedup_tokens_per_s": _ratio(cost[fair], teacher_cost.get(fair)),
+            "speedup_at_fixed_length": fair != "tokens_per_s",
             "speedup_seconds_p50": _ratio(teacher_cost["seconds_p50"], cost["seconds_p50"]),
         })
     return rows

@@ -96,7 +96,8 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
     steps = TokenSteps(student, objective_cfg, template=cfg.task.prompt_template, target_of=targets.target,
                        teacher_rows=targets.rows if objective_cfg.kd.weight > 0 else None,
                        batch_size=cfg.student.batch_size, mixed_precision=cfg.training.mixed_precision,
-                       on_policy=on_policy)
+                       on_policy=on_policy, select_by=cfg.training.select_by, max_new_tokens=cfg.task.max_new_tokens,
+                       stop=tuple(cfg.task.stop))
     records = (tensorboard_records(cfg.run_dir / "tensorboard" / f"{variant}-seed{seed}", resume=resume, then=on_record)
                if cfg.training.tensorboard and distributed.is_main() else contextlib.nullcontext(on_record))
     with records as record:
@@ -108,11 +109,14 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
     out = _student_dir(cfg, variant, seed)
     if distributed.is_main():
         student.save(out)
+        state = result.state
+        # the validation record of the kept weights: its target CE (and ROUGE-L, copy rate) whichever selected them
+        kept = next((r for r in state.history if r["step"] == state.best_step and "val_target_ce" in r), {})
         atomic_write_json(out.parent / f"{out.name}.training.json", {
-            "variant": variant, "seed": seed, "seconds": result.seconds, "steps": result.state.global_step,
-            "best_step": result.state.best_step, "best_val_target_ce": (None if result.state.best_metric is None
-                                                                           else -result.state.best_metric),
-            "stopped_early": result.state.stopped_early, "history": result.state.history})
+            "variant": variant, "seed": seed, "seconds": result.seconds, "steps": state.global_step,
+            "select_by": cfg.training.select_by, "best_step": state.best_step, "best_val_score": state.best_metric,
+            **{f"best_{key}": kept.get(key) for key in ("val_target_ce", "val_rouge_l", "val_copy_rate_2")},
+            "stopped_early": state.stopped_early, "history": state.history})
     distributed.barrier()
     return out
 
@@ -136,8 +140,13 @@ def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str 
     n = max(1, min(cfg.evaluation.latency_examples, len(prompts)))
     cost = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens,
                            max_prompt_tokens=_max_prompt_tokens(cfg), stop=cfg.task.stop)
+    # the same prompts again, each written to exactly max_new_tokens (EOS and stop strings held back): the
+    # speed-up in tokens/s then compares the models, not the lengths of what each chose to write
+    fixed = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens, warmup=0,
+                            max_prompt_tokens=_max_prompt_tokens(cfg), fixed_length=True)
     folder = Path(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
-    return {**cost, "parameters": sum(p.numel() for p in module.parameters()),
+    return {**cost, "fixed_length_tokens_per_s": fixed["tokens_per_s"],
+            "fixed_length_tokens": fixed["generated_tokens"], "parameters": sum(p.numel() for p in module.parameters()),
             "size_on_disk_bytes": size_on_disk(folder) if folder else None}
 
 
@@ -274,11 +283,10 @@ def run_generation(cfg: RunConfig, *, resume: bool = False, progress: bool = Tru
             train_generation(cfg, variant=variant, seed=seed, data=data, targets=targets, resume=resume,
                              progress=progress)
     timings["train_s"] = time.perf_counter() - t
-    # runs/<name>/student: the seed of the strongest variant with the lowest validation target CE
+    # runs/<name>/student: the seed of the strongest variant with the best validation score (training.select_by)
     return finish_run(cfg, timings, start,
                       evaluate_fn=lambda: evaluate_generation(cfg, data=data, targets=targets, progress=progress),
-                      export_fn=lambda: export_best_student(cfg, variants(cfg)[-1], "best_val_target_ce",
-                                                            lower_is_better=True),
+                      export_fn=lambda: export_best_student(cfg, variants(cfg)[-1], "best_val_score"),
                       report_fn=lambda: report_generation(cfg))
 
 

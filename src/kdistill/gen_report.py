@@ -82,7 +82,8 @@ def _verdict(results: Record) -> list[str]:
         line += (f" and **{_pct(student['faithfulness_retained_pct'])}** of its judged faithfulness "
                  f"({_num(student['faithfulness'])} vs {_num(teacher['faithfulness'])})")
     lines = [line + f". Its generation speed-up over the teacher is **{_times(student['speedup_tokens_per_s'])}** "
-             f"in tokens/s and {_times(student['speedup_seconds_p50'])} in seconds per output (p50)."]
+             f"in tokens/s{' at a fixed output length' if student.get('speedup_at_fixed_length') else ''} and "
+             f"{_times(student['speedup_seconds_p50'])} in seconds per output (p50)."]
     for other in ("student_sequence_kd", "student_untrained"):
         if other != student["model"] and other in rows and rows[other]["headline"] is not None:
             delta = student["headline"] - rows[other]["headline"]
@@ -145,6 +146,10 @@ def _cost_note(results: Record) -> str:
             f"from text, over {cost['outputs']} test prompts, at most {cost['max_new_tokens']} new tokens, "
             f"{cost['threads']} threads. Speed-up = the model's tokens/s over the teacher's "
             "(and the teacher's seconds per output over the model's).")
+    if "fixed_length_tokens_per_s" in cost:
+        note += (f" The tokens/s in brackets, and the speed-up in tokens/s, are timed again on the same prompts with "
+                 f"every output written to exactly {cost['max_new_tokens']} tokens (EOS and stop strings held back), "
+                 "so a model that writes longer outputs (its prompt's cost spread over more tokens) is not favoured.")
     if "timings" in results:
         note += " Wall time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
                                           for k, v in results["timings"].items()) + "."
@@ -157,7 +162,7 @@ def _cost_note(results: Record) -> str:
 def _card(results: Record) -> Table:
     metric = _headline_name(results)
     header = ["model", metric, "% of teacher", "faithfulness", "% of teacher", "params (size on disk)",
-              "s per output p50 / p95", "tokens/s", "speed-up (tokens/s / p50)"]
+              "s per output p50 / p95", "tokens/s (fixed length)", "speed-up (tokens/s / p50)"]
     rows, keys = [], []
     for row in results["comparison"]:
         cost = results["models"][row["model"]]["cost"]
@@ -169,7 +174,8 @@ def _card(results: Record) -> Table:
         rows.append([f"{_name(row['model'])} (`{row['name']}`)", headline, _pct(row["headline_retained_pct"]),
                      faithfulness, _pct(row["faithfulness_retained_pct"]),
                      f"{row['parameters'] / 1e6:,.1f} M ({_fmt_bytes(cost.get('size_on_disk_bytes'))})",
-                     f"{cost['seconds_p50']:.2f} / {cost['seconds_p95']:.2f}", f"{cost['tokens_per_s']:.1f}",
+                     f"{cost['seconds_p50']:.2f} / {cost['seconds_p95']:.2f}", f"{cost['tokens_per_s']:.1f}" + (
+                         f" ({cost['fixed_length_tokens_per_s']:.1f})" if "fixed_length_tokens_per_s" in cost else ""),
                      f"{_times(row['speedup_tokens_per_s'])} / {_times(row['speedup_seconds_p50'])}"])
         keys.append(row["model"])
     return header, rows, keys
@@ -247,7 +253,8 @@ def render_generation_markdown(results: Record, config_yaml: str) -> str:
 
 
 def generation_figures(results: Record, histories: dict[str, dict[int, list[Record]]]) -> list[Plot]:
-    """The comparison chart and each trained variant's curves (loss terms; validation CE on the targets)."""
+    """The comparison chart and each trained variant's curves (loss terms; validation CE on the targets, or
+    the ROUGE-L of the greedy outputs when the weights were kept by it)."""
     names = {key: _name(key) for key in results["models"]}
     metric = _headline_name(results)
     plots = []
@@ -256,9 +263,12 @@ def generation_figures(results: Record, histories: dict[str, dict[int, list[Reco
                           "(bars: ± std over seeds; dashed: the teacher)",
                           generation_comparison_chart(results["comparison"], names, headline_label=metric)))
     for variant, by_seed in histories.items():
+        # the validation figure the kept weights were chosen by (training.select_by)
+        by_rouge = any("val_rouge_l" in r for history in by_seed.values() for r in history)
         plots.append(Plot(f"training_{_slug(variant)}.png",
                           f"Training curves: {_name('student_' + variant)}, every seed",
-                          training_curves(variant, by_seed, val_key="val_target_ce", val_label="target CE")))
+                          training_curves(variant, by_seed, val_key="val_rouge_l" if by_rouge else "val_target_ce",
+                                          val_label="ROUGE-L of greedy outputs" if by_rouge else "target CE")))
     return plots
 
 

@@ -26,6 +26,7 @@ from kdistill.config import CETerm, KDTerm, ObjectiveConfig
 from kdistill.data.generative import GenExample
 from kdistill.divergences import SparseTargets
 from kdistill.errors import KdistillError
+from kdistill.gen_metrics import copy_rate, rouge
 from kdistill.io import atomic_dir, atomic_write_json
 from kdistill.objective import schedule_factor
 from kdistill.token_kd import TargetBatch, encode_targets, target_token_loss
@@ -181,18 +182,27 @@ class OnPolicy:
 class TokenSteps:
     """The Trainer's `Steps` for a generative student. ``target_of`` gives each example's target text
     (the teacher's written one or the data's); ``teacher_rows`` each example's token-level teacher
-    targets, or None for the CE-only variant. Validation is the CE per target token on the validation
-    examples' targets (lower is better; early stopping maximizes its negative)."""
+    targets, or None for the CE-only variant. Validation records the CE per target token on the validation
+    examples' targets; the score the Trainer keeps the best weights by is, with ``select_by`` target_ce, its
+    negative, and with rouge_l the ROUGE-L of the student's greedy outputs (``max_new_tokens``, ``stop``)
+    against those targets, with their bigram copy rate from the source recorded beside it."""
 
     def __init__(self, student: GenStudent, objective: ObjectiveConfig, *, template: str,
                  target_of: Callable[[GenExample], str],
                  teacher_rows: Callable[[str], SparseTargets] | None, batch_size: int,
-                 mixed_precision: str = "auto", on_policy: OnPolicy | None = None) -> None:
+                 mixed_precision: str = "auto", on_policy: OnPolicy | None = None,
+                 select_by: str = "target_ce", max_new_tokens: int = 0, stop: tuple[str, ...] = ()) -> None:
         if on_policy is not None and teacher_rows is None:
             raise KdistillError("on-policy mixing scores the student's text with the teacher's distributions, so it "
                                 "needs the kd term (objective.kd.weight > 0).")
+        if select_by not in ("target_ce", "rouge_l"):
+            raise KdistillError(f"training.select_by must be target_ce or rouge_l; found {select_by!r}.")
+        if select_by == "rouge_l" and max_new_tokens < 1:
+            raise KdistillError("training.select_by: rouge_l generates on the validation split, so it needs "
+                                f"task.max_new_tokens >= 1; found {max_new_tokens}.")
         self.student, self.template, self.target_of = student, template, target_of
         self.teacher_rows, self.batch_size, self.on_policy = teacher_rows, batch_size, on_policy
+        self.select_by, self.max_new_tokens, self.stop = select_by, max_new_tokens, tuple(stop)
         self.module = TokenStep(student.module, objective, mixed_precision=mixed_precision)
 
     def encode(self, chunk: list[GenExample], own: dict[str, str] | None = None) -> TargetBatch:
@@ -235,7 +245,26 @@ class TokenSteps:
             total += float((loss_b * counts_b).sum())
             tokens += int(counts_b.sum())
         ce = total / max(tokens, 1)
-        return {"val_target_ce": ce}, -ce
+        if self.select_by == "target_ce":
+            return {"val_target_ce": ce}, -ce
+        outputs = self.greedy_outputs(examples)
+        rouge_l = rouge(outputs, [self.target_of(e) for e in examples])["rougeL"].mean
+        copied = copy_rate(outputs, [e.prompt for e in examples], 2).mean
+        return {"val_target_ce": ce, "val_rouge_l": rouge_l, "val_copy_rate_2": copied}, rouge_l
+
+    def greedy_outputs(self, examples: list[GenExample]) -> list[str]:
+        """The student's greedy continuations of the examples' prompts, decoded as evaluation decodes them."""
+        from kdistill.generate import generate
+
+        was_training = self.student.module.training
+        try:
+            generations = generate(self.student.module, self.student.tokenizer,
+                                   [prompt_text(self.template, e) for e in examples],
+                                   max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                   max_prompt_tokens=self.student.max_length - self.max_new_tokens, stop=self.stop)
+        finally:
+            self.student.module.train(was_training)
+        return [g.text.strip() for g in generations]
 
     def length(self, example: GenExample) -> int:
         return len(example.prompt) + len(self.target_of(example))
