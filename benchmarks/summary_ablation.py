@@ -127,6 +127,7 @@ def main() -> None:
         training = json.loads(folder.with_name(f"{folder.name}.training.json").read_text())
         rows[name] = {"variant": variant, "overrides": overrides, "train_s": training["seconds"],
                       "steps": training["steps"], "best_step": training["best_step"],
+                      "kept_by": training.get("select_by", "target_ce"),
                       "best_val_target_ce": training["best_val_target_ce"],
                       "val_rougeL": gen_metrics.rouge(val_out, val_refs)["rougeL"].mean,
                       "val_copy_rate_2": _copy_rate(val_out, [e.prompt for e in val]),
@@ -147,12 +148,13 @@ def _write(rows: dict, n_val: int, n_extra: int) -> None:
     lines = ["# summary_ablation: seed 0 of each setting, scored off the test split", "",
              f"Validation: {n_val} articles (ROUGE-L against the teacher's references). Extra: {n_extra} BBC articles "
              "outside the run's data (copy rate only; the teacher summarized them once).", "",
-             "| setting | variant | overrides | steps (best) | best val target CE | val ROUGE-L | val copy rate 2 | "
-             "extra copy rate 2 | extra words | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| setting | variant | overrides | steps (kept) | kept by | kept val target CE | val ROUGE-L | "
+             "val copy rate 2 | extra copy rate 2 | extra words | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         ce = r.get("best_val_target_ce")
         lines.append(f"| {name} | {r['variant']} | {json.dumps(r['overrides']) if r['overrides'] else '—'} | "
-                     f"{r.get('steps', '—')} ({r.get('best_step', '—')}) | {'—' if ce is None else f'{ce:.3f}'} | "
+                     f"{r.get('steps', '—')} ({r.get('best_step', '—')}) | {r.get('kept_by', 'target_ce')} | "
+                     f"{'—' if ce is None else f'{ce:.3f}'} | "
                      f"{r['val_rougeL']:.3f} | {r['val_copy_rate_2']:.3f} | {r['extra_copy_rate_2']:.3f} | "
                      f"{r['extra_words']:.1f} | {r.get('train_s', 0):.0f} |")
     (HERE / "results" / "summary_ablation.md").write_text("\n".join(lines) + "\n")
