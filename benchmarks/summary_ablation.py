@@ -38,6 +38,7 @@ SETTINGS = {
     "kd_6ep_on_policy": ("distilled", {"training.epochs": 6, "training.on_policy_fraction": 0.5}),
     "kd_1ep": ("distilled", {"training.epochs": 1}),
     "kd_4ep_reverse": ("distilled", {"training.epochs": 4, "objective.kd.divergence": "reverse_kl"}),
+    "kd_1ep_on_policy": ("distilled", {"training.epochs": 1, "training.on_policy_fraction": 0.5}),
     "kd_4ep_T0.5": ("distilled", {"training.epochs": 4, "objective.kd.temperature": 0.5}),
     "kd_6ep_lr2e-4": ("distilled", {"training.epochs": 6, "training.learning_rate": 2.0e-4}),
     "kd_6ep_8layers_lr1e-4": ("distilled", {"training.epochs": 6, "training.trainable_layers": 8,
@@ -153,7 +154,7 @@ def _write(rows: dict, n_val: int, n_extra: int) -> None:
     for name, r in rows.items():
         ce = r.get("best_val_target_ce")
         lines.append(f"| {name} | {r['variant']} | {json.dumps(r['overrides']) if r['overrides'] else '—'} | "
-                     f"{r.get('steps', '—')} ({r.get('best_step', '—')}) | {r.get('kept_by', 'target_ce')} | "
+                     f"{r.get('steps', '—')} ({r.get('best_step', '—')}) | {r.get('kept_by', '—' if r['variant'] == 'teacher' else 'target_ce')} | "
                      f"{'—' if ce is None else f'{ce:.3f}'} | "
                      f"{r['val_rougeL']:.3f} | {r['val_copy_rate_2']:.3f} | {r['extra_copy_rate_2']:.3f} | "
                      f"{r['extra_words']:.1f} | {r.get('train_s', 0):.0f} |")
