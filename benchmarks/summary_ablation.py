@@ -154,7 +154,7 @@ def _write(rows: dict, n_val: int, n_extra: int) -> None:
     for name, r in rows.items():
         ce = r.get("best_val_target_ce")
         lines.append(f"| {name} | {r['variant']} | {json.dumps(r['overrides']) if r['overrides'] else '—'} | "
-                     f"{r.get('steps', '—')} ({r.get('best_step', '—')}) | {r.get('kept_by', '—' if r['variant'] == 'teacher' else 'target_ce')} | "
+                     f"{r.get('steps', '—')} ({r.get('best_step', '—')}) | {r.get('kept_by', '—')} | "
                      f"{'—' if ce is None else f'{ce:.3f}'} | "
                      f"{r['val_rougeL']:.3f} | {r['val_copy_rate_2']:.3f} | {r['extra_copy_rate_2']:.3f} | "
                      f"{r['extra_words']:.1f} | {r.get('train_s', 0):.0f} |")

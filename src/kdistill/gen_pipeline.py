@@ -31,7 +31,7 @@ from kdistill.data.generative import GenExample
 from kdistill.errors import KdistillError
 from kdistill.gen_teacher import GenTargets, check_same_tokenizer, load_causal_lm, teacher_targets
 from kdistill.gen_train import GenStudent, OnPolicy, TokenSteps, freeze_lower_layers, prompt_text
-from kdistill.generate import generate, generation_cost
+from kdistill.generate import generation_cost, greedy_texts
 from kdistill.io import atomic_write_json
 from kdistill.models import pick_device, resolve_model_path
 from kdistill.objective import Objective
@@ -124,10 +124,8 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
 # ------------------------------------------------------------------------------------------------ evaluation
 
 def _outputs(module, tokenizer, prompts: list[str], cfg: RunConfig) -> list[str]:
-    generations = generate(module, tokenizer, prompts, max_new_tokens=cfg.task.max_new_tokens,
-                           batch_size=cfg.student.batch_size, max_prompt_tokens=_max_prompt_tokens(cfg),
-                           stop=cfg.task.stop)
-    return [g.text.strip() for g in generations]
+    return greedy_texts(module, tokenizer, prompts, max_new_tokens=cfg.task.max_new_tokens,
+                        max_length=cfg.student.max_length, batch_size=cfg.student.batch_size, stop=cfg.task.stop)
 
 
 def _max_prompt_tokens(cfg: RunConfig) -> int:

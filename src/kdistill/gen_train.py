@@ -254,17 +254,15 @@ class TokenSteps:
 
     def greedy_outputs(self, examples: list[GenExample]) -> list[str]:
         """The student's greedy continuations of the examples' prompts, decoded as evaluation decodes them."""
-        from kdistill.generate import generate
+        from kdistill.generate import greedy_texts
 
         was_training = self.student.module.training
         try:
-            generations = generate(self.student.module, self.student.tokenizer,
-                                   [prompt_text(self.template, e) for e in examples],
-                                   max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                   max_prompt_tokens=self.student.max_length - self.max_new_tokens, stop=self.stop)
+            return greedy_texts(self.student.module, self.student.tokenizer,
+                                [prompt_text(self.template, e) for e in examples], max_new_tokens=self.max_new_tokens,
+                                max_length=self.student.max_length, batch_size=self.batch_size, stop=self.stop)
         finally:
             self.student.module.train(was_training)
-        return [g.text.strip() for g in generations]
 
     def length(self, example: GenExample) -> int:
         return len(example.prompt) + len(self.target_of(example))

@@ -66,6 +66,15 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
     return out
 
 
+def greedy_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_length: int, batch_size: int,
+                 stop: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The greedy outputs that evaluation scores (and `select_by: rouge_l` validation too), stripped: each
+    prompt keeps its last ``max_length - max_new_tokens`` tokens, so prompt and output fit ``max_length``."""
+    generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           max_prompt_tokens=max_length - max_new_tokens, stop=stop)
+    return [g.text.strip() for g in generations]
+
+
 def _stop_criteria(tokenizer, stop, prompt_width: int):
     """Ends each row once its continuation holds a stop string (decoded text: works for any tokenizer)."""
     from transformers import StoppingCriteria, StoppingCriteriaList
