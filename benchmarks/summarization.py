@@ -44,8 +44,13 @@ def checks(results: dict) -> list[dict]:
     if dist and teacher:
         d, t = _value(dist, "copy_rate_2")[0], _value(teacher, "copy_rate_2")[0]
         if d is not None and t is not None:
-            out.append({"check": "distilled copy rate (2-grams) <= teacher's + 10 points", "distilled": d,
-                        "teacher": t, "holds": d <= t + 0.10})
+            check = {"check": "distilled copy rate (2-grams) <= teacher's + 10 points", "distilled": d, "teacher": t,
+                     "holds": d <= t + 0.10}
+            gap = dist.get("copy_gap_2")  # the same gap paired by article, with its bootstrap interval
+            if gap and gap["ci95"]:
+                check |= {"points_above_teacher": gap["points"], "ci95_low": gap["ci95"][0],
+                          "ci95_high": gap["ci95"][1]}
+            out.append(check)
         key = "fixed_length_tokens_per_s" if "fixed_length_tokens_per_s" in dist["cost"] else "tokens_per_s"
         speed = dist["cost"][key] / teacher["cost"][key]
         out.append({"check": "student generation >= 2.5x the teacher's tokens/s" +

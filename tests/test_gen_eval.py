@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from kdistill.errors import KdistillError
-from kdistill.gen_eval import METRICS, MODEL_ORDER, comparison_rows, score_generations, summarize_seeds
+from kdistill.gen_eval import METRICS, MODEL_ORDER, comparison_rows, copy_gap, score_generations, summarize_seeds
 
 SOURCES = ["The council approved a new park on Monday after a long debate. Building starts in May.",
            "Shares in the carmaker fell sharply after it warned that profits would halve this year."]
@@ -129,3 +129,31 @@ def test_comparison_rows_cope_without_a_teacher_and_use_token_f1_for_qa():
     assert rows[0]["headline_metric"] == "token_f1" and rows[0]["headline"] == 0.2
     assert rows[1]["headline"] is None, "a model without the headline metric shows none, not a crash"
     assert all(r["headline_retained_pct"] is None and r["speedup_tokens_per_s"] is None for r in rows)
+
+
+def test_copy_gap_is_the_paired_mean_over_seeds_with_a_reproducible_interval_around_it():
+    from kdistill.gen_metrics import copy_rate
+
+    sources = [f"the {w} council approved a new park on monday after a debate" for w in ("city", "town", "village",
+                                                                                      "county", "borough", "shire")]
+    teacher = ["council approves park", "a park is planned", "new park after long talks", "the council agreed",
+               "park approved", "debate ends in a yes"]
+    seed_a = ["the town council approved a new park", "council approved a new park on monday", teacher[2],
+              "approved a new park", "a park", "monday after a debate"]
+    seed_b = ["council approves park", "approved a new park", "the council approved a new park on monday",
+              "the council agreed", "park approved on monday after a debate", "a yes"]
+    gap = copy_gap(teacher, [seed_a, seed_b], sources)
+    expected = 100 * (statistics.fmean([copy_rate(seed_a, sources, 2).mean, copy_rate(seed_b, sources, 2).mean])
+                      - copy_rate(teacher, sources, 2).mean)
+    assert gap["points"] == pytest.approx(expected) and gap["points"] > 0
+    assert gap["sources"] == 6 and gap["seeds"] == 2 and gap["ngram"] == 2
+    low, high = gap["ci95"]
+    assert low < gap["points"] < high, "the interval brackets the paired mean"
+    assert copy_gap(teacher, [seed_a, seed_b], sources)["ci95"] == [low, high], "seeded: the same outputs, the same interval"
+    # a student that writes the teacher's summaries copies exactly as much: 0 points, an interval of one value
+    assert copy_gap(teacher, [teacher], sources) | {"ci95": None} == {"ngram": 2, "points": 0.0, "ci95": None,
+                                                                      "sources": 6, "seeds": 1}
+    assert copy_gap(teacher, [teacher], sources)["ci95"] == [0.0, 0.0]
+    assert copy_gap(teacher[:1], [seed_a[:1]], sources[:1])["ci95"] is None, "one article has no interval"
+    with pytest.raises(KdistillError, match="one list of outputs per seed"):
+        copy_gap(teacher, [], sources)

@@ -76,6 +76,9 @@ def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_mo
     seq_history = json.loads((run_dir / "students" / "sequence_kd-seed0.training.json").read_text())["history"]
     assert not any("train_kd" in r for r in seq_history)  # sequence-level KD is CE on the targets only
     assert len(results["examples"]) == 2 and "student_distilled" in results["examples"][0]
+    assert not any("copy_gap_2" in entry for entry in results["models"].values()), "an answer is meant to be new"
+    rows = [json.loads(line) for line in (run_dir / "eval" / "outputs.jsonl").read_text().splitlines()]
+    assert len(rows) == results["test_examples"] and rows[0]["reference"] == results["examples"][0]["reference"].split(" | ")
     assert "every output written to exactly 4 tokens" in (run_dir / "report.md").read_text()
     assert (run_dir / "report.html").exists()
     from transformers import AutoModelForCausalLM
@@ -86,12 +89,14 @@ def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_mo
 def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_references(tmp_path, tiny_models):
     from kdistill import pipeline
     from kdistill.cache.entry import open_entry
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_eval import copy_gap
 
     judge = save_tiny_lm(tmp_path / "judge", extra_words=("Yes", "No", "Article:", "Summary:"))
     cfg = _gen_config(tmp_path, tiny_models,
                       task={"targets": "teacher", "evaluate_as": "summary", "prompt_template": "{text} Summary:"},
                       teacher={"sampling": True, "sampling_seed": 7, "sampling_temperature": 1.0},
-                      evaluation={"judge": str(judge)}, training={"epochs": 1})
+                      evaluation={"judge": str(judge), "seeds": [0, 1]}, training={"epochs": 1})
     run_dir = pipeline.run(cfg, progress=False)
     entries = [open_entry(p.parent) for p in (run_dir / "teacher_cache").glob("*/manifest.json")]
     assert len(entries) == 1 and entries[0].fields["written_targets"]["seed"] == 7
@@ -109,6 +114,20 @@ def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_ref
     assert check["pairs"] == len(test_ids) and 0.0 <= check["auc"] <= 1.0
     assert "ROC AUC" in (run_dir / "report.md").read_text()
     assert set(test_ids) <= set(entry.ids())
+    # every output of every model and seed, one line per test article; the card's copying figures are theirs
+    rows = [json.loads(line) for line in (run_dir / "eval" / "outputs.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == test_ids and rows[0]["reference"] == first["reference"]
+    assert set(rows[0]["outputs"]) == {"teacher", "student_untrained", *(f"student_{variant}_seed{seed}" for seed in (0, 1)
+                                                                         for variant in ("sequence_kd", "distilled"))}
+    assert [row["outputs"]["teacher"] for row in rows] == [entry.generation(i)[0] for i in test_ids]
+    assert rows[0]["outputs"]["student_distilled_seed0"] == first["student_distilled"]
+    sources = {e.id: e.prompt for e in prepare_generation(cfg.data, cfg.task).test}
+    column = lambda key: [row["outputs"][key] for row in rows]
+    gap = results["models"]["student_distilled"]["copy_gap_2"]
+    assert gap == copy_gap(column("teacher"), [column("student_distilled_seed0"), column("student_distilled_seed1")],
+                           [sources[i] for i in test_ids]) and gap["seeds"] == 2 and gap["sources"] == len(test_ids)
+    assert results["models"]["student_untrained"]["copy_gap_2"]["seeds"] == 1
+    assert "minus the teacher's" in (run_dir / "report.md").read_text()
     # asked again, nothing is generated anew: the same entry is read back
     before = {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()}
     pipeline.elicit(cfg, progress=False)

@@ -101,6 +101,25 @@ def test_markdown_card_has_every_model_metric_retention_speed_up_and_note():
     assert "Is every claim in the summary supported by the article? Answer Yes or No.\nAnswer:" in card
 
 
+
+def test_copying_against_the_teacher_is_stated_with_its_interval_in_both_cards():
+    results = made_up_results()
+    results["models"]["student_distilled"]["copy_gap_2"] = {"ngram": 2, "points": 13.46, "ci95": [9.81, 17.04],
+                                                            "sources": 30, "seeds": 3}
+    results["models"]["student_untrained"]["copy_gap_2"] = {"ngram": 2, "points": -1.0, "ci95": None, "sources": 1,
+                                                            "seeds": 1}
+    card = render_generation_markdown(results, "name: bbc-sum\n")
+    assert ("- Copy rate of the student distilled with token-level KD + CE, minus the teacher's: **+13.5 points** of "
+            "word bigrams taken from the article (95% interval +9.8 to +17.0, bootstrap over the articles; paired over "
+            "30 test articles, mean of 3 seeds).") in card
+    assert ("- Copy rate of the student before training, minus the teacher's: **-1.0 points** of word bigrams taken "
+            "from the article (paired over 1 test articles).") in card
+    assert "Copy rate of the student trained" not in card, "no gap measured, none stated"
+    page = render_generation_html(results, HISTORIES, "name: bbc-sum\n")
+    assert "<strong>+13.5 points</strong>" in page and "+9.8 to +17.0" in page
+    assert "minus the teacher's" not in render_generation_markdown(made_up_results(), "")
+
+
 def test_a_judge_that_is_the_teacher_is_named_as_such():
     results = made_up_results()
     results["scorers"]["faithfulness"]["model"] = results["models"]["teacher"]["name"]

@@ -32,7 +32,7 @@ from kdistill.errors import KdistillError
 from kdistill.gen_teacher import GenTargets, check_same_tokenizer, load_causal_lm, teacher_targets
 from kdistill.gen_train import GenStudent, OnPolicy, TokenSteps, freeze_lower_layers, prompt_text
 from kdistill.generate import generation_cost, greedy_texts
-from kdistill.io import atomic_write_json
+from kdistill.io import atomic_write_json, atomic_write_text
 from kdistill.models import pick_device, resolve_model_path
 from kdistill.objective import Objective
 from kdistill.pipeline import export_best_student, finish_run, write_run_start
@@ -188,8 +188,9 @@ def judge_check(judge, sources: list[str], references: list[str]) -> dict[str, A
 
 def evaluate_generation(cfg: RunConfig, *, data: GenData, targets: GenTargets | None = None,
                         progress: bool = True) -> Path:
-    """Every model's outputs on the test split, scored against the references; cost of each; results.json."""
-    from kdistill.gen_eval import comparison_rows, score_generations, summarize_seeds
+    """Every model's outputs on the test split, scored against the references; cost of each; results.json, and
+    every output of every model and seed in outputs.jsonl."""
+    from kdistill.gen_eval import comparison_rows, copy_gap, score_generations, summarize_seeds
 
     test = data.test
     prompts = [prompt_text(cfg.task.prompt_template, e) for e in test]
@@ -205,7 +206,8 @@ def evaluate_generation(cfg: RunConfig, *, data: GenData, targets: GenTargets | 
                                                                             for r in references])
     score = lambda outputs: score_generations(outputs, sources=sources, references=references,
                                               evaluate_as=cfg.task.evaluate_as, similarity=similarity, judge=judge)
-    outputs: dict[str, list[str]] = {}
+    outputs: dict[str, list[str]] = {}  # each model's outputs (a student's first seed's): the examples shown
+    seed_outputs: dict[str, dict[str, list[str]]] = {}  # a trained variant's outputs, per seed
     models: dict[str, Any] = {}
     outputs["teacher"] = ([targets.target(e) for e in test] if cfg.task.targets == "teacher"
                           else _outputs(*teacher, prompts, cfg))
@@ -219,20 +221,39 @@ def evaluate_generation(cfg: RunConfig, *, data: GenData, targets: GenTargets | 
                                        "cost": _cost(*untrained, prompts, cfg, resolve_model_path(cfg.student.model))}
         del untrained
     for variant in variants(cfg):
-        entry = _evaluate_variant(cfg, variant, prompts, score, outputs)
+        entry = _evaluate_variant(cfg, variant, prompts, score, outputs, seed_outputs)
         if entry:
             entry["summary"] = summarize_seeds(entry["seeds"])
             models[f"student_{variant}"] = entry
+    if cfg.task.evaluate_as == "summary":  # copying against the teacher's, paired by article, with its interval
+        for key, entry in models.items():
+            if key != "teacher":
+                texts = list(seed_outputs[key].values()) if key in seed_outputs else [outputs[key]]
+                entry["copy_gap_2"] = copy_gap(outputs["teacher"], texts, sources)
     results = {"run": cfg.name, "task": cfg.task.name, "task_kind": "generation", "evaluate_as": cfg.task.evaluate_as,
                "references": cfg.task.targets, "test_examples": len(test), "data": data.report,
                "scorers": scorer_info, "models": models, "comparison": comparison_rows(models, evaluate_as=cfg.task.evaluate_as),
                "examples": _examples(cfg, test, references, outputs)}
+    _write_outputs(cfg.run_dir / "eval" / "outputs.jsonl", test, references, outputs, seed_outputs)
     path = cfg.run_dir / "eval" / "results.json"
     atomic_write_json(path, results)
     return path
 
 
-def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, outputs: dict) -> dict | None:
+def _write_outputs(path: Path, test: list[GenExample], references: list, outputs: dict[str, list[str]],
+                   seed_outputs: dict[str, dict[str, list[str]]]) -> None:
+    """One line per test example: its id, reference, and the output of every model (a trained variant's per
+    seed, keyed ``student_<variant>_seed<seed>``), so that any figure of the card can be checked by hand."""
+    columns = {key: texts for key, texts in outputs.items() if key not in seed_outputs}
+    columns |= {f"{key}_seed{seed}": texts for key, per_seed in seed_outputs.items() for seed, texts in per_seed.items()}
+    lines = [json.dumps({"id": example.id, "reference": references[i],
+                         "outputs": {key: texts[i] for key, texts in columns.items()}}, ensure_ascii=False)
+             for i, example in enumerate(test)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, outputs: dict,
+                      seed_outputs: dict) -> dict | None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     per_seed, training, cost = {}, {}, None
@@ -243,6 +264,7 @@ def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, o
         module = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(pick_device(cfg.training.device))
         tokenizer = AutoTokenizer.from_pretrained(folder)
         texts = _outputs(module, tokenizer, prompts, cfg)
+        seed_outputs.setdefault(f"student_{variant}", {})[str(seed)] = texts
         if seed == cfg.evaluation.seeds[0]:
             outputs[f"student_{variant}"] = texts
             cost = _cost(module, tokenizer, prompts, cfg, folder)

@@ -94,6 +94,22 @@ def _verdict(results: Record) -> list[str]:
     return lines
 
 
+def _copying_lines(results: Record) -> list[str]:
+    """Each student's copy rate against the teacher's, paired by article, with its bootstrap interval."""
+    lines = []
+    for key in ordered_models(results["models"]):
+        gap = results["models"][key].get("copy_gap_2")
+        if gap is None:
+            continue
+        interval = ("" if gap["ci95"] is None else
+                    f"95% interval {gap['ci95'][0]:+.1f} to {gap['ci95'][1]:+.1f}, bootstrap over the articles; ")
+        seeds = f", mean of {gap['seeds']} seeds" if gap["seeds"] > 1 else ""
+        lines.append(f"Copy rate of the {SENTENCE_NAMES.get(key, _name(key))}, minus the teacher's: "
+                     f"**{gap['points']:+.1f} points** of word bigrams taken from the article ({interval}paired over "
+                     f"{gap['sources']} test articles{seeds}).")
+    return lines
+
+
 def _references_note(results: Record) -> str:
     noun = OUTPUT_NOUNS.get(results["evaluate_as"], "outputs")
     if results["references"] == "teacher":
@@ -241,7 +257,8 @@ def render_generation_markdown(results: Record, config_yaml: str) -> str:
              f"## Teacher vs students (held-out test split, {results['test_examples']} examples)", "",
              *_md_table(_card(results)), "", _cost_note(results), "",
              "## Every metric", "", "Quality is scored against the references, copying against the source.", "",
-             *_md_table(_every_metric(results)), "",
+             *_md_table(_every_metric(results)), "", *(f"- {line}" for line in _copying_lines(results)),
+             *([""] if _copying_lines(results) else []),
              "## Scorers", "", *(f"- {line}" for line in _scorer_notes(results))]
     judge = (results.get("scorers") or {}).get("faithfulness")
     if judge:
@@ -290,6 +307,7 @@ def render_generation_html(results: Record, histories: dict[str, dict[int, list[
     parts += ['<h2 id="metrics">Every metric</h2>',
               '<p class="note">Quality is scored against the references, copying against the source.</p>',
               _html_table(_every_metric(results), "described", marks=True),
+              *(f"<p>{_inline(line)}</p>" for line in _copying_lines(results)),
               '<h2 id="scorers">Scorers</h2>', "<ul>" + "".join(f"<li>{_inline(line)}</li>"
                                                                for line in _scorer_notes(results)) + "</ul>"]
     judge = (results.get("scorers") or {}).get("faithfulness")
