@@ -132,7 +132,11 @@ def _max_prompt_tokens(cfg: RunConfig) -> int:
     return cfg.student.max_length - cfg.task.max_new_tokens
 
 
-def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str | Path | None) -> dict[str, Any]:
+def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str | Path | None,
+          teacher=None) -> dict[str, Any]:
+    """The model's generation cost (see `generation_cost`), also at a fixed output length; with ``teacher``
+    (its module and tokenizer), the teacher is timed at that fixed length right after the model, so that
+    the speed-up compares two timings a minute apart, not two taken at either end of the evaluation."""
     from kdistill.evaluate import size_on_disk
 
     n = max(1, min(cfg.evaluation.latency_examples, len(prompts)))
@@ -142,6 +146,10 @@ def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str 
     # speed-up in tokens/s then compares the models, not the lengths of what each chose to write
     fixed = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens, warmup=0,
                             max_prompt_tokens=_max_prompt_tokens(cfg), fixed_length=True)
+    if teacher is not None:
+        beside = generation_cost(*teacher, prompts[:n], max_new_tokens=cfg.task.max_new_tokens, warmup=0,
+                                 max_prompt_tokens=_max_prompt_tokens(cfg), fixed_length=True)
+        cost["teacher_fixed_length_tokens_per_s"] = beside["tokens_per_s"]
     folder = Path(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
     return {**cost, "fixed_length_tokens_per_s": fixed["tokens_per_s"],
             "fixed_length_tokens": fixed["generated_tokens"], "parameters": sum(p.numel() for p in module.parameters()),
@@ -218,10 +226,11 @@ def evaluate_generation(cfg: RunConfig, *, data: GenData, targets: GenTargets | 
         untrained = load_causal_lm(cfg.student, device)
         outputs["student_untrained"] = _outputs(*untrained, prompts, cfg)
         models["student_untrained"] = {"name": cfg.student.model, "metrics": score(outputs["student_untrained"]),
-                                       "cost": _cost(*untrained, prompts, cfg, resolve_model_path(cfg.student.model))}
+                                       "cost": _cost(*untrained, prompts, cfg, resolve_model_path(cfg.student.model),
+                                                     teacher)}
         del untrained
     for variant in variants(cfg):
-        entry = _evaluate_variant(cfg, variant, prompts, score, outputs, seed_outputs)
+        entry = _evaluate_variant(cfg, variant, prompts, score, outputs, seed_outputs, teacher)
         if entry:
             entry["summary"] = summarize_seeds(entry["seeds"])
             models[f"student_{variant}"] = entry
@@ -253,7 +262,7 @@ def _write_outputs(path: Path, test: list[GenExample], references: list, outputs
 
 
 def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, outputs: dict,
-                      seed_outputs: dict) -> dict | None:
+                      seed_outputs: dict, teacher) -> dict | None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     per_seed, training, cost = {}, {}, None
@@ -267,7 +276,7 @@ def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, o
         seed_outputs.setdefault(f"student_{variant}", {})[str(seed)] = texts
         if seed == cfg.evaluation.seeds[0]:
             outputs[f"student_{variant}"] = texts
-            cost = _cost(module, tokenizer, prompts, cfg, folder)
+            cost = _cost(module, tokenizer, prompts, cfg, folder, teacher)
         per_seed[str(seed)] = score(texts)
         training[str(seed)] = {k: v for k, v in json.loads(folder.with_name(f"{folder.name}.training.json")
                                                           .read_text(encoding="utf-8")).items() if k != "history"}
