@@ -116,9 +116,7 @@ def copy_gap(teacher_outputs: Sequence[str], seed_outputs: Sequence[Sequence[str
     per_seed = [gen_metrics.copy_rate(outputs, sources, n).per_example for outputs in seed_outputs]
     differences = [100 * (statistics.fmean(seeds) - t) for t, seeds in zip(teacher, zip(*per_seed))]
     interval = None
-    if len(set(differences)) == 1 and len(differences) >= 2:  # nothing to resample: every source agrees
-        interval = [differences[0], differences[0]]
-    elif len(differences) >= 2:
+    if len(differences) >= 2:
         found = bootstrap((np.asarray(differences),), np.mean, n_resamples=resamples, confidence_level=0.95,
                           method="percentile", random_state=0).confidence_interval
         interval = [float(found.low), float(found.high)]

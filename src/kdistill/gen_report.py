@@ -257,12 +257,12 @@ def _title(results: Record) -> str:
 
 def render_generation_markdown(results: Record, config_yaml: str) -> str:
     """report.md of a generative run."""
+    copying = [f"- {line}" for line in _copying_lines(results)]
     lines = [f"# {_title(results)}", "", *_verdict(results), "", _references_note(results), "",
              f"## Teacher vs students (held-out test split, {results['test_examples']} examples)", "",
              *_md_table(_card(results)), "", _cost_note(results), "",
              "## Every metric", "", "Quality is scored against the references, copying against the source.", "",
-             *_md_table(_every_metric(results)), "", *(f"- {line}" for line in _copying_lines(results)),
-             *([""] if _copying_lines(results) else []),
+             *_md_table(_every_metric(results)), "", *(copying + [""] if copying else []),
              "## Scorers", "", *(f"- {line}" for line in _scorer_notes(results))]
     judge = (results.get("scorers") or {}).get("faithfulness")
     if judge:
