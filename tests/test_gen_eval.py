@@ -132,6 +132,19 @@ def test_a_teacher_timed_beside_a_student_is_what_its_speed_up_divides_by():
     assert not untrained["speedup_teacher_timed_beside"] and rows["teacher"]["speedup_tokens_per_s"] == 1.0
 
 
+def test_a_paired_timing_gives_the_median_of_its_per_prompt_ratios_as_the_speed_up():
+    models = _models()
+    for key, fixed in (("teacher", 40.0), ("student_distilled", 160.0), ("student_untrained", 150.0)):
+        models[key]["cost"]["fixed_length_tokens_per_s"] = fixed
+    # one prompt was timed while the machine was busy: the ratio over the totals (160 / 32 = 5) would follow it
+    models["student_distilled"]["cost"] |= {"teacher_fixed_length_tokens_per_s": 32.0,
+                                            "fixed_length_speedups": [2.5, 2.7, 9.0], "fixed_length_speedup_median": 2.7}
+    rows = {row["model"]: row for row in comparison_rows(models, evaluate_as="summary")}
+    distilled, untrained = rows["student_distilled"], rows["student_untrained"]
+    assert distilled["speedup_tokens_per_s"] == 2.7 and distilled["speedup_paired_median"]
+    assert untrained["speedup_tokens_per_s"] == 150.0 / 40.0 and not untrained["speedup_paired_median"]
+
+
 def test_comparison_rows_cope_without_a_teacher_and_use_token_f1_for_qa():
     models = _models()
     del models["teacher"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.generate import generate, generation_cost
+from kdistill.generate import generate, generation_cost, paired_fixed_length_cost
 
 PROMPTS = ["the film was", "a story about the plot and the acting", "really", "the movie is quite"]
 
@@ -67,3 +67,23 @@ def test_fixed_length_timing_writes_exactly_the_asked_tokens(tiny_lm):
     model, tokenizer = tiny_lm
     cost = generation_cost(model, tokenizer, PROMPTS[:2], max_new_tokens=5, fixed_length=True)
     assert cost["generated_tokens"] == 2 * 5 and cost["outputs"] == 2
+
+
+def test_paired_timing_takes_each_prompt_on_both_models_and_gives_the_median_ratio(tiny_lm, monkeypatch):
+    import kdistill.generate as gen
+
+    model, tokenizer = tiny_lm
+    slow = torch.nn.Linear(1, 1)  # the reference: the same model behind a clock that runs 3x as long for it
+    clock = {"now": 0.0}
+    monkeypatch.setattr(gen.time, "perf_counter", lambda: clock["now"])
+    real_generate = gen.generate
+
+    def ticking(m, *args, **kwargs):
+        clock["now"] += 3.0 if m is slow else 1.0
+        return real_generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "generate", ticking)
+    cost = paired_fixed_length_cost(model, tokenizer, (slow, tokenizer), PROMPTS[:3], max_new_tokens=4)
+    assert cost["outputs"] == 3 and cost["generated_tokens"] == 3 * 4, "every output exactly max_new_tokens long"
+    assert cost["speedups"] == [3.0, 3.0, 3.0] and cost["speedup_median"] == 3.0
+    assert cost["tokens_per_s"] == pytest.approx(4.0) and cost["reference_tokens_per_s"] == pytest.approx(4.0 / 3)

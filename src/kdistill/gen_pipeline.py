@@ -31,7 +31,7 @@ from kdistill.data.generative import GenExample
 from kdistill.errors import KdistillError
 from kdistill.gen_teacher import GenTargets, check_same_tokenizer, load_causal_lm, teacher_targets
 from kdistill.gen_train import GenStudent, OnPolicy, TokenSteps, freeze_lower_layers, prompt_text
-from kdistill.generate import generation_cost, greedy_texts
+from kdistill.generate import generation_cost, greedy_texts, paired_fixed_length_cost
 from kdistill.io import atomic_write_json, atomic_write_text
 from kdistill.models import pick_device, resolve_model_path
 from kdistill.objective import Objective
@@ -135,8 +135,9 @@ def _max_prompt_tokens(cfg: RunConfig) -> int:
 def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str | Path | None,
           teacher=None) -> dict[str, Any]:
     """The model's generation cost (see `generation_cost`), also at a fixed output length; with ``teacher``
-    (its module and tokenizer), the teacher is timed at that fixed length right after the model, so that
-    the speed-up compares two timings a minute apart, not two taken at either end of the evaluation."""
+    (its module and tokenizer), that fixed-length timing takes each prompt on the model and right after on the
+    teacher (`paired_fixed_length_cost`), and the speed-up is the median of the per-prompt ratios: two timings
+    seconds apart, not two taken at either end of the evaluation."""
     from kdistill.evaluate import size_on_disk
 
     n = max(1, min(cfg.evaluation.latency_examples, len(prompts)))
@@ -144,12 +145,15 @@ def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str 
                            max_prompt_tokens=_max_prompt_tokens(cfg), stop=cfg.task.stop)
     # the same prompts again, each written to exactly max_new_tokens (EOS and stop strings held back): the
     # speed-up in tokens/s then compares the models, not the lengths of what each chose to write
-    fixed = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens, warmup=0,
-                            max_prompt_tokens=_max_prompt_tokens(cfg), fixed_length=True)
     if teacher is not None:
-        beside = generation_cost(*teacher, prompts[:n], max_new_tokens=cfg.task.max_new_tokens, warmup=0,
-                                 max_prompt_tokens=_max_prompt_tokens(cfg), fixed_length=True)
-        cost["teacher_fixed_length_tokens_per_s"] = beside["tokens_per_s"]
+        paired = paired_fixed_length_cost(module, tokenizer, teacher, prompts[:n], max_new_tokens=cfg.task.max_new_tokens,
+                                          max_prompt_tokens=_max_prompt_tokens(cfg))
+        fixed = {"tokens_per_s": paired["tokens_per_s"], "generated_tokens": paired["generated_tokens"]}
+        cost |= {"teacher_fixed_length_tokens_per_s": paired["reference_tokens_per_s"],
+                 "fixed_length_speedups": paired["speedups"], "fixed_length_speedup_median": paired["speedup_median"]}
+    else:
+        fixed = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens, warmup=0,
+                                max_prompt_tokens=_max_prompt_tokens(cfg), fixed_length=True)
     folder = Path(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
     return {**cost, "fixed_length_tokens_per_s": fixed["tokens_per_s"],
             "fixed_length_tokens": fixed["generated_tokens"], "parameters": sum(p.numel() for p in module.parameters()),

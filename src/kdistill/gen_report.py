@@ -166,7 +166,11 @@ def _cost_note(results: Record) -> str:
         note += (f" The tokens/s in brackets, and the speed-up in tokens/s, are timed again on the same prompts with "
                  f"every output written to exactly {cost['max_new_tokens']} tokens (EOS and stop strings held back), "
                  "so a model that writes longer outputs (its prompt's cost spread over more tokens) is not favoured.")
-    if any(row.get("speedup_teacher_timed_beside") for row in results["comparison"]):
+    if any(row.get("speedup_paired_median") for row in results["comparison"]):
+        note += (" Each student's speed-up in tokens/s is the median, over those prompts, of its tokens/s over the "
+                 "teacher's on the same prompt, timed right after it, so that load on a shared machine changes both "
+                 "timings alike; the teacher's row shows its own first timing.")
+    elif any(row.get("speedup_teacher_timed_beside") for row in results["comparison"]):
         note += (" Each student's speed-up in tokens/s divides by the teacher's tokens/s timed again right after "
                  "that student, so that load on a shared machine changes both timings alike; the teacher's row shows "
                  "its first timing.")

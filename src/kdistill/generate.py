@@ -2,6 +2,8 @@
 
     generate(model, tokenizer, prompts, ...)        -> [Generation]   texts, in input order
     generation_cost(model, tokenizer, prompts, ...) -> dict           seconds per output p50 / p95, tokens/s
+    paired_fixed_length_cost(model, tokenizer, reference, prompts, ...) -> dict
+                                                                      per prompt, timed beside a reference: speed-ups
 
 A teacher's generations become sequence-level KD targets; a sampled one is reproducible only with its
 seed, so `generate` takes one and every batch is seeded from it and the batch's first index (the same
@@ -99,26 +101,53 @@ def _num_generated(row: torch.Tensor, tokenizer) -> int:
     return int(eos[0, 0]) + 1 if len(eos) else len(row)
 
 
+def _timed(model, tokenizer, prompt: str, *, max_new_tokens: int, max_prompt_tokens: int | None,
+           stop: tuple[str, ...] | list[str], fixed_length: bool) -> tuple[float, int]:
+    """Seconds and tokens of one greedy output, end to end from text (CUDA synchronized before the clock stops)."""
+    sync = torch.cuda.synchronize if next(model.parameters()).device.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    (generation,) = generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
+                             max_prompt_tokens=max_prompt_tokens, stop=stop,
+                             min_new_tokens=max_new_tokens if fixed_length else 0)
+    sync()
+    return time.perf_counter() - start, generation.num_tokens
+
+
 def generation_cost(model, tokenizer, prompts: list[str], *, max_new_tokens: int, warmup: int = 1,
                     max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
                     fixed_length: bool = False) -> dict:
     """Greedy generation one prompt at a time, end to end from text: seconds per output (p50, p95) and
     generated tokens per second over all of them. Every model is timed by this same function."""
+    settings = dict(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, stop=stop,
+                    fixed_length=fixed_length)
     for prompt in prompts[:warmup]:
-        generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
-                 max_prompt_tokens=max_prompt_tokens, stop=stop, min_new_tokens=max_new_tokens if fixed_length else 0)
+        _timed(model, tokenizer, prompt, **settings)
     seconds, tokens = [], 0
-    sync = torch.cuda.synchronize if next(model.parameters()).device.type == "cuda" else (lambda: None)
     for prompt in prompts:
-        start = time.perf_counter()
-        (generation,) = generate(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, batch_size=1,
-                                 max_prompt_tokens=max_prompt_tokens, stop=stop,
-                                 min_new_tokens=max_new_tokens if fixed_length else 0)
-        sync()
-        seconds.append(time.perf_counter() - start)
-        tokens += generation.num_tokens
+        took, num_tokens = _timed(model, tokenizer, prompt, **settings)
+        seconds.append(took)
+        tokens += num_tokens
     ordered = sorted(seconds)
     return {"outputs": len(seconds), "seconds_p50": statistics.median(seconds),
             "seconds_p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
             "tokens_per_s": tokens / sum(seconds), "generated_tokens": tokens,
             "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads()}
+
+
+def paired_fixed_length_cost(model, tokenizer, reference, prompts: list[str], *, max_new_tokens: int,
+                             max_prompt_tokens: int | None = None) -> dict:
+    """Each prompt written to exactly ``max_new_tokens`` by ``model`` and right after by ``reference`` (a
+    (model, tokenizer) pair, e.g. the teacher), so the two timings of a prompt are seconds apart and load on a
+    shared machine changes both alike. Both should be warm. Returns each one's tokens/s over all prompts, and
+    per prompt the model's tokens/s over the reference's (``speedups``) with their median."""
+    settings = dict(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, stop=(), fixed_length=True)
+    own, ref, speedups = [0.0, 0], [0.0, 0], []
+    for prompt in prompts:
+        seconds, tokens = _timed(model, tokenizer, prompt, **settings)
+        ref_seconds, ref_tokens = _timed(*reference, prompt, **settings)
+        speedups.append((tokens / seconds) / (ref_tokens / ref_seconds))
+        own = [own[0] + seconds, own[1] + tokens]
+        ref = [ref[0] + ref_seconds, ref[1] + ref_tokens]
+    return {"outputs": len(prompts), "tokens_per_s": own[1] / own[0], "generated_tokens": own[1],
+            "reference_tokens_per_s": ref[1] / ref[0], "speedups": speedups,
+            "speedup_median": statistics.median(speedups)}
