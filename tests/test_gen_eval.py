@@ -138,7 +138,8 @@ def test_a_paired_timing_gives_the_median_of_its_per_prompt_ratios_as_the_speed_
         models[key]["cost"]["fixed_length_tokens_per_s"] = fixed
     # one prompt was timed while the machine was busy: the ratio over the totals (160 / 32 = 5) would follow it
     models["student_distilled"]["cost"] |= {"teacher_fixed_length_tokens_per_s": 32.0,
-                                            "fixed_length_speedups": [2.5, 2.7, 9.0], "fixed_length_speedup_median": 2.7}
+                                            "fixed_length_speedups": [2.5, 2.7, 9.0],
+                                            "fixed_length_speedup_median": 2.7}
     rows = {row["model"]: row for row in comparison_rows(models, evaluate_as="summary")}
     distilled, untrained = rows["student_distilled"], rows["student_untrained"]
     assert distilled["speedup_tokens_per_s"] == 2.7 and distilled["speedup_paired_median"]

@@ -61,14 +61,14 @@ def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_mo
         assert entry["cost"]["tokens_per_s"] > 0 and entry["cost"]["parameters"] > 0
         # timed again with every output exactly max_new_tokens long: the length-fair tokens/s the speed-up uses
         assert entry["cost"]["fixed_length_tokens"] == 2 * 4 and entry["cost"]["fixed_length_tokens_per_s"] > 0
-    teacher_fair = results["models"]["teacher"]["cost"]["fixed_length_tokens_per_s"]
     for row in results["comparison"]:  # each student against the teacher, prompt by prompt: the median ratio
         cost = results["models"][row["model"]]["cost"]
         student = row["model"] != "teacher"
         assert row["speedup_at_fixed_length"] and row["speedup_tokens_per_s"] == pytest.approx(
             statistics.median(cost["fixed_length_speedups"]) if student else 1.0)
-        assert row["speedup_paired_median"] == row["speedup_teacher_timed_beside"] == student and teacher_fair > 0
-        assert not student or (len(cost["fixed_length_speedups"]) == 2 and cost["teacher_fixed_length_tokens_per_s"] > 0)
+        assert row["speedup_paired_median"] == row["speedup_teacher_timed_beside"] == student
+        if student:
+            assert len(cost["fixed_length_speedups"]) == 2 and cost["teacher_fixed_length_tokens_per_s"] > 0
     training = json.loads((run_dir / "students" / "distilled-seed0.training.json").read_text())
     history = training["history"]
     assert any("train_kd" in r for r in history) and any("val_target_ce" in r for r in history)
@@ -84,8 +84,8 @@ def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_mo
     assert not any("copy_gap_2" in entry for entry in results["models"].values()), "an answer is meant to be new"
     rows = [json.loads(line) for line in (run_dir / "eval" / "outputs.jsonl").read_text().splitlines()]
     assert len(rows) == results["test_examples"] and rows[0]["reference"] == results["examples"][0]["reference"].split(" | ")
-    assert "every output written to exactly 4 tokens" in (run_dir / "report.md").read_text()
     card = (run_dir / "report.md").read_text()
+    assert "every output written to exactly 4 tokens" in card
     assert "the median, over those prompts, of its tokens/s over the teacher's on the same prompt" in card
     assert (run_dir / "report.html").exists()
     from transformers import AutoModelForCausalLM

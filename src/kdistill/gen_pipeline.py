@@ -146,7 +146,8 @@ def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str 
     # the same prompts again, each written to exactly max_new_tokens (EOS and stop strings held back): the
     # speed-up in tokens/s then compares the models, not the lengths of what each chose to write
     if teacher is not None:
-        paired = paired_fixed_length_cost(module, tokenizer, teacher, prompts[:n], max_new_tokens=cfg.task.max_new_tokens,
+        paired = paired_fixed_length_cost(module, tokenizer, teacher, prompts[:n],
+                                          max_new_tokens=cfg.task.max_new_tokens,
                                           max_prompt_tokens=_max_prompt_tokens(cfg))
         fixed = {"tokens_per_s": paired["tokens_per_s"], "generated_tokens": paired["generated_tokens"]}
         cost |= {"teacher_fixed_length_tokens_per_s": paired["reference_tokens_per_s"],
