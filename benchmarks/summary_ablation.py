@@ -40,6 +40,8 @@ SETTINGS = {
     "kd_4ep_reverse": ("distilled", {"training.epochs": 4, "objective.kd.divergence": "reverse_kl"}),
     "kd_1ep_on_policy": ("distilled", {"training.epochs": 1, "training.on_policy_fraction": 0.5}),
     "kd_1ep_12layers": ("distilled", {"training.epochs": 1, "training.trainable_layers": 12}),
+    "kd_1ep_on_policy_reverse": ("distilled", {"training.epochs": 1, "training.on_policy_fraction": 0.5,
+                                               "objective.kd.divergence": "reverse_kl"}),
     "kd_1ep_all_lr2e-5": ("distilled", {"training.epochs": 1, "training.trainable_layers": None,
                                         "training.learning_rate": 2.0e-5}),
     "kd_4ep_T0.5": ("distilled", {"training.epochs": 4, "objective.kd.temperature": 0.5}),
