@@ -495,6 +495,26 @@ def test_a_teacher_written_target_ends_where_the_teachers_decoding_stopped_it(tm
     assert torch.equal(data_targets.rows(first.id).logprobs, data_targets.entry.tokens(first.id).logprobs)
 
 
+def test_a_student_sample_ends_on_the_teachers_own_chance_of_stopping():
+    """For a student's sample, the last row is the teacher's: EOS holds the top-k mass of EOS and of the stop
+    tokens, not all of it (which made an on-policy student that once wrote nothing learn to write nothing)."""
+    from kdistill.divergences import SparseTargets
+    from kdistill.gen_teacher import stopping_as_eos
+
+    eos, newline = 7, 3
+    probs = torch.tensor([[0.5, 0.2, 0.1, 0.1], [0.4, 0.2, 0.2, 0.1]])  # the last row: 0.2 EOS, 0.2 a newline
+    rows = SparseTargets(torch.tensor([[1, 2, 4, 5], [9, eos, newline, 0]]), probs.log(),
+                         (1 - probs.sum(1)).log())
+    ended = stopping_as_eos(rows, eos, {newline})
+    assert torch.equal(ended.token_ids[0], rows.token_ids[0]) and torch.equal(ended.logprobs[0], rows.logprobs[0])
+    last = dict(zip(ended.token_ids[-1].tolist(), ended.logprobs[-1].exp().tolist()))
+    assert last[eos] == pytest.approx(0.4) and last[9] == pytest.approx(0.4) and last[0] == pytest.approx(0.1)
+    assert newline not in last and len(last) == 4, "the stop token's slot is an unused id with no mass"
+    assert sum(last.values()) == pytest.approx(0.9) and torch.equal(ended.tail_logmass, rows.tail_logmass)
+    going_on = SparseTargets(torch.tensor([[1, 2, 4, 5]]), probs[:1].log(), (1 - probs[:1].sum(1)).log())
+    assert stopping_as_eos(going_on, eos, {newline}) is going_on, "neither EOS nor a stop: the teacher's row"
+
+
 def test_search_refuses_a_generation_task_with_the_way_out(tmp_path, tiny_models):
     from kdistill.errors import KdistillError
     from kdistill.search import search

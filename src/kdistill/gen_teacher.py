@@ -79,6 +79,28 @@ class GenTargets:
         return ends_with_eos(rows, self.eos_id) if self.written_by_teacher and self.eos_id is not None else rows
 
 
+def stopping_as_eos(rows: SparseTargets, eos_id: int, stop_ids: set[int], *, floor: float = -30.0) -> SparseTargets:
+    """The teacher's rows with the last one (the target's EOS) as the teacher's own chance of ending there.
+
+    Decoding ends at EOS or at a stop string, so in the last row the top-k mass of EOS and of ``stop_ids``
+    (tokens that hold a stop string) is EOS's; the stop tokens' slots keep ``floor`` under unused ids.
+    For text the teacher did not write (a student's sample): forcing all the mass onto EOS there, as
+    `ends_with_eos` does for the teacher's text, would tell the student that stopping is right wherever
+    it stopped, an empty output included. A last row with neither EOS nor a stop token is left as it is.
+    """
+    ids, logprobs = rows.token_ids[-1], rows.logprobs[-1]
+    ending = [j for j, i in enumerate(ids.tolist()) if i == eos_id or i in stop_ids]
+    if not ending:
+        return rows
+    present = set(ids.tolist())
+    unused = (i for i in range(len(ids) + len(ending) + 1) if i != eos_id and i not in present)
+    token_ids, new_logprobs = rows.token_ids.clone(), rows.logprobs.clone()
+    token_ids[-1, ending[0]], new_logprobs[-1, ending[0]] = eos_id, torch.logsumexp(logprobs[ending], 0)
+    for j in ending[1:]:
+        token_ids[-1, j], new_logprobs[-1, j] = next(unused), floor
+    return SparseTargets(token_ids, new_logprobs, rows.tail_logmass, stored_temperature=rows.stored_temperature)
+
+
 def ends_with_eos(rows: SparseTargets, eos_id: int, *, floor: float = -30.0) -> SparseTargets:
     """The teacher's rows with the last one (the target's EOS) as the teacher's decoding policy has it.
 

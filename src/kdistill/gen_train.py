@@ -166,17 +166,22 @@ class OnPolicy:
         return g.text.strip()
 
     def rows(self, student: "GenStudent", prompt: str, text: str) -> SparseTargets:
-        """The teacher's top-k rows for ``text`` after ``prompt``, ending on EOS as the student's decoding did.
-        One example per forward pass, like the sampling: batched, padding would make the rows depend on which
-        examples share the micro-batch (the cost next to the generation that precedes it is small)."""
-        from kdistill.gen_teacher import ends_with_eos
+        """The teacher's top-k rows for ``text`` after ``prompt``; at the end (the target's EOS), the teacher's
+        own chance of ending there, a stop string's tokens counted as EOS (`stopping_as_eos`). One example per
+        forward pass, like the sampling: batched, padding would make the rows depend on which examples share
+        the micro-batch (the cost next to the generation that precedes it is small)."""
+        from kdistill.gen_teacher import stopping_as_eos
         from kdistill.token_elicit import token_targets
 
         [row] = token_targets(self.teacher, student.tokenizer, [prompt], [text], k=self.k,
                               max_length=student.max_length, batch_size=1)
         sparse = SparseTargets(torch.from_numpy(row.token_ids), torch.from_numpy(row.logprobs),
                                torch.from_numpy(row.tail_logmass), stored_temperature=1.0)
-        return ends_with_eos(sparse, self.eos_id) if self.eos_id is not None else sparse
+        if self.eos_id is None:
+            return sparse
+        stop_ids = {i for i in sparse.token_ids[-1].tolist()
+                    if any(s in student.tokenizer.decode([i]) for s in self.stop if s)}
+        return stopping_as_eos(sparse, self.eos_id, stop_ids)
 
 
 class TokenSteps:
