@@ -120,18 +120,6 @@ def test_comparison_rows_retention_and_speed_ups_relative_to_the_teacher():
     assert untrained["seeds"] is None and untrained["headline_std"] == 0.0
 
 
-def test_a_teacher_timed_beside_a_student_is_what_its_speed_up_divides_by():
-    models = _models()
-    for key, fixed in (("teacher", 40.0), ("student_distilled", 160.0), ("student_untrained", 150.0)):
-        models[key]["cost"]["fixed_length_tokens_per_s"] = fixed
-    models["student_distilled"]["cost"]["teacher_fixed_length_tokens_per_s"] = 32.0  # the machine was busier then
-    rows = {row["model"]: row for row in comparison_rows(models, evaluate_as="summary")}
-    distilled, untrained = rows["student_distilled"], rows["student_untrained"]
-    assert distilled["speedup_tokens_per_s"] == 5.0 and distilled["speedup_teacher_timed_beside"]
-    assert untrained["speedup_tokens_per_s"] == 150.0 / 40.0, "no timing beside it: the teacher's own"
-    assert not untrained["speedup_teacher_timed_beside"] and rows["teacher"]["speedup_tokens_per_s"] == 1.0
-
-
 def test_a_paired_timing_gives_the_median_of_its_per_prompt_ratios_as_the_speed_up():
     models = _models()
     for key, fixed in (("teacher", 40.0), ("student_distilled", 160.0), ("student_untrained", 150.0)):

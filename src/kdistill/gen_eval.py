@@ -150,10 +150,9 @@ def ordered_models(models: dict[str, Any]) -> list[str]:
 def comparison_rows(models: dict[str, Any], *, evaluate_as: str) -> list[dict[str, Any]]:
     """One row per model (teacher, untrained, sequence-level KD, distilled, then any other): the headline
     metric (:data:`HEADLINE`) mean ± std and faithfulness, each as a % of the teacher's; speed-ups
-    (the model's tokens/s over the teacher's, at a fixed output length when the cost has it; the median over
-    prompts of that ratio when each prompt was timed on the model and then on the teacher, else over the
-    teacher's timed right after the model when the cost has that; and the teacher's seconds per output p50
-    over the model's); parameters. Without a teacher, the relative figures are None."""
+    (the model's tokens/s over the teacher's, at a fixed output length when the cost has it, as the median
+    over prompts of that ratio when each prompt was timed on the model and right after on the teacher; and
+    the teacher's seconds per output p50 over the model's); parameters. Without a teacher, the relative figures are None."""
     _check_evaluate_as(evaluate_as)
     headline = HEADLINE[evaluate_as]
     teacher = models.get("teacher")
@@ -176,10 +175,9 @@ def comparison_rows(models: dict[str, Any], *, evaluate_as: str) -> list[dict[st
             "faithfulness_retained_pct": _pct(faithfulness, teacher_faithfulness),
             "parameters": cost["parameters"], "tokens_per_s": cost["tokens_per_s"], "seconds_p50": cost["seconds_p50"],
             "fixed_length_tokens_per_s": cost.get("fixed_length_tokens_per_s"),
-            "speedup_tokens_per_s": (cost["fixed_length_speedup_median"] if paired else
-                                     _ratio(cost[fair], cost.get(f"teacher_{fair}", teacher_cost.get(fair)))),
+            "speedup_tokens_per_s": (cost["fixed_length_speedup_median"] if paired
+                                     else _ratio(cost[fair], teacher_cost.get(fair))),
             "speedup_at_fixed_length": fair != "tokens_per_s",
-            "speedup_teacher_timed_beside": f"teacher_{fair}" in cost,
             "speedup_paired_median": paired,
             "speedup_seconds_p50": _ratio(teacher_cost["seconds_p50"], cost["seconds_p50"]),
         })

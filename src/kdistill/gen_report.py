@@ -170,10 +170,6 @@ def _cost_note(results: Record) -> str:
         note += (" Each student's speed-up in tokens/s is the median, over those prompts, of its tokens/s over the "
                  "teacher's on the same prompt, timed right after it, so that load on a shared machine changes both "
                  "timings alike; the teacher's row shows its own first timing.")
-    elif any(row.get("speedup_teacher_timed_beside") for row in results["comparison"]):
-        note += (" Each student's speed-up in tokens/s divides by the teacher's tokens/s timed again right after "
-                 "that student, so that load on a shared machine changes both timings alike; the teacher's row shows "
-                 "its first timing.")
     if "timings" in results:
         note += " Wall time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
                                           for k, v in results["timings"].items()) + "."

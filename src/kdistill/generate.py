@@ -141,13 +141,12 @@ def paired_fixed_length_cost(model, tokenizer, reference, prompts: list[str], *,
     shared machine changes both alike. Both should be warm. Returns each one's tokens/s over all prompts, and
     per prompt the model's tokens/s over the reference's (``speedups``) with their median."""
     settings = dict(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, stop=(), fixed_length=True)
-    own, ref, speedups = [0.0, 0], [0.0, 0], []
-    for prompt in prompts:
-        seconds, tokens = _timed(model, tokenizer, prompt, **settings)
-        ref_seconds, ref_tokens = _timed(*reference, prompt, **settings)
-        speedups.append((tokens / seconds) / (ref_tokens / ref_seconds))
-        own = [own[0] + seconds, own[1] + tokens]
-        ref = [ref[0] + ref_seconds, ref[1] + ref_tokens]
-    return {"outputs": len(prompts), "tokens_per_s": own[1] / own[0], "generated_tokens": own[1],
-            "reference_tokens_per_s": ref[1] / ref[0], "speedups": speedups,
+    pairs = [(_timed(model, tokenizer, prompt, **settings), _timed(*reference, prompt, **settings))
+             for prompt in prompts]  # ((seconds, tokens), (reference seconds, tokens)) per prompt
+    speedups = [(tokens / seconds) / (ref_tokens / ref_seconds)
+                for (seconds, tokens), (ref_seconds, ref_tokens) in pairs]
+    total = lambda side: [sum(values) for values in zip(*(pair[side] for pair in pairs))]  # [seconds, tokens]
+    (seconds, tokens), (ref_seconds, ref_tokens) = total(0), total(1)
+    return {"outputs": len(prompts), "tokens_per_s": tokens / seconds, "generated_tokens": tokens,
+            "reference_tokens_per_s": ref_tokens / ref_seconds, "speedups": speedups,
             "speedup_median": statistics.median(speedups)}
