@@ -327,6 +327,10 @@ def test_on_policy_mixing_is_refused_where_it_cannot_apply(tmp_path, tiny_models
         _gen_config(tmp_path, tiny_models, training={"on_policy_fraction": 1.5})
     with pytest.raises(KdistillError, match="for generation tasks"):
         tiny_config(training={"on_policy_fraction": 0.5})
+    with pytest.raises(KdistillError, match="novel_token_weight must be > 0"):
+        _gen_config(tmp_path, tiny_models, training={"novel_token_weight": 0.0})
+    with pytest.raises(KdistillError, match="novel_token_weight is for generation tasks"):
+        tiny_config(training={"novel_token_weight": 2.0})
 
 
 def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path, tiny_models):
@@ -341,11 +345,9 @@ def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path
     targets = _targets_for(cfg, data, progress=False)
     module = AutoModelForCausalLM.from_pretrained(tiny_models["lm2"])
     student = GenStudent(module, AutoTokenizer.from_pretrained(tiny_models["lm2"]), max_length=32)
-    steps = TokenSteps(student, cfg.objective, template=cfg.task.prompt_template, target_of=targets.target,
-                       teacher_rows=targets.rows, batch_size=8)
     batch = data.train[:8]
 
-    def grads(split: int) -> torch.Tensor:
+    def grads(steps: TokenSteps, split: int) -> torch.Tensor:
         module.zero_grad()
         size = len(batch) // split
         for s in range(0, len(batch), size):
@@ -354,8 +356,18 @@ def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path
             (loss_b.sum() / len(batch)).backward()
         return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
 
-    whole, halves, singles = grads(1), grads(2), grads(8)
-    assert torch.allclose(whole, halves, atol=1e-6) and torch.allclose(whole, singles, atol=1e-6)
+    plain = None
+    for novel_token_weight in (1.0, 3.0):  # weighted means per example are as invariant as plain ones
+        steps = TokenSteps(student, cfg.objective, template=cfg.task.prompt_template, target_of=targets.target,
+                           teacher_rows=targets.rows, batch_size=8, novel_token_weight=novel_token_weight)
+        weights = steps.arguments(batch, torch.device("cpu"), 0)[0].weight_bt
+        assert (weights is None) == (novel_token_weight == 1.0)
+        whole, halves, singles = grads(steps, 1), grads(steps, 2), grads(steps, 8)
+        assert torch.allclose(whole, halves, atol=1e-6) and torch.allclose(whole, singles, atol=1e-6)
+        if plain is None:
+            plain = whole
+        else:
+            assert set(weights.unique().tolist()) == {0.0, 1.0, 3.0} and not torch.allclose(whole, plain)
 
 
 def test_a_student_with_another_tokenizer_is_refused_token_level_kd_with_the_way_out(tmp_path, tiny_models):

@@ -112,3 +112,32 @@ def test_cached_token_targets_equal_the_live_teacher_one_example_at_a_time(tiny_
     small = token_targets(model, tokenizer, PROMPTS, TARGETS, k=4, max_length=64)
     mass = torch.from_numpy(small[0].logprobs).exp().sum(-1) + torch.from_numpy(small[0].tail_logmass).exp()
     torch.testing.assert_close(mass, torch.ones_like(mass), rtol=1e-4, atol=1e-5)  # top-4 + tail = everything
+
+
+def test_novel_token_weight_presses_on_the_tokens_the_target_does_not_copy(tiny_lm):
+    from kdistill.token_kd import novel_token_weights
+
+    # by hand: prompt bigrams (1,2), (2,3), (3,4); target 3 4 9 2 3 EOS after the prompt's last token 4
+    assert novel_token_weights([1, 2, 3, 4], [3, 4, 9, 2, 3, 0], 3.0, ends_with_eos=True).tolist() == \
+        [3.0, 1.0, 3.0, 3.0, 1.0, 1.0]  # (4,3) new, (3,4) copied, (4,9) new, (9,2) new, (2,3) copied, EOS kept 1
+    model, tokenizer = tiny_lm
+    prompts, targets = PROMPTS, [" the film was great and new", " yes it was"]
+    plain = encode_targets(tokenizer, prompts, targets, max_length=64)
+    weighted = encode_targets(tokenizer, prompts, targets, max_length=64, novel_weight=4.0)
+    assert plain.weight_bt is None and torch.equal(weighted.input_ids_bt, plain.input_ids_bt)
+    assert bool((weighted.weight_bt[~weighted.loss_mask_bt] == 0).all())
+    first = weighted.weight_bt[0][weighted.loss_mask_bt[0]]
+    assert 1.0 in first.tolist() and 4.0 in first.tolist()  # the copied run weighs 1, " and new" more
+    hidden = _forward(model, plain).detach()
+    kwargs = dict(ce_weight=1.0, kd_weight=0.0)
+    plain_b, terms = target_token_loss(hidden, model.lm_head.weight, plain, **kwargs)
+    weighted_b, _ = target_token_loss(hidden, model.lm_head.weight, weighted, **kwargs)
+    # each example's loss is its tokens' CE averaged with these weights
+    logits = hidden[0][plain.loss_mask_bt[0]] @ model.lm_head.weight.T
+    ce_n = torch.nn.functional.cross_entropy(logits, plain.next_ids_bt[0][plain.loss_mask_bt[0]], reduction="none")
+    torch.testing.assert_close(weighted_b[0], (first * ce_n).sum() / first.sum(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain_b[0], ce_n.mean(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(weighted_b[0], plain_b[0])
+    ones = encode_targets(tokenizer, prompts, targets, max_length=64)
+    ones.weight_bt = ones.loss_mask_bt.float()  # all weights 1: exactly the unweighted loss
+    assert torch.equal(target_token_loss(hidden, model.lm_head.weight, ones, **kwargs)[0], plain_b)

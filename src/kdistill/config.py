@@ -381,6 +381,11 @@ class TrainingConfig:
     cached targets alone."""
     on_policy_temperature: float = 1.0
     """Sampling temperature of those student continuations; 0 takes the greedy one."""
+    novel_token_weight: float = 1.0
+    """Generation tasks: the weight, in each example's mean of CE and KD, of a target token the target writes
+    rather than copies from the prompt (it and the token before it are not a bigram of the prompt), the
+    copied ones weighing 1. Above 1, a summarization student is pressed hardest where the teacher
+    paraphrases; 1 weighs every target token alike."""
     tensorboard: bool = True
     """Log every training-history record (each loss term, lr, validation macro-F1) for TensorBoard
     to `runs/<name>/tensorboard/<variant>-seed<N>/`."""
@@ -404,6 +409,9 @@ class TrainingConfig:
         if not 0.0 <= self.on_policy_fraction <= 1.0 or self.on_policy_temperature < 0:
             raise KdistillError("training.on_policy_fraction must be in [0, 1] and training.on_policy_temperature "
                                 f">= 0; found {self.on_policy_fraction} and {self.on_policy_temperature}.")
+        if self.novel_token_weight <= 0:
+            raise KdistillError(f"training.novel_token_weight must be > 0 (1 weighs every target token alike); "
+                                f"found {self.novel_token_weight}.")
         if self.on_policy_fraction > 0 and self.sharding == "fsdp":
             raise KdistillError("training.on_policy_fraction needs the student whole in every process to generate; "
                                 "set training.sharding: none (DDP) or on_policy_fraction: 0.")
@@ -468,6 +476,9 @@ class RunConfig:
         elif self.training.on_policy_fraction > 0:
             raise KdistillError("training.on_policy_fraction is for generation tasks (the student writes text); "
                                 f"task {self.task.name!r} is {self.task.kind}. Set it to 0.")
+        elif self.training.novel_token_weight != 1.0:
+            raise KdistillError("training.novel_token_weight is for generation tasks (it weighs target tokens); "
+                                f"task {self.task.name!r} is {self.task.kind}. Set it to 1.")
         elif self.training.select_by != "target_ce":
             raise KdistillError(f"training.select_by: {self.training.select_by} is for generation tasks (the student "
                                 f"writes text); task {self.task.name!r} is {self.task.kind}, whose weights are kept by "

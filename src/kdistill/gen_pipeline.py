@@ -97,7 +97,7 @@ def train_generation(cfg: RunConfig, *, variant: str, seed: int, data: GenData, 
                        teacher_rows=targets.rows if objective_cfg.kd.weight > 0 else None,
                        batch_size=cfg.student.batch_size, mixed_precision=cfg.training.mixed_precision,
                        on_policy=on_policy, select_by=cfg.training.select_by, max_new_tokens=cfg.task.max_new_tokens,
-                       stop=tuple(cfg.task.stop))
+                       stop=tuple(cfg.task.stop), novel_token_weight=cfg.training.novel_token_weight)
     records = (tensorboard_records(cfg.run_dir / "tensorboard" / f"{variant}-seed{seed}", resume=resume, then=on_record)
                if cfg.training.tensorboard and distributed.is_main() else contextlib.nullcontext(on_record))
     with records as record:

@@ -196,7 +196,8 @@ class TokenSteps:
                  target_of: Callable[[GenExample], str],
                  teacher_rows: Callable[[str], SparseTargets] | None, batch_size: int,
                  mixed_precision: str = "auto", on_policy: OnPolicy | None = None,
-                 select_by: str = "target_ce", max_new_tokens: int = 0, stop: tuple[str, ...] = ()) -> None:
+                 select_by: str = "target_ce", max_new_tokens: int = 0, stop: tuple[str, ...] = (),
+                 novel_token_weight: float = 1.0) -> None:
         if on_policy is not None and teacher_rows is None:
             raise KdistillError("on-policy mixing scores the student's text with the teacher's distributions, so it "
                                 "needs the kd term (objective.kd.weight > 0).")
@@ -208,14 +209,16 @@ class TokenSteps:
         self.student, self.template, self.target_of = student, template, target_of
         self.teacher_rows, self.batch_size, self.on_policy = teacher_rows, batch_size, on_policy
         self.select_by, self.max_new_tokens, self.stop = select_by, max_new_tokens, tuple(stop)
+        self.novel_token_weight = novel_token_weight
         self.module = TokenStep(student.module, objective, mixed_precision=mixed_precision)
 
-    def encode(self, chunk: list[GenExample], own: dict[str, str] | None = None) -> TargetBatch:
+    def encode(self, chunk: list[GenExample], own: dict[str, str] | None = None, *,
+               novel_weight: float = 1.0) -> TargetBatch:
         """The chunk's prompts and targets: the given ones, or for the ids in ``own`` the student's own text."""
         own = own or {}
         return encode_targets(self.student.tokenizer, [prompt_text(self.template, e) for e in chunk],
                               [own[e.id] if e.id in own else self.target_of(e) for e in chunk],
-                              max_length=self.student.max_length)
+                              max_length=self.student.max_length, novel_weight=novel_weight)
 
     def arguments(self, chunk: list[GenExample], device: torch.device, step: int) -> tuple:
         """(batch, teacher rows, CE mask) of a micro-batch at optimizer step ``step``; with on-policy mixing,
@@ -225,7 +228,7 @@ class TokenSteps:
         if self.on_policy is not None:
             own = {e.id: self.on_policy.continuation(self.student, prompts[e.id], step, e.id)
                    for e in chunk if self.on_policy.chosen(step, e.id)}
-        batch = self.encode(chunk, own).to(device)
+        batch = self.encode(chunk, own, novel_weight=self.novel_token_weight).to(device)
         if self.teacher_rows is None:
             return batch, None, None
         rows = concat_rows([self.on_policy.rows(self.student, prompts[e.id], own[e.id])

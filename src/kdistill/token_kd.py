@@ -36,6 +36,7 @@ class TargetBatch:
     attention_mask_bt: torch.Tensor
     loss_mask_bt: torch.Tensor  # True where the *next* token is a target token (the logits there predict it)
     next_ids_bt: torch.Tensor  # the token each position predicts (input_ids shifted left; 0 past the end)
+    weight_bt: torch.Tensor | None = None  # each trained position's weight in its example's mean; None: all 1
 
     @property
     def num_target_tokens_b(self) -> torch.Tensor:
@@ -43,13 +44,17 @@ class TargetBatch:
 
     def to(self, device: torch.device) -> "TargetBatch":
         return TargetBatch(*(t.to(device) for t in (self.input_ids_bt, self.attention_mask_bt,
-                                                    self.loss_mask_bt, self.next_ids_bt)))
+                                                    self.loss_mask_bt, self.next_ids_bt)),
+                           weight_bt=None if self.weight_bt is None else self.weight_bt.to(device))
 
 
 def encode_targets(tokenizer, prompts: list[str], targets: list[str], *, max_length: int,
-                   add_eos: bool = True) -> TargetBatch:
+                   add_eos: bool = True, novel_weight: float = 1.0) -> TargetBatch:
     """Tokenize each prompt and target separately (so the boundary is exact), join them, and cut the
-    prompt from the left when the pair is too long; the target is kept whole (or an error says so)."""
+    prompt from the left when the pair is too long; the target is kept whole (or an error says so).
+    With ``novel_weight`` other than 1, a target token that does not continue a token bigram found in the
+    prompt (a word the target writes rather than copies; the EOS excepted) gets that weight in its
+    example's mean, the rest 1 (`novel_token_weights`)."""
     if len(prompts) != len(targets):
         raise KdistillError(f"encode_targets: {len(prompts)} prompts but {len(targets)} targets.")
     eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
@@ -82,7 +87,27 @@ def encode_targets(tokenizer, prompts: list[str], targets: list[str], *, max_len
         loss_mask[b, len(prompt_ids) - 1:len(ids) - 1] = True
     next_ids = torch.zeros_like(input_ids)
     next_ids[:, :-1] = input_ids[:, 1:]
-    return TargetBatch(input_ids, attention, loss_mask, next_ids)
+    weight = None
+    if novel_weight != 1.0:
+        weight = torch.zeros((len(rows), width))
+        for b, (prompt_ids, target_ids) in enumerate(rows):
+            start = len(prompt_ids) - 1
+            weight[b, start:start + len(target_ids)] = novel_token_weights(prompt_ids, target_ids, novel_weight,
+                                                                           ends_with_eos=bool(eos))
+    return TargetBatch(input_ids, attention, loss_mask, next_ids, weight)
+
+
+def novel_token_weights(prompt_ids: list[int], target_ids: list[int], novel_weight: float, *,
+                        ends_with_eos: bool) -> torch.Tensor:
+    """(len(target_ids),) the weight of each target token: 1 where the token and the one before it (the
+    prompt's last token, for the first) are a bigram of the prompt, i.e. copied; ``novel_weight`` elsewhere.
+    A final EOS keeps weight 1: when to stop is not a question of copying."""
+    bigrams = set(zip(prompt_ids, prompt_ids[1:]))
+    before = prompt_ids[-1:] + target_ids[:-1]
+    weights = torch.tensor([1.0 if pair in bigrams else novel_weight for pair in zip(before, target_ids)])
+    if ends_with_eos:
+        weights[-1] = 1.0
+    return weights
 
 
 def target_token_loss(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch: TargetBatch, teacher=None, *,
@@ -90,7 +115,8 @@ def target_token_loss(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch:
                       temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
                       chunk_tokens: int = 32, ce_mask_b: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(B,) loss per example = mean over its target tokens of ce_weight * CE + kd_weight * T^2 * D, and
+    """(B,) loss per example = mean over its target tokens (weighted by ``batch.weight_bt`` when it has one)
+    of ce_weight * CE + kd_weight * T^2 * D, and
     each term per example. ``ce_mask_b`` (B,) 0/1 drops the CE of the examples marked 0 from the loss
     (their target is the student's own text: on-policy); their CE is still reported. Logits exist only for target positions, one chunk at a time (the student's
     hidden states go through ``lm_head_vh`` inside `chunked_token_loss`).
@@ -102,8 +128,13 @@ def target_token_loss(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch:
     index_n = mask_bt.reshape(-1).nonzero().squeeze(-1)  # (N,) target positions, flattened
     hidden_nh = hidden_bth.reshape(-1, hidden_bth.shape[-1])[index_n]
     example_n = index_n // mask_bt.shape[1]  # which example each target token belongs to
-    count_b = batch.num_target_tokens_b.clamp(min=1).to(hidden_nh.dtype)
-    per_example = lambda values_n: torch.zeros_like(count_b).index_add(0, example_n, values_n) / count_b
+    if batch.weight_bt is None:
+        weight_n = torch.ones(len(index_n), dtype=hidden_nh.dtype, device=hidden_nh.device)
+    else:
+        weight_n = batch.weight_bt.reshape(-1)[index_n].to(hidden_nh.dtype)
+    count_b = torch.zeros(mask_bt.shape[0], dtype=hidden_nh.dtype, device=hidden_nh.device)
+    count_b = count_b.index_add(0, example_n, weight_n).clamp(min=1e-8)
+    per_example = lambda values_n: torch.zeros_like(count_b).index_add(0, example_n, weight_n * values_n) / count_b
     terms = {}
     total_b = torch.zeros_like(count_b)
     if ce_weight > 0:
