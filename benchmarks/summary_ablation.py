@@ -27,7 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 # name -> (variant, overrides); every setting starts from the built-in config, epochs always named;
-# run_* settings score the summarization run's own seed-0 students (the built-in config) without training
+# run_* settings score the seed-0 students of the last summarization run into the run folder, without training
+# (the built-in config unless that run was given --set overrides)
 SETTINGS = {
     "run_sequence_kd": ("sequence_kd", {}),
     "run_distilled": ("distilled", {}),
@@ -45,6 +46,7 @@ SETTINGS = {
     "kd_1ep_all_lr2e-5": ("distilled", {"training.epochs": 1, "training.trainable_layers": None,
                                         "training.learning_rate": 2.0e-5}),
     "kd_1ep_novel3": ("distilled", {"training.epochs": 1, "training.novel_token_weight": 3.0}),
+    "seq_kd_1ep_novel3": ("sequence_kd", {"training.epochs": 1, "training.novel_token_weight": 3.0}),
     "kd_4ep_T0.5": ("distilled", {"training.epochs": 4, "objective.kd.temperature": 0.5}),
     "kd_6ep_lr2e-4": ("distilled", {"training.epochs": 6, "training.learning_rate": 2.0e-4}),
     "kd_6ep_8layers_lr1e-4": ("distilled", {"training.epochs": 6, "training.trainable_layers": 8,
