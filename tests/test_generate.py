@@ -87,3 +87,28 @@ def test_paired_timing_takes_each_prompt_on_both_models_and_gives_the_median_rat
     assert cost["outputs"] == 3 and cost["generated_tokens"] == 3 * 4, "every output exactly max_new_tokens long"
     assert cost["speedups"] == [3.0, 3.0, 3.0] and cost["speedup_median"] == 3.0
     assert cost["tokens_per_s"] == pytest.approx(4.0) and cost["reference_tokens_per_s"] == pytest.approx(4.0 / 3)
+
+
+def test_generation_ends_at_any_end_token_the_pad_and_each_configured_eos(tiny_lm):
+    """A Qwen2.5 instruct model converted from GGUF knows only <|im_end|> as EOS; students that wrote its
+    <|endoftext|> (the pad token) went on past the summary, the boundary invisible in the decoded text."""
+    import copy
+
+    from kdistill.generate import end_token_ids
+
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model)
+    film = tokenizer.convert_tokens_to_ids("film")
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, film]
+    assert end_token_ids(model, tokenizer) == sorted({tokenizer.eos_token_id, tokenizer.pad_token_id, film})
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    model.lm_head = head
+    for always in (tokenizer.pad_token_id, film):  # the model writes this token whatever it reads
+        with torch.no_grad():
+            head.bias.zero_()
+            head.bias[always] = 10.0
+        [g] = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6)
+        assert g.num_tokens == 1 and g.text == ("" if always == tokenizer.pad_token_id else "film")
+        [timed] = generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6, min_new_tokens=6)
+        assert timed.num_tokens == 6  # fixed-length timing holds every end token back

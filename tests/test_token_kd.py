@@ -130,7 +130,7 @@ def test_novel_token_weight_presses_on_the_tokens_the_target_does_not_copy(tiny_
     assert 1.0 in first.tolist() and 4.0 in first.tolist()  # the copied run weighs 1, " and new" more
     hidden = _forward(model, plain).detach()
     kwargs = dict(ce_weight=1.0, kd_weight=0.0)
-    plain_b, terms = target_token_loss(hidden, model.lm_head.weight, plain, **kwargs)
+    plain_b, _ = target_token_loss(hidden, model.lm_head.weight, plain, **kwargs)
     weighted_b, _ = target_token_loss(hidden, model.lm_head.weight, weighted, **kwargs)
     # each example's loss is its tokens' CE averaged with these weights
     logits = hidden[0][plain.loss_mask_bt[0]] @ model.lm_head.weight.T

@@ -179,8 +179,11 @@ class OnPolicy:
                                torch.from_numpy(row.tail_logmass), stored_temperature=1.0)
         if self.eos_id is None:
             return sparse
+        from kdistill.generate import end_token_ids
+
         stop_ids = {i for i in sparse.token_ids[-1].tolist()
                     if any(s in student.tokenizer.decode([i]) for s in self.stop if s)}
+        stop_ids |= set(end_token_ids(self.teacher, student.tokenizer)) - {self.eos_id}  # other ways to end
         return stopping_as_eos(sparse, self.eos_id, stop_ids)
 
 

@@ -29,20 +29,33 @@ class Generation:
     """Tokens generated (up to and including EOS, if it came)."""
 
 
+def end_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a model's text: the tokenizer's EOS and pad token and the model's generation config's
+    EOS ids. A chat model may end a turn with either of two: a Qwen2.5 instruct model converted from GGUF knows
+    only <|im_end|> as EOS, and trained students also write <|endoftext|> (its pad token), after which
+    generation went on past the summary with text a reader never sees the boundary of."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id,
+           *(configured if isinstance(configured, (list, tuple)) else [configured])}
+    return sorted(i for i in ids if i is not None)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 4,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
              max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
              min_new_tokens: int = 0) -> list[Generation]:
     """Continuations of ``prompts`` (left-padded batches, length-sorted; returned in input order). A
-    continuation ends at EOS or at the first of the ``stop`` strings, which is cut off with what follows;
-    ``min_new_tokens`` holds EOS back until that many tokens are out (fixed-length timing)."""
+    continuation ends at an end token (`end_token_ids`) or at the first of the ``stop`` strings, which is cut
+    off with what follows; ``min_new_tokens`` holds the end tokens back until that many tokens are out
+    (fixed-length timing)."""
     if max_new_tokens < 1:
         raise KdistillError(f"max_new_tokens must be >= 1; found {max_new_tokens}.")
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[Generation | None] = [None] * len(prompts)
+    ends = end_token_ids(model, tokenizer)
     # a long prompt loses its beginning, as in training (`token_kd.encode_targets`): the instruction at its end stays
     sides = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = tokenizer.truncation_side = "left"
@@ -57,12 +70,12 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
                                     min_new_tokens=min_new_tokens or None,
                                     do_sample=do_sample, temperature=temperature if do_sample else None,
                                     top_p=top_p if do_sample else None, top_k=None,
-                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, eos_token_id=ends,
                                     stopping_criteria=_stop_criteria(tokenizer, stop, enc["input_ids"].shape[1])
                                     )[:, enc["input_ids"].shape[1]:]
             for row, i in zip(new_bt.cpu(), idx):
                 out[i] = Generation(cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop),
-                                    _num_generated(row, tokenizer))
+                                    _num_generated(row, ends))
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = sides
     return out
@@ -95,10 +108,10 @@ def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> str:
     return text[:min(ends)] if ends else text
 
 
-def _num_generated(row: torch.Tensor, tokenizer) -> int:
-    """Tokens up to and including the first EOS (the rest is padding after the sequence ended)."""
-    eos = (row == tokenizer.eos_token_id).nonzero()
-    return int(eos[0, 0]) + 1 if len(eos) else len(row)
+def _num_generated(row: torch.Tensor, ends: list[int]) -> int:
+    """Tokens up to and including the first end token (the rest is padding after the sequence ended)."""
+    end = torch.isin(row, torch.tensor(ends, dtype=row.dtype)).nonzero()
+    return int(end[0, 0]) + 1 if len(end) else len(row)
 
 
 def _timed(model, tokenizer, prompt: str, *, max_new_tokens: int, max_prompt_tokens: int | None,
