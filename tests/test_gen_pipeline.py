@@ -296,9 +296,21 @@ def test_on_policy_examples_learn_the_live_teachers_rows_on_the_students_own_tex
     assert own != [targets.target(e) for e in batch]  # not the cached targets
     live = concat_rows([everything.on_policy.rows(student, p, t) for p, t in zip(prompts, own)])
     assert torch.equal(rows.token_ids, live.token_ids) and torch.equal(rows.logprobs, live.logprobs)
-    # no stop strings here: every row, the last included, is the teacher's own (not all the mass forced onto EOS)
-    raw = token_targets(teacher, tokenizer, prompts, own, k=8, max_length=32, batch_size=1)
-    torch.testing.assert_close(live.logprobs, torch.cat([torch.from_numpy(r.logprobs) for r in raw]))
+    # no stop strings here: every row but the last is the teacher's own; the last is its own chance of ending,
+    # EOS or the pad token (another end token), summed on EOS, not all the mass forced there. At k = V both
+    # are always in the row, so the sum is checked, not skipped
+    vocab = teacher.config.vocab_size
+    full = OnPolicy(teacher, fraction=1.0, temperature=1.0, seed=0, k=vocab, max_new_tokens=4,
+                    eos_id=tokenizer.eos_token_id)
+    for prompt, text in zip(prompts[:3], own[:3]):
+        [raw] = token_targets(teacher, tokenizer, [prompt], [text], k=vocab, max_length=32, batch_size=1)
+        mine = full.rows(student, prompt, text)
+        torch.testing.assert_close(mine.logprobs[:-1], torch.from_numpy(raw.logprobs[:-1]))
+        raw_last = dict(zip(raw.token_ids[-1].tolist(), torch.from_numpy(raw.logprobs[-1]).exp().tolist()))
+        last = dict(zip(mine.token_ids[-1].tolist(), mine.logprobs[-1].exp().tolist()))
+        ending = raw_last[tokenizer.eos_token_id] + raw_last[tokenizer.pad_token_id]
+        assert last[tokenizer.eos_token_id] == pytest.approx(ending, rel=1e-5)
+        assert tokenizer.pad_token_id not in last or last[tokenizer.pad_token_id] < 1e-12
     loss_b, terms = everything.module(0.0, tokens, rows, ce_mask)
     assert terms["on_policy"].tolist() == [1.0] * 8
     assert torch.allclose(loss_b, cfg.objective.kd.weight * terms["kd"])  # the kd term alone
@@ -331,6 +343,26 @@ def test_on_policy_mixing_is_refused_where_it_cannot_apply(tmp_path, tiny_models
         _gen_config(tmp_path, tiny_models, training={"novel_token_weight": 0.0})
     with pytest.raises(KdistillError, match="novel_token_weight is for generation tasks"):
         tiny_config(training={"novel_token_weight": 2.0})
+
+
+def test_the_run_trains_with_its_configs_novel_token_weight(tmp_path, tiny_models):
+    """training.novel_token_weight reaches the student's loss: the same seed and data give other weights."""
+    from safetensors.torch import load_file
+
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.gen_pipeline import _targets_for, train_generation
+
+    saved = {}
+    for weight in (1.0, 3.0):
+        (tmp_path / f"w{weight}").mkdir()
+        cfg = _gen_config(tmp_path / f"w{weight}", tiny_models,
+                          training={"epochs": 1, "checkpoint_every_steps": 0, "novel_token_weight": weight})
+        data = prepare_generation(cfg.data, cfg.task)
+        folder = train_generation(cfg, variant="distilled", seed=0, data=data,
+                                  targets=_targets_for(cfg, data, progress=False), progress=False)
+        saved[weight] = load_file(str(folder / "model.safetensors"))
+    assert saved[1.0].keys() == saved[3.0].keys()
+    assert not all(torch.equal(saved[1.0][k], saved[3.0][k]) for k in saved[1.0])
 
 
 def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path, tiny_models):
