@@ -47,6 +47,8 @@ SETTINGS = {
                                         "training.learning_rate": 2.0e-5}),
     "kd_1ep_novel3": ("distilled", {"training.epochs": 1, "training.novel_token_weight": 3.0}),
     "seq_kd_1ep_novel3": ("sequence_kd", {"training.epochs": 1, "training.novel_token_weight": 3.0}),
+    "kd_1ep_novel1": ("distilled", {"training.epochs": 1, "training.novel_token_weight": 1.0}),
+    "seq_kd_1ep_novel1": ("sequence_kd", {"training.epochs": 1, "training.novel_token_weight": 1.0}),
     "kd_4ep_T0.5": ("distilled", {"training.epochs": 4, "objective.kd.temperature": 0.5}),
     "kd_6ep_lr2e-4": ("distilled", {"training.epochs": 6, "training.learning_rate": 2.0e-4}),
     "kd_6ep_8layers_lr1e-4": ("distilled", {"training.epochs": 6, "training.trainable_layers": 8,
