@@ -31,6 +31,10 @@ def _write_qa(path, n: int = 48, seed: int = 0, answers=tuple(POSITIVE + NEGATIV
 def _gen_config(tmp_path, tiny_models, **sections):
     from kdistill.config import RunConfig, from_dict
 
+    return from_dict(RunConfig, _gen_config_dict(tmp_path, tiny_models, **sections))
+
+
+def _gen_config_dict(tmp_path, tiny_models, **sections) -> dict:
     config = {
         "name": "tiny-gen", "output_dir": str(tmp_path / "runs"),
         "task": {"name": "tiny-qa", "kind": "generation", "targets": "data", "evaluate_as": "qa",
@@ -45,7 +49,7 @@ def _gen_config(tmp_path, tiny_models, **sections):
     }
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values}
-    return from_dict(RunConfig, config)
+    return config
 
 
 def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_models):
@@ -139,6 +143,21 @@ def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_ref
     before = {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()}
     pipeline.elicit(cfg, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()} == before
+
+
+def test_the_elicit_command_says_where_a_generation_tasks_targets_are(tmp_path, tiny_models, capsys):
+    """`kdistill elicit` on a generation task fills the cache and names it (it used to end in an AttributeError)."""
+    import yaml
+
+    from kdistill.cli import main
+
+    task = {"targets": "teacher", "evaluate_as": "summary", "prompt_template": "{text} Summary:"}
+    path = tmp_path / "gen.yaml"
+    path.write_text(yaml.safe_dump(_gen_config_dict(tmp_path, tiny_models, task=task)))
+    assert main(["elicit", str(path)]) == 0
+    out = capsys.readouterr().out
+    entry = next((tmp_path / "runs" / "tiny-gen" / "teacher_cache").glob("*/entry.json")).parent
+    assert "written targets and token rows of 48 examples" in out and str(entry) in out  # every split of _write_qa's 48
 
 
 def test_a_grown_data_set_copies_the_greedy_teachers_targets_it_already_has(tmp_path, tiny_models, monkeypatch):

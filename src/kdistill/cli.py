@@ -38,8 +38,13 @@ def cmd_run(args):
 
 def cmd_elicit(args):
     from kdistill import pipeline
+    from kdistill.gen_teacher import GenTargets
 
     signal = pipeline.elicit(_config(args))
+    if isinstance(signal, GenTargets):  # a generation task: one teacher's token rows (and its texts) per example
+        held = "written targets and token rows" if signal.written_by_teacher else "token rows"
+        print(f"the teacher's {held} of {len(signal.entry.ids())} examples are in {signal.entry.folder}")
+        return
     print(f"targets of {len(signal.members)} teacher(s) ({', '.join(signal.members)}) for "
           f"{len(signal.targets.ids)} examples are in the store")
 

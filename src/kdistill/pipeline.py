@@ -113,7 +113,8 @@ def load_teachers(cfg: RunConfig, data: PreparedData, *, progress: bool = True) 
 def elicit(config: ConfigLike = None, *, progress: bool = True,
            teachers: dict[str, LabelModel] | None = None) -> TeacherSignal:
     """Every teacher's label distributions for the train, validation and test splits, from the store or
-    computed once, recalibrated, and combined when there are several."""
+    computed once, recalibrated, and combined when there are several. A generation task returns the
+    teacher's token rows (and written targets) instead: a ``gen_teacher.GenTargets``."""
     cfg = _single_run(_config(config), "elicit")
     if cfg.task.kind == "generation":
         from kdistill.gen_pipeline import _targets_for
