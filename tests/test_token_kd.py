@@ -141,3 +141,53 @@ def test_novel_token_weight_presses_on_the_tokens_the_target_does_not_copy(tiny_
     ones = encode_targets(tokenizer, prompts, targets, max_length=64)
     ones.weight_bt = ones.loss_mask_bt.float()  # all weights 1: exactly the unweighted loss
     assert torch.equal(target_token_loss(hidden, model.lm_head.weight, ones, **kwargs)[0], plain_b)
+
+
+def _bpe_tokenizer(*, dummy_prefix: bool):
+    """A small trained BPE, byte-level (Qwen, GPT-2: " Plans" and "Plans" are different tokens) or
+    SentencePiece-like with a dummy prefix (Llama 2: every text starts as a new word by itself)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    if dummy_prefix:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(prepend_scheme="always")
+        alphabet = []
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    corpus = ["Summary: Plans to allow house arrest. Labour MPs vote.", "Plans to allow it.", "Answer: Paris"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "[EOS]"],
+                                                        initial_alphabet=alphabet))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]", pad_token="[EOS]")
+
+
+def test_a_stripped_target_is_trained_as_the_prompts_continuation_with_its_space():
+    """A teacher writes " Plans …" after "Summary:", the cache keeps "Plans …": the student must train on
+    " Plans" (what it writes at generation), not on the word-start-less "Plans" (which taught run-together
+    text), and a tokenizer that adds the space itself must not get two."""
+    from kdistill.token_kd import continuation, writes_its_own_space
+
+    assert continuation("Summary:", "Plans to allow") == " Plans to allow"
+    assert continuation("Summary: ", "Plans") == "Plans" and continuation("Summary:\n", "Plans") == "Plans"
+    assert continuation("Summary:", " Plans") == " Plans" and continuation("Summary:", "\nPlans") == "\nPlans"
+    assert continuation("", "Plans") == "Plans" and continuation("Summary:", "") == ""
+    assert continuation("Summary:", "Plans", "") == "Plans"
+    prompt, target = "Summary:", "Plans to allow house arrest. Labour MPs vote."
+    for dummy_prefix in (False, True):
+        tokenizer = _bpe_tokenizer(dummy_prefix=dummy_prefix)
+        assert writes_its_own_space(tokenizer) is dummy_prefix
+        batch = encode_targets(tokenizer, [prompt], [target], max_length=64)
+        trained = batch.next_ids_bt[0][batch.loss_mask_bt[0]].tolist()
+        assert trained[-1] == tokenizer.eos_token_id
+        # the target tokens are those of the whole text "Summary: Plans …" after the prompt's
+        whole = tokenizer(prompt + " " + target, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert whole[:len(prompt_ids)] == prompt_ids and trained[:-1] == whole[len(prompt_ids):]
+        first = tokenizer.convert_ids_to_tokens(trained[:1])[0]
+        assert first in ("ĠPlans", "▁Plans"), first  # one word-start token, never a bare space token before it
+        if not dummy_prefix:  # the bug this guards: the bare "Plans" is another token
+            bare = tokenizer(target, add_special_tokens=False)["input_ids"]
+            assert bare[0] != trained[0] and tokenizer.convert_ids_to_tokens(bare[:1])[0] == "Plans"

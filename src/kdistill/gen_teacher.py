@@ -129,6 +129,7 @@ def _entry(cfg: RunConfig, examples: list[GenExample], tokenizer, model_path: st
         tokenizer=tokenizer_fingerprint(tokenizer), prompt=fingerprint([task.prompt_template, task.targets, task.stop]),
         data=fingerprint([(e.id, e.prompt, e.target) for e in examples]), example_ids=[e.id for e in examples],
         k=t.token_top_k, temperature=1.0, vocab_size=vocab_size, max_length=cfg.student.max_length,
+        target_after_prompt="continuation: a space unless either side has one",  # the rows are along these tokens
         written_targets=decoding | {"max_new_tokens": task.max_new_tokens, "ends": "eos, pad, generation config eos"}
         if task.targets == "teacher" else None)
     return TeacherCache(cfg.run_dir / "teacher_cache").entry(fields)

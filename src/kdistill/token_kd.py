@@ -52,6 +52,8 @@ def encode_targets(tokenizer, prompts: list[str], targets: list[str], *, max_len
                    add_eos: bool = True, novel_weight: float = 1.0) -> TargetBatch:
     """Tokenize each prompt and target separately (so the boundary is exact), join them, and cut the
     prompt from the left when the pair is too long; the target is kept whole (or an error says so).
+    The target is tokenized as the text that follows its prompt (`continuation`): "Summary:" + "Plans"
+    trains " Plans", the token a model writes there, not the word-start-less "Plans".
     With ``novel_weight`` other than 1, a target token that does not continue a token bigram found in the
     prompt (a word the target writes rather than copies; the EOS excepted) gets that weight in its
     example's mean, the rest 1 (`novel_token_weights`)."""
@@ -61,10 +63,11 @@ def encode_targets(tokenizer, prompts: list[str], targets: list[str], *, max_len
     # a tokenizer that starts every text with BOS (Llama, Gemma) gets it once, before the prompt
     bos_id = tokenizer.bos_token_id
     bos = [bos_id] if bos_id is not None and tokenizer("x")["input_ids"][:1] == [bos_id] else []
+    space = "" if writes_its_own_space(tokenizer) else " "
     rows = []
     for prompt, target in zip(prompts, targets):
         prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + eos
+        target_ids = tokenizer(continuation(prompt, target, space), add_special_tokens=False)["input_ids"] + eos
         if not target_ids:
             raise KdistillError(f"encode_targets: an empty target after the prompt {prompt[:60]!r}; every "
                                 "generation example needs a target text.")
@@ -95,6 +98,29 @@ def encode_targets(tokenizer, prompts: list[str], targets: list[str], *, max_len
             weight[b, start:start + len(target_ids)] = novel_token_weights(prompt_ids, target_ids, novel_weight,
                                                                            ends_with_eos=bool(eos))
     return TargetBatch(input_ids, attention, loss_mask, next_ids, weight)
+
+
+def continuation(prompt: str, target: str, space: str = " ") -> str:
+    """``target`` as the text after ``prompt``: with ``space`` before it when the prompt ends in a word or a
+    mark and the target starts with one, as multiple-choice scoring joins an option and as a model writes
+    after "Answer:". Stored targets are stripped (the teacher's " Plans to …" is kept as "Plans to …"), and
+    a byte-level BPE tokenizer (Qwen, GPT-2, Llama 3) has a different token for a word with no space
+    before it: trained on those, students learned to write sentences and words run together
+    ("…in Parliament.Labour MPs…", "AUS TV network")."""
+    if prompt and target and not prompt[-1].isspace() and not target[0].isspace():
+        return space + target
+    return target
+
+
+def writes_its_own_space(tokenizer) -> bool:
+    """True when the tokenizer starts every text it is given as a new word (SentencePiece's dummy prefix:
+    Llama 2, Mistral v1, T5; a word-level tokenizer): "a" alone begins as " a" after a word does, with the
+    word-start mark ("▁a"), and one more space would be a token of its own. False for byte-level BPE
+    (Qwen, GPT-2, Llama 3), where "a" alone is "a" and " a" is "Ġa"."""
+    pieces = lambda text: tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+    alone, word = pieces("a"), pieces("b")
+    after_a_word = pieces("b a")[len(word):]
+    return bool(alone and after_a_word) and alone[0][:1] == after_a_word[0][:1]
 
 
 def novel_token_weights(prompt_ids: list[int], target_ids: list[int], novel_weight: float, *,
