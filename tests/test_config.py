@@ -74,3 +74,13 @@ def test_every_builtin_task_loads():
 def test_a_data_override_keeps_the_builtin_tasks_data():
     cfg = load_config("sentiment3", {"data.num_labelled": 300})
     assert cfg.data.num_labelled == 300 and cfg.data.path == "asset:tweets-sentiment"
+
+
+def test_a_setting_inside_a_builtin_task_overrides_it_and_a_bad_path_is_named():
+    """`kdistill run trivia-qa --set task.max_new_tokens=8`: `task` is still the name "trivia-qa" when the
+    overrides apply, and setting inside it ended in a bare TypeError."""
+    cfg = load_config("trivia-qa", {"task.max_new_tokens": 8, "data.max_examples": 40})
+    assert cfg.task.max_new_tokens == 8 and cfg.task.name == "trivia-qa"  # the rest of the built-in task stays
+    assert cfg.data.max_examples == 40 and cfg.data.path == "asset:trivia-pairs"
+    with pytest.raises(KdistillError, match=r"cannot set name\.first: name is the value 'trivia-qa', not a section"):
+        load_config("trivia-qa", {"name.first": 1})

@@ -678,9 +678,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = builtin_config_path(str(path))  # a built-in config by name, e.g. `kdistill run news-topics`
     path = Path(path)
     data = _read_yaml(path)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    expand_builtin_task(data)
+    apply_overrides(data, overrides or {})
     config = from_dict(RunConfig, data, str(path))
     _resolve_data_path(config.data, path.parent)
     return config
@@ -710,9 +708,26 @@ def expand_builtin_task(data: dict[str, Any]) -> None:
         data["data"] = {**builtin["data"], **user_data}
 
 
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set each dotted key of ``overrides`` in plain config data, and expand a built-in task name. A setting
+    inside the task (``task.max_new_tokens``) goes on after the expansion, onto the built-in task's
+    section: before it, ``task`` is still a name."""
+    inside_task = {key: value for key, value in overrides.items() if key.startswith("task.")}
+    for key, value in overrides.items():
+        if key not in inside_task:
+            set_dotted(data, key, value)
+    expand_builtin_task(data)
+    for key, value in inside_task.items():
+        set_dotted(data, key, value)
+
+
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents, 1):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            where = ".".join(parents[:depth])
+            raise KdistillError(f"cannot set {dotted}: {where} is the value {node!r}, not a section; set {where} "
+                                "itself, or give it as a section first.")
     node[leaf] = value

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from kdistill.config import RunConfig, dump_yaml, expand_builtin_task, from_dict, set_dotted
+from kdistill.config import RunConfig, apply_overrides, dump_yaml, from_dict
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdistill.models import LabelModel, load_saved
@@ -41,9 +41,7 @@ def stage_configs(cfg: RunConfig) -> list[RunConfig]:
         data = copy.deepcopy(base)
         if isinstance(stage.set.get("task"), str):  # another built-in task: its data, not the run's
             data["data"] = {}
-        for key, value in stage.set.items():
-            set_dotted(data, key, value)
-        expand_builtin_task(data)
+        apply_overrides(data, stage.set)
         folder = stage_dir(cfg.run_dir, i, stage.name)
         data.update(name=folder.name, output_dir=str(folder.parent))
         configs.append(from_dict(RunConfig, data, where))
