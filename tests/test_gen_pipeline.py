@@ -588,3 +588,27 @@ def test_search_refuses_a_generation_task_with_the_way_out(tmp_path, tiny_models
 
     with pytest.raises(KdistillError, match="generation task, run `kdistill run`"):
         search(_gen_config(tmp_path, tiny_models))
+
+
+@pytest.mark.slow
+def test_the_built_in_trivia_qa_config_runs_end_to_end_on_its_real_pairs(tmp_path, tiny_models):
+    """The QA run on its built-in data: the `trivia-qa` config and the real trivia pairs (from the package
+    index), with tiny models in place of the Qwen pair, whose run is a benchmark rather than a test."""
+    from kdistill import pipeline
+    from kdistill.config import load_config
+    from kdistill.data.generative import load_trivia_pairs
+
+    cfg = load_config("trivia-qa", overrides={
+        "output_dir": str(tmp_path / "runs"), "teacher.model": str(tiny_models["lm"]),
+        "student.model": str(tiny_models["lm2"]), "student.max_length": 48, "data.max_examples": 40,
+        "task.max_new_tokens": 4, "training.trainable_layers": 1, "training.epochs": 1,
+        "evaluation.seeds": [0], "evaluation.latency_examples": 2})
+    run_dir = pipeline.run(cfg, progress=False)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(results["models"]) == {"teacher", "student_untrained", "student_sequence_kd", "student_distilled"}
+    for key, entry in results["models"].items():
+        metrics = entry["metrics"] if "metrics" in entry else entry["seeds"]["0"]
+        assert 0.0 <= metrics["exact_match"] <= 1.0 and 0.0 <= metrics["token_f1"] <= 1.0, key
+    splits = json.loads((run_dir / "data" / "splits.json").read_text())
+    real_ids = {e.id for e in load_trivia_pairs()}
+    assert len(splits["test"]) == 10 and set(splits["test"]) <= real_ids  # 40 x test_fraction 0.25, real pairs
