@@ -105,8 +105,8 @@ def continuation(prompt: str, target: str, space: str = " ") -> str:
     mark and the target starts with one, as multiple-choice scoring joins an option and as a model writes
     after "Answer:". Stored targets are stripped (the teacher's " Plans to …" is kept as "Plans to …"), and
     a byte-level BPE tokenizer (Qwen, GPT-2, Llama 3) has a different token for a word with no space
-    before it: trained on those, students learned to write sentences and words run together
-    ("…in Parliament.Labour MPs…", "AUS TV network")."""
+    before it. Trained on those, the bbc-summary students wrote sentences and words run together
+    ("…in Parliament.Labour MPs…", "AUS TV network"), the likely effect of learning space-less tokens."""
     if prompt and target and not prompt[-1].isspace() and not target[0].isspace():
         return space + target
     return target
@@ -117,7 +117,9 @@ def writes_its_own_space(tokenizer) -> bool:
     Llama 2, Mistral v1, T5; a word-level tokenizer): "a" alone begins as " a" after a word does, with the
     word-start mark ("▁a"), and one more space would be a token of its own. False for byte-level BPE
     (Qwen, GPT-2, Llama 3), where "a" alone is "a" and " a" is "Ġa"."""
-    pieces = lambda text: tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+    def pieces(text: str) -> list[str]:
+        return tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     alone, word = pieces("a"), pieces("b")
     after_a_word = pieces("b a")[len(word):]
     return bool(alone and after_a_word) and alone[0][:1] == after_a_word[0][:1]
