@@ -52,16 +52,23 @@ def _gen_config_dict(tmp_path, tiny_models, **sections) -> dict:
     return config
 
 
-def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_models):
-    from kdistill import pipeline
-
-    cfg = _gen_config(tmp_path, tiny_models)
-    run_dir = pipeline.run(cfg, progress=False)
+def _qa_card(run_dir) -> dict:
+    """A QA run's results.json, checked to hold every model with exact match and token F1."""
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert set(results["models"]) == {"teacher", "student_untrained", "student_sequence_kd", "student_distilled"}
     for key, entry in results["models"].items():
         metrics = entry["metrics"] if "metrics" in entry else entry["seeds"]["0"]
         assert 0.0 <= metrics["exact_match"] <= 1.0 and 0.0 <= metrics["token_f1"] <= 1.0, key
+    return results
+
+
+def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_models):
+    from kdistill import pipeline
+
+    cfg = _gen_config(tmp_path, tiny_models)
+    run_dir = pipeline.run(cfg, progress=False)
+    results = _qa_card(run_dir)
+    for key, entry in results["models"].items():
         assert entry["cost"]["tokens_per_s"] > 0 and entry["cost"]["parameters"] > 0
         # timed again with every output exactly max_new_tokens long: the length-fair tokens/s the speed-up uses
         assert entry["cost"]["fixed_length_tokens"] == 2 * 4 and entry["cost"]["fixed_length_tokens_per_s"] > 0
@@ -604,11 +611,7 @@ def test_the_built_in_trivia_qa_config_runs_end_to_end_on_its_real_pairs(tmp_pat
         "task.max_new_tokens": 4, "training.trainable_layers": 1, "training.epochs": 1,
         "evaluation.seeds": [0], "evaluation.latency_examples": 2})
     run_dir = pipeline.run(cfg, progress=False)
-    results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert set(results["models"]) == {"teacher", "student_untrained", "student_sequence_kd", "student_distilled"}
-    for key, entry in results["models"].items():
-        metrics = entry["metrics"] if "metrics" in entry else entry["seeds"]["0"]
-        assert 0.0 <= metrics["exact_match"] <= 1.0 and 0.0 <= metrics["token_f1"] <= 1.0, key
+    _qa_card(run_dir)
     splits = json.loads((run_dir / "data" / "splits.json").read_text())
     real_ids = {e.id for e in load_trivia_pairs()}
     assert len(splits["test"]) == 10 and set(splits["test"]) <= real_ids  # 40 x test_fraction 0.25, real pairs
