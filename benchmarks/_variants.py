@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdistill import pipeline
+from kdistill import api
 from kdistill.config import load_config
 from kdistill.io import atomic_write_json
 
@@ -30,7 +30,7 @@ def run_variant(config: str, name: str, overrides: dict[str, Any], out: Path, st
     if not link.exists():
         link.symlink_to(store.resolve(), target_is_directory=True)
     start = time.perf_counter()
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     labels = results["labels"]
     entry: dict[str, Any] = {"overrides": overrides, "seconds": time.perf_counter() - start, "models": {}}

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from kdistill.cache import TeacherCache, TokenRow, elicit_resumable, key_fields
-from kdistill.divergences import SparseTargets, divergence
+from kdistill.losses.divergences import SparseTargets, divergence
 
 HERE = Path(__file__).resolve().parent
 

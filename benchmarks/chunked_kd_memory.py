@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
 import statistics
-import os
 import subprocess
 import sys
 import time
@@ -29,7 +29,12 @@ from pathlib import Path
 
 import torch
 
-from kdistill.divergences import SparseTargets, chunked_token_loss, divergence, token_mean
+from kdistill.losses.divergences import (
+    SparseTargets,
+    chunked_token_loss,
+    divergence,
+    token_mean,
+)
 
 HERE = Path(__file__).resolve().parent
 

@@ -24,9 +24,9 @@ def main() -> None:
 
     from kdistill.config import load_config
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_teacher import load_causal_lm
-    from kdistill.gen_train import prompt_text
-    from kdistill.generate import generation_cost
+    from kdistill.data.generative import prompt_text
+    from kdistill.models.generate import generation_cost
+    from kdistill.models.generative import load_causal_lm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="bbc-summary")

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from kdistill.assets import fetch_data_asset, model_dir
-from kdistill.divergences import chunked_token_loss, divergence, token_mean
 from kdistill.io import atomic_write_json, atomic_write_text
-from kdistill.student_init import shrink_model
+from kdistill.losses.divergences import chunked_token_loss, divergence, token_mean
+from kdistill.train.student_init import shrink_model
 
 HERE = Path(__file__).resolve().parent
 MAX_TOKENS = 64

@@ -15,7 +15,6 @@ import argparse
 from pathlib import Path
 
 from _variants import fmt, run_all
-
 from kdistill.io import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent

@@ -14,10 +14,11 @@ import argparse
 from pathlib import Path
 
 import yaml
-from _variants import fmt, run_all
 
-from kdistill import pipeline
+from _variants import fmt, run_all
+from kdistill import api
 from kdistill.config import load_config
+from kdistill.data.prepare import prepare_data
 from kdistill.io import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -71,8 +72,8 @@ def main() -> None:
                 for name, overrides in VARIANTS.items()}
     done = run_all(args.config, variants, Path(args.out), args.only)
     cfg = load_config(args.config, settings)
-    data = pipeline._data(cfg)
-    prior = pipeline.label_prior(cfg, data)
+    data = prepare_data(cfg.data, cfg.task)
+    prior = api.label_prior(cfg, data)
     summary = {"config": args.config, "settings": settings, "seeds": args.seeds, "labels": cfg.task.labels,
                "prior": {label: round(float(p), 3) for label, p in zip(cfg.task.labels, prior)},
                "test_examples": len(data.test), "variants": done}

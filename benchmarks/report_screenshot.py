@@ -51,8 +51,8 @@ def render_in_chromium(html_path: Path, screenshot_path: Path, *, width: int = 1
 
 def write_page(run_dir: Path, results: dict[str, Any]) -> Path:
     """report.html of RUN_DIR again: one run's page, or a multi-stage run's (results.json has `stages`)."""
-    from kdistill.report_html import write_html_report
-    from kdistill.stages import write_stages_html
+    from kdistill.recipes.stages import write_stages_html
+    from kdistill.report.html import write_html_report
 
     config_yaml = (run_dir / "config.yaml").read_text(encoding="utf-8")
     if "stages" in results:

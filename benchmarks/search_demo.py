@@ -28,8 +28,8 @@ from optuna.trial import TrialState
 from kdistill.config import SearchConfig, load_config
 from kdistill.data import prepare_data
 from kdistill.io import atomic_write_json, atomic_write_text
-from kdistill.search import subsample, train_trial
-from kdistill.teachers import teacher_signal
+from kdistill.recipes.search import subsample, train_trial
+from kdistill.teachers.signal import teacher_signal
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,7 +63,7 @@ def search_killed_once(config: str, overrides: dict[str, Any], *, kill_after: in
         while child.poll() is None and time.perf_counter() - start < timeout_s:
             # the study is read only once the child has logged a trial: its tables exist by then, and a
             # reader that creates them itself could race the child doing the same
-            if "kdistill.search: trial" in log_path.read_text(encoding="utf-8", errors="replace"):
+            if "kdistill.recipes.search: trial" in log_path.read_text(encoding="utf-8", errors="replace"):
                 finished, mid_trial = _study_state(db, cfg.name)
                 if finished >= kill_after and mid_trial:
                     child.send_signal(signal.SIGKILL)

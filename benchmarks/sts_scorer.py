@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from kdistill.similarity import SimilarityScorer, lee_similarity
+from kdistill.eval.similarity import SimilarityScorer, lee_similarity
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")

@@ -66,8 +66,7 @@ def _extra_articles(cfg, data, n: int):
 
 
 def _copy_rate(outputs, sources) -> float:
-    from kdistill import gen_metrics
-
+    from kdistill.eval import text_metrics as gen_metrics
     return gen_metrics.copying(outputs, sources)["copy_rate_2"].mean
 
 
@@ -84,19 +83,21 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdistill import gen_metrics
     from kdistill.config import load_config
     from kdistill.data.gen_data import prepare_generation
+    from kdistill.data.generative import prompt_text
+    from kdistill.eval import text_metrics as gen_metrics
     from kdistill.models import pick_device
-    from kdistill.gen_pipeline import _outputs, _targets_for, train_generation
-    from kdistill.gen_train import prompt_text
-    from kdistill.search import with_overrides
+    from kdistill.recipes.generation import train as train_generation
+    from kdistill.recipes.generation_eval import _outputs
+    from kdistill.recipes.search import with_overrides
+    from kdistill.teachers.generation import targets_for
 
     cfg = load_config(args.config, {"output_dir": args.run_out})
     if not (cfg.run_dir / "teacher_cache").exists():
         sys.exit(f"{cfg.run_dir}/teacher_cache: no teacher cache; run benchmarks/summarization.py first.")
     data = prepare_generation(cfg.data, cfg.task)
-    targets = _targets_for(cfg, data, progress=True)  # from the cache
+    targets = targets_for(cfg, data, progress=True)  # from the cache
     val, extra = data.validation, _extra_articles(cfg, data, args.extra)
     val_prompts = [prompt_text(cfg.task.prompt_template, e) for e in val]
     extra_prompts = [prompt_text(cfg.task.prompt_template, e) for e in extra]
@@ -107,7 +108,7 @@ def main() -> None:
     teacher_file = out_dir / "extra_teacher.json"
     teacher_extra = json.loads(teacher_file.read_text()) if teacher_file.exists() else {}
     if [e.id for e in extra] != teacher_extra.get("ids"):
-        from kdistill.gen_teacher import load_causal_lm
+        from kdistill.models.generative import load_causal_lm
 
         teacher = load_causal_lm(cfg.teacher, pick_device(cfg.training.device))
         teacher_extra = {"ids": [e.id for e in extra], "outputs": _outputs(*teacher, extra_prompts, cfg)}

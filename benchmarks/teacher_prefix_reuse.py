@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from kdistill import pipeline
 from kdistill.config import load_config
-from kdistill.elicit import label_logprobs
+from kdistill.data.prepare import prepare_data
 from kdistill.models.base import LabelModel
-from kdistill.teachers import load_member
+from kdistill.teachers.elicit import label_logprobs
+from kdistill.teachers.signal import load_member
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cfg = load_config(None)
-    data = pipeline._data(cfg)
+    data = prepare_data(cfg.data, cfg.task)
     teacher = load_member(cfg, data, cfg.teacher, progress=False)
     texts = [e.text for e in data.train[: args.examples]]
     tokens = sum(len(ids) for ids in teacher.tokenizer(texts, add_special_tokens=False)["input_ids"])

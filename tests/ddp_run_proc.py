@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-from kdistill import pipeline
-from kdistill.train import Trainer
+from kdistill import api
+from kdistill.train.loop import Trainer
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     if "crash-at-" in mode:
         steps, run = int(mode.rsplit("-", 1)[1]), Trainer.run
         Trainer.run = lambda self, **kwargs: run(self, **{**kwargs, "stop_after_steps": steps})
-    pipeline.run(config, progress=False, resume=mode.startswith("resume"))
+    api.run(config, progress=False, resume=mode.startswith("resume"))
 
 
 if __name__ == "__main__":

@@ -18,10 +18,20 @@ import pytest
 import torch
 
 import cache_writer_proc as writer
-from kdistill.cache import (CacheCorruptError, TeacherCache, TokenRow, cache_export, cache_info, cache_verify,
-                            elicit_resumable, import_openai_top_logprobs, key_fields)
-from kdistill.divergences import SparseTargets, divergence
+from kdistill.cache import (
+    CacheCorruptError,
+    TeacherCache,
+    TokenRow,
+    cache_export,
+    cache_info,
+    cache_verify,
+    elicit_resumable,
+    import_openai_top_logprobs,
+    key_fields,
+    verify_entry,
+)
 from kdistill.errors import KdistillError
+from kdistill.losses.divergences import SparseTargets, divergence
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -116,7 +126,7 @@ def test_resume_computes_only_the_missing_shards(tmp_path):
     elicit_resumable(entry, list(reversed(ids)), lambda b: calls.append(b) or _fake_labels(b), shard_size=5,
                      progress=False)  # another shard_size: the entry's plan (8) is kept
     assert sorted(i for batch in calls for i in batch) == sorted(ids)[24:]
-    assert entry.complete and entry.verify().ok
+    assert entry.complete and verify_entry(entry).ok
     torch.testing.assert_close(entry.labels(ids), _fake_labels(ids), rtol=0, atol=0)
     calls.clear()
     elicit_resumable(entry, ids, lambda b: calls.append(b) or _fake_labels(b), shard_size=8, progress=False)
@@ -207,7 +217,7 @@ def test_flipped_byte_in_an_index_is_detected(tmp_path):
     fresh = TeacherCache(tmp_path).entry(entry.fields)
     with pytest.raises(CacheCorruptError, match="sha256"):
         fresh.tokens(fresh.ids()[0])
-    assert not fresh.verify().ok
+    assert not verify_entry(fresh).ok
 
 
 def test_truncated_shard_is_detected_and_repaired(tmp_path):
@@ -219,7 +229,7 @@ def test_truncated_shard_is_detected_and_repaired(tmp_path):
     fresh = TeacherCache(tmp_path).entry(_label_fields(ids))
     with pytest.raises(CacheCorruptError, match="truncated"):
         fresh.labels(ids)
-    report = fresh.verify()
+    report = verify_entry(fresh)
     assert not report.ok and "truncated" in report.text()
     assert len(fresh.missing(ids)) == 10
     elicit_resumable(fresh, ids, _fake_labels, shard_size=10, progress=False)
@@ -253,7 +263,7 @@ def test_a_manifest_left_from_before_a_rewrite_is_never_trusted(tmp_path):
     with pytest.raises(CacheCorruptError, match="differs from the one its manifest lists"):
         fresh.labels(ids)
     elicit_resumable(fresh, ids, _fake_labels, shard_size=4, progress=False)
-    assert fresh.verify().ok and torch.equal(fresh.labels(ids[:4]), _fake_labels(ids[:4]) - 1.0)
+    assert verify_entry(fresh).ok and torch.equal(fresh.labels(ids[:4]), _fake_labels(ids[:4]) - 1.0)
 
 
 def test_finalize_refuses_gaps_and_duplicates(tmp_path):
@@ -354,7 +364,7 @@ def test_info_verify_and_export_round_trip(tmp_path):
     entry = _token_entry(tmp_path / "cache", writer.example_ids()[:16])
     info = cache_info(tmp_path / "cache")
     assert "complete" in info and "examples: 16" in info and entry.key in info
-    assert cache_verify(entry.folder) == (True, entry.verify().text())
+    assert cache_verify(entry.folder) == (True, verify_entry(entry).text())
     out = tmp_path / "export.jsonl"
     assert cache_export(tmp_path / "cache", out) == 16
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -472,5 +482,5 @@ def test_several_processes_split_the_shards_and_finish_the_same_entry(tmp_path):
         t.join()
     assert computed == {0: ["ex000", "ex020", "ex040"], 1: ["ex010", "ex030"]}
     together = TeacherCache(entry_dir).entry(fields)
-    assert together.manifest() is not None and together.verify().ok
+    assert together.manifest() is not None and verify_entry(together).ok
     np.testing.assert_array_equal(together.labels(ids), single.labels(ids))

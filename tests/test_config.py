@@ -4,10 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_config_dict
 from kdistill.config import RunConfig, dump_yaml, from_dict, load_config
 from kdistill.errors import KdistillError
-
-from conftest import tiny_config_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def test_bad_fields_name_the_field(tmp_path, tiny_models, section, field, value,
 def test_every_shipped_config_validates():
     """Every run config in the repo, found by a recursive search, loads and its data prepares."""
     from kdistill.data import prepare_data
-    from kdistill.stages import stage_configs
+    from kdistill.recipes.stages import stage_configs
 
     found = [p for p in REPO.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts
              and "teacher:" in p.read_text(encoding="utf-8")]
@@ -61,8 +60,8 @@ def test_every_shipped_config_validates():
 
 
 def test_every_builtin_task_loads():
-    from kdistill.tasks import builtin_tasks, load_builtin_task
     from kdistill.config import DataConfig, TaskConfig
+    from kdistill.config.builtin import builtin_tasks, load_builtin_task
 
     tasks = builtin_tasks()
     assert len(tasks) == 5

@@ -175,7 +175,7 @@ def test_the_example_ddp_cpu_config_trains_the_same_student_as_one_process(tmp_p
 def test_fsdp_and_deepspeed_are_refused_with_the_setting_and_the_fix(monkeypatch, engine):
     from kdistill import distributed
     from kdistill.errors import KdistillError
-    from kdistill.train import _accelerator
+    from kdistill.train.loop import _accelerator
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("ACCELERATE_USE_FSDP" if engine == "FSDP" else "ACCELERATE_USE_DEEPSPEED", "true")

@@ -6,10 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdistill.divergences import (_KINDS, DIVERGENCES, SparseTargets, chunked_token_loss, divergence,
-                                  token_mean)
 from kdistill.errors import KdistillError
-from kdistill.losses import cross_entropy
+from kdistill.losses.divergences import (
+    _KINDS,
+    DIVERGENCES,
+    SparseTargets,
+    chunked_token_loss,
+    divergence,
+    token_mean,
+)
+from kdistill.losses.terms import cross_entropy
 
 KINDS = list(DIVERGENCES)
 

@@ -8,7 +8,6 @@ Fast tests run against a deterministic fake OpenAI-compatible server behind a lo
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import json
 import logging
@@ -18,16 +17,21 @@ import threading
 import time
 
 import pytest
-
-from kdistill.llama_server import llama_server
 import torch
 
 from fault_proxy import FAULTS, FakeOpenAI, FaultProxy, fake_logprobs
 from kdistill.config import EndpointConfig
 from kdistill.errors import KdistillError
-from kdistill.models import endpoint
-from kdistill.models.endpoint import Candidate, EndpointLabelModel, LabelToken, label_scores, parse_top_logprobs
-from kdistill.models.http import Journal, RetryableError
+from kdistill.teachers import endpoint
+from kdistill.teachers.endpoint import (
+    Candidate,
+    EndpointLabelModel,
+    LabelToken,
+    label_scores,
+    parse_top_logprobs,
+)
+from kdistill.teachers.http import Journal, RetryableError
+from kdistill.teachers.llama_server import llama_server
 
 TEMPLATE = "Review: {text}\nSentiment:"
 TEXTS = [f"review number {i}: {'great' if i % 2 else 'dull'} film" for i in range(24)]
@@ -235,7 +239,7 @@ def test_api_key_is_sent_but_never_logged_kept_or_repeated(tmp_path, monkeypatch
 
 
 def test_chat_api_and_calibration_through_elicit(tmp_path):
-    from kdistill.elicit import calibrate, content_free_bias
+    from kdistill.teachers.elicit import calibrate, content_free_bias
 
     with FakeOpenAI() as server:
         model = teacher(server.url, tmp_path / "j.jsonl", api="chat", top_logprobs=12)
@@ -271,7 +275,7 @@ def test_the_binary_is_looked_for_where_the_ci_script_builds_it(tmp_path, monkey
     binary dies with SIGILL here: the real-server tests then skipped instead of running."""
     from pathlib import Path
 
-    from kdistill.llama_server import LLAMA_SERVER_VERSION, find_binary
+    from kdistill.teachers.llama_server import LLAMA_SERVER_VERSION, find_binary
 
     script = (Path(__file__).parent.parent / ".ci" / "llama_server.sh").read_text()
     assert f"VERSION={LLAMA_SERVER_VERSION}\n" in script and 'PREFIX="$ROOT/$VERSION-portable"' in script
@@ -284,7 +288,7 @@ def test_the_binary_is_looked_for_where_the_ci_script_builds_it(tmp_path, monkey
 
 
 def test_llama_server_reports_a_missing_binary_and_a_server_that_dies(tmp_path, monkeypatch):
-    from kdistill.llama_server import find_binary
+    from kdistill.teachers.llama_server import find_binary
 
     monkeypatch.setenv("KDISTILL_LLAMA_SERVER", str(tmp_path / "nowhere"))
     assert find_binary() is None
@@ -325,7 +329,7 @@ def _running_server(*args, **kwargs):
 @pytest.fixture(scope="module")
 def gemma_server():
     from kdistill import assets
-    from kdistill.llama_server import find_binary
+    from kdistill.teachers.llama_server import find_binary
 
     if find_binary() is None:
         pytest.skip("no llama-server binary: run .ci/llama_server.sh (CI does) or set KDISTILL_LLAMA_SERVER")
@@ -337,7 +341,7 @@ def gemma_server():
 def sentiment_setup():
     from kdistill.config import load_config
     from kdistill.data import prepare_data
-    from kdistill.elicit import few_shot_prefix
+    from kdistill.teachers.elicit import few_shot_prefix
 
     cfg = load_config(None, {"data.max_examples": 200})
     data = prepare_data(cfg.data, cfg.task)
@@ -367,7 +371,7 @@ def test_real_llama_server_on_f32_weights_reproduces_the_in_process_teacher(sent
                                                                             tmp_path):
     """The same weights in f32 on both sides: what is left is the client's own doing, and must be ~0."""
     from kdistill import assets
-    from kdistill.llama_server import F32_SERVER_ARGS, f32_copy, find_binary
+    from kdistill.teachers.llama_server import F32_SERVER_ARGS, f32_copy, find_binary
 
     if find_binary() is None:
         pytest.skip("no llama-server binary: run .ci/llama_server.sh (CI does) or set KDISTILL_LLAMA_SERVER")
@@ -422,8 +426,7 @@ def test_real_llama_server_through_faults_loses_nothing(gemma_server, sentiment_
 def test_endpoint_teacher_in_a_run_config_end_to_end(tiny_config, monkeypatch):
     """`teacher.endpoint` makes the server the run's teacher: elicited through the run's teacher cache and
     its journal, timed on real requests, shown on the report card; the key stays out of every file."""
-    from kdistill import pipeline
-
+    from kdistill import api
     secret = "sk-run-config-0123456789"
     monkeypatch.setenv("KDISTILL_TEST_KEY", secret)
     with FakeOpenAI(api_key=secret) as server:
@@ -431,10 +434,10 @@ def test_endpoint_teacher_in_a_run_config_end_to_end(tiny_config, monkeypatch):
                               "base_url": server.url, "api_key_env": "KDISTILL_TEST_KEY", "top_logprobs": 4,
                               "max_concurrency": 2, "backoff_s": 0.01, "max_backoff_s": 0.05}},
                           evaluation={"seeds": [0], "baselines": False})
-        assert "not contacted by validate" in pipeline.validate(cfg)
-        run_dir = pipeline.run(cfg, progress=False)
+        assert "not contacted by validate" in api.validate(cfg)
+        run_dir = api.run(cfg, progress=False)
         asked = server.counts["/v1/completions"]
-        signal = pipeline.elicit(cfg, progress=False)  # again: every answer comes from the teacher cache
+        signal = api.elicit(cfg, progress=False)  # again: every answer comes from the teacher cache
         assert server.counts["/v1/completions"] == asked
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     teacher = results["models"]["teacher"]

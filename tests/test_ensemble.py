@@ -5,10 +5,15 @@ import json
 
 import torch
 
-from kdistill import pipeline
+from kdistill import api
 from kdistill.data import prepare_data
-from kdistill.ensemble import confidence_weights, fit_weights, gold_agreement_weights, mixture
-from kdistill.teachers import teacher_signal
+from kdistill.teachers.ensemble import (
+    confidence_weights,
+    fit_weights,
+    gold_agreement_weights,
+    mixture,
+)
+from kdistill.teachers.signal import teacher_signal
 
 
 def _members(n=50, k=2, labels=3, seed=0):
@@ -70,7 +75,7 @@ def test_gold_agreement_never_looks_at_test_labels(tiny_config, tiny_models):
 
 def test_two_teachers_run_end_to_end(tiny_config, tiny_models):
     cfg = _two_teachers(tiny_config, tiny_models)
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     models = results["models"]
     assert set(models) == {"teacher", "teacher:lm", "teacher:encoder-ft", "student_distilled"}
@@ -84,8 +89,8 @@ def test_two_teachers_run_end_to_end(tiny_config, tiny_models):
         assert row in report
     # each member has its own store entry: dropping a teacher asks nobody again
     entries = set((run_dir / "teacher_cache").glob("*/manifest.json"))
-    single = pipeline._config(cfg)
+    single = api._config(cfg)
     from dataclasses import replace
 
-    pipeline.elicit(replace(single, teachers=[]), progress=False)
+    api.elicit(replace(single, teachers=[]), progress=False)
     assert set((run_dir / "teacher_cache").glob("*/manifest.json")) == entries

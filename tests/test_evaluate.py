@@ -2,7 +2,7 @@
 
 
 def test_collapse_is_flagged_and_a_healthy_model_is_not():
-    from kdistill.evaluate import label_metrics
+    from kdistill.eval.labels import label_metrics
 
     labels = ["negative", "neutral", "positive"]
     gold = [0] * 40 + [1] * 40 + [2] * 20
@@ -18,8 +18,8 @@ def test_recalibration_recovers_a_timid_biased_teacher():
     import torch
     import torch.nn.functional as F
 
-    from kdistill.elicit import fit_recalibration
     from kdistill.targets import TeacherTargets
+    from kdistill.teachers.elicit import fit_recalibration
 
     gen = torch.Generator().manual_seed(0)
     gold = torch.randint(0, 2, (400,), generator=gen)

@@ -5,7 +5,14 @@ import statistics
 import pytest
 
 from kdistill.errors import KdistillError
-from kdistill.gen_eval import METRICS, MODEL_ORDER, comparison_rows, copy_gap, score_generations, summarize_seeds
+from kdistill.eval.generation import (
+    METRICS,
+    MODEL_ORDER,
+    comparison_rows,
+    copy_gap,
+    score_generations,
+    summarize_seeds,
+)
 
 SOURCES = ["The council approved a new park on Monday after a long debate. Building starts in May.",
            "Shares in the carmaker fell sharply after it warned that profits would halve this year."]
@@ -146,7 +153,7 @@ def test_comparison_rows_cope_without_a_teacher_and_use_token_f1_for_qa():
 
 
 def test_copy_gap_is_the_paired_mean_over_seeds_with_a_reproducible_interval_around_it():
-    from kdistill.gen_metrics import copy_rate
+    from kdistill.eval.text_metrics import copy_rate
 
     sources = [f"the {w} council approved a new park on monday after a debate" for w in ("city", "town", "village",
                                                                                       "county", "borough", "shire")]

@@ -5,8 +5,19 @@ from __future__ import annotations
 import pytest
 
 from kdistill.errors import KdistillError
-from kdistill.gen_metrics import (COPY_NGRAM_SIZES, ROUGE_TYPES, compression_ratio, copy_rate, copying, exact_match,
-                                  multiple_choice_accuracy, novel_ngram_share, rouge, token_f1, words)
+from kdistill.eval.text_metrics import (
+    COPY_NGRAM_SIZES,
+    ROUGE_TYPES,
+    compression_ratio,
+    copy_rate,
+    copying,
+    exact_match,
+    multiple_choice_accuracy,
+    novel_ngram_share,
+    rouge,
+    token_f1,
+    words,
+)
 
 SOURCE = ("The city council voted on Tuesday to close the old harbour bridge to cars after engineers found deep "
           "cracks in its steel supports. Repairs are expected to take two years.")

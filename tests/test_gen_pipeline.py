@@ -1,5 +1,5 @@
 """Generation tasks end to end on tiny models: QA on data targets, summaries the teacher writes, resume,
-accumulation invariance of the token-level step, and multiple choice through the label-space pipeline."""
+accumulation invariance of the token-level step, and multiple choice through the label-space api."""
 
 from __future__ import annotations
 
@@ -63,10 +63,9 @@ def _qa_card(run_dir) -> dict:
 
 
 def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_models):
-    from kdistill import pipeline
-
+    from kdistill import api
     cfg = _gen_config(tmp_path, tiny_models)
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     results = _qa_card(run_dir)
     for key, entry in results["models"].items():
         assert entry["cost"]["tokens_per_s"] > 0 and entry["cost"]["parameters"] > 0
@@ -105,17 +104,17 @@ def test_a_qa_run_completes_end_to_end_and_reports_every_model(tmp_path, tiny_mo
 
 
 def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_references(tmp_path, tiny_models):
-    from kdistill import pipeline
+    from kdistill import api
     from kdistill.cache.entry import open_entry
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_eval import copy_gap
+    from kdistill.eval.generation import copy_gap
 
     judge = save_tiny_lm(tmp_path / "judge", extra_words=("Yes", "No", "Article:", "Summary:"))
     cfg = _gen_config(tmp_path, tiny_models,
                       task={"targets": "teacher", "evaluate_as": "summary", "prompt_template": "{text} Summary:"},
                       teacher={"sampling": True, "sampling_seed": 7, "sampling_temperature": 1.0},
                       evaluation={"judge": str(judge), "seeds": [0, 1]}, training={"epochs": 1})
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     entries = [open_entry(p.parent) for p in (run_dir / "teacher_cache").glob("*/manifest.json")]
     assert len(entries) == 1 and entries[0].fields["written_targets"]["seed"] == 7
     entry = entries[0]
@@ -148,7 +147,7 @@ def test_teacher_written_summaries_are_cached_with_their_seed_and_become_the_ref
     assert "minus the teacher's" in (run_dir / "report.md").read_text()
     # asked again, nothing is generated anew: the same entry is read back
     before = {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()}
-    pipeline.elicit(cfg, progress=False)
+    api.elicit(cfg, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in entry.shards_dir.iterdir()} == before
 
 
@@ -168,9 +167,9 @@ def test_the_elicit_command_says_where_a_generation_tasks_targets_are(tmp_path, 
 
 
 def test_a_grown_data_set_copies_the_greedy_teachers_targets_it_already_has(tmp_path, tiny_models, monkeypatch):
-    from kdistill import gen_teacher
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_pipeline import _targets_for
+    from kdistill.teachers import generation as gen_teacher
+    from kdistill.teachers.generation import targets_for
 
     task = {"targets": "teacher", "evaluate_as": "summary", "prompt_template": "{text} Summary:"}
     small = _gen_config(tmp_path, tiny_models, task=task, data={"max_examples": 24})
@@ -182,7 +181,7 @@ def test_a_grown_data_set_copies_the_greedy_teachers_targets_it_already_has(tmp_
 
     def everything(cfg):
         data = prepare_generation(cfg.data, cfg.task)
-        return data.train + data.validation + data.test, _targets_for(cfg, data, progress=False)
+        return data.train + data.validation + data.test, targets_for(cfg, data, progress=False)
 
     small_examples, small_targets = everything(small)
     asked.clear()
@@ -212,15 +211,16 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
     from safetensors.torch import load_file
 
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_pipeline import _targets_for, train_generation
-    from kdistill.train import StopTraining, Trainer
+    from kdistill.recipes.generation import train as train_generation
+    from kdistill.teachers.generation import targets_for
+    from kdistill.train.loop import StopTraining, Trainer
 
     cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 2, "checkpoint_every_steps": 1,
                                                        "on_policy_fraction": on_policy_fraction,
                                                        "trainable_layers": trainable_layers,
                                                        "select_by": select_by})
     data = prepare_generation(cfg.data, cfg.task)
-    targets = _targets_for(cfg, data, progress=False)
+    targets = targets_for(cfg, data, progress=False)
     whole = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
     expected = load_file(str(whole / "model.safetensors"))
     original_run = Trainer.run
@@ -258,9 +258,11 @@ def test_weights_kept_by_validation_rouge_l_write_the_best_validations_outputs(t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_metrics import rouge
-    from kdistill.gen_pipeline import _outputs, _targets_for, train_generation
-    from kdistill.gen_train import prompt_text
+    from kdistill.data.generative import prompt_text
+    from kdistill.eval.text_metrics import rouge
+    from kdistill.recipes.generation import train as train_generation
+    from kdistill.recipes.generation_eval import _outputs
+    from kdistill.teachers.generation import targets_for
 
     # two answers: a tiny student gets some right within a few steps, so ROUGE-L moves from one validation to the next
     two = _write_qa(tmp_path / "two.jsonl", answers=("great", "dull"))
@@ -268,7 +270,7 @@ def test_weights_kept_by_validation_rouge_l_write_the_best_validations_outputs(t
                       training={"epochs": 6, "learning_rate": 1e-2, "select_by": "rouge_l", "checkpoint_every_steps": 0,
                                 "early_stopping_patience": 0})
     data = prepare_generation(cfg.data, cfg.task)
-    targets = _targets_for(cfg, data, progress=False)
+    targets = targets_for(cfg, data, progress=False)
     out = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
     training = json.loads((out.parent / "distilled-seed0.training.json").read_text())
     validations = [r for r in training["history"] if "val_rouge_l" in r]
@@ -293,14 +295,16 @@ def test_on_policy_examples_learn_the_live_teachers_rows_on_the_students_own_tex
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_pipeline import _targets_for
-    from kdistill.gen_train import GenStudent, OnPolicy, TokenSteps, concat_rows, prompt_text
-    from kdistill.token_elicit import token_targets
-    from kdistill.token_kd import encode_targets
+    from kdistill.data.generative import prompt_text
+    from kdistill.losses.token_kd import encode_targets
+    from kdistill.models.generative import GenStudent
+    from kdistill.models.token_rows import token_targets
+    from kdistill.teachers.generation import targets_for
+    from kdistill.train.token_steps import OnPolicy, TokenSteps, concat_rows
 
     cfg = _gen_config(tmp_path, tiny_models)
     data = prepare_generation(cfg.data, cfg.task)
-    targets = _targets_for(cfg, data, progress=False)
+    targets = targets_for(cfg, data, progress=False)
     module = AutoModelForCausalLM.from_pretrained(tiny_models["lm2"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["lm2"])
     student = GenStudent(module, tokenizer, max_length=32)
@@ -376,7 +380,8 @@ def test_the_run_trains_with_its_configs_novel_token_weight(tmp_path, tiny_model
     from safetensors.torch import load_file
 
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_pipeline import _targets_for, train_generation
+    from kdistill.recipes.generation import train as train_generation
+    from kdistill.teachers.generation import targets_for
 
     saved = {}
     for weight in (1.0, 3.0):
@@ -385,7 +390,7 @@ def test_the_run_trains_with_its_configs_novel_token_weight(tmp_path, tiny_model
                           training={"epochs": 1, "checkpoint_every_steps": 0, "novel_token_weight": weight})
         data = prepare_generation(cfg.data, cfg.task)
         folder = train_generation(cfg, variant="distilled", seed=0, data=data,
-                                  targets=_targets_for(cfg, data, progress=False), progress=False)
+                                  targets=targets_for(cfg, data, progress=False), progress=False)
         saved[weight] = load_file(str(folder / "model.safetensors"))
     assert saved[1.0].keys() == saved[3.0].keys()
     assert not all(torch.equal(saved[1.0][k], saved[3.0][k]) for k in saved[1.0])
@@ -395,12 +400,13 @@ def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_pipeline import _targets_for
-    from kdistill.gen_train import GenStudent, TokenSteps
+    from kdistill.models.generative import GenStudent
+    from kdistill.teachers.generation import targets_for
+    from kdistill.train.token_steps import TokenSteps
 
     cfg = _gen_config(tmp_path, tiny_models)
     data = prepare_generation(cfg.data, cfg.task)
-    targets = _targets_for(cfg, data, progress=False)
+    targets = targets_for(cfg, data, progress=False)
     module = AutoModelForCausalLM.from_pretrained(tiny_models["lm2"])
     student = GenStudent(module, AutoTokenizer.from_pretrained(tiny_models["lm2"]), max_length=32)
     batch = data.train[:8]
@@ -429,16 +435,16 @@ def test_token_steps_gradient_does_not_depend_on_how_the_batch_is_split(tmp_path
 
 
 def test_a_student_with_another_tokenizer_is_refused_token_level_kd_with_the_way_out(tmp_path, tiny_models):
-    from kdistill import pipeline
+    from kdistill import api
     from kdistill.errors import KdistillError
 
     other = save_tiny_lm(tmp_path / "other", extra_words=("zebra",))
     cfg = _gen_config(tmp_path, tiny_models, student={"model": str(other)})
     with pytest.raises(KdistillError, match="objective.kd.weight: 0"):
-        pipeline.train(cfg, variant="distilled", progress=False)
+        api.train(cfg, variant="distilled", progress=False)
     cfg = _gen_config(tmp_path, tiny_models, student={"model": str(other)},
                       objective={"ce": {"weight": 1.0}, "kd": {"weight": 0.0}})
-    from kdistill.gen_pipeline import variants
+    from kdistill.recipes.generation import variants
 
     assert variants(cfg) == ["sequence_kd"]  # sequence-level KD only
 
@@ -456,8 +462,7 @@ def _write_winogrande(path, n: int = 40, seed: int = 0):
 
 
 def test_a_multiple_choice_run_completes_end_to_end_on_a_winogrande_file(tmp_path, tiny_models, tiny_config):
-    from kdistill import pipeline
-
+    from kdistill import api
     from kdistill.config import TaskConfig
 
     default = TaskConfig(kind="multiple_choice", num_options=2)
@@ -467,7 +472,7 @@ def test_a_multiple_choice_run_completes_end_to_end_on_a_winogrande_file(tmp_pat
                             "verbalizers": {"1": " positive", "2": " negative"}, "prompt_template": "{text} Answer:"},
                       data={"source": "winogrande", "path": str(_write_winogrande(tmp_path / "wg.jsonl"))},
                       evaluation={"seeds": [0]}, training={"epochs": 1})
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert results["labels"] == ["1", "2"] and results["test_examples"] == 10
     assert {"teacher", "student_distilled", "student_labels_only"} <= set(results["models"])
@@ -491,11 +496,12 @@ def test_trainable_layers_keeps_the_lower_blocks_and_embeddings_fixed(tmp_path, 
     from safetensors.torch import load_file
 
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.gen_pipeline import _targets_for, train_generation
+    from kdistill.recipes.generation import train as train_generation
+    from kdistill.teachers.generation import targets_for
 
     cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 1, "trainable_layers": 1})
     data = prepare_generation(cfg.data, cfg.task)
-    folder = train_generation(cfg, variant="distilled", seed=0, data=data, targets=_targets_for(cfg, data, progress=False),
+    folder = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets_for(cfg, data, progress=False),
                               progress=False)
     before, after = load_file(str(tiny_models["lm2"] / "model.safetensors")), load_file(str(folder / "model.safetensors"))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -506,7 +512,7 @@ def test_likelihood_scoring_is_each_options_mean_token_logprob_after_the_questio
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdistill.data.choice import render_choice
-    from kdistill.data.generative import ChoiceExample
+    from kdistill.data.records import ChoiceExample
     from kdistill.models.choice_lm import ChoiceLikelihoodModel, split_choice
 
     module, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_models["lm"]), AutoTokenizer.from_pretrained(tiny_models["lm"])
@@ -527,14 +533,13 @@ def test_likelihood_scoring_is_each_options_mean_token_logprob_after_the_questio
 
 
 def test_a_likelihood_scored_multiple_choice_run_completes(tmp_path, tiny_models, tiny_config):
-    from kdistill import pipeline
-
+    from kdistill import api
     cfg = tiny_config(task={"name": "tiny-winogrande", "kind": "multiple_choice", "num_options": 2, "labels": [],
                             "verbalizers": {}, "choice_scoring": "likelihood", "prompt_template": "{text} Answer:"},
                       data={"source": "winogrande", "path": str(_write_winogrande(tmp_path / "wg.jsonl"))},
                       teacher={"few_shot_per_label": 0, "calibrate": False},
                       student={"model": str(tiny_models["lm2"])}, evaluation={"seeds": [0]}, training={"epochs": 1})
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert {"teacher", "student_distilled", "student_labels_only"} <= set(results["models"])
     assert json.loads((run_dir / "student" / "kdistill.json").read_text())["choice_scoring"] == "likelihood"
@@ -545,12 +550,12 @@ def test_a_teacher_written_target_ends_where_the_teachers_decoding_stopped_it(tm
     never teaches the student to go on past the end; the cache keeps the raw rows, and data targets are as
     cached."""
     from kdistill.data.gen_data import prepare_generation
-    from kdistill.divergences import divergence
-    from kdistill.gen_pipeline import _targets_for
+    from kdistill.losses.divergences import divergence
+    from kdistill.teachers.generation import targets_for
 
     cfg = _gen_config(tmp_path, tiny_models, task={"targets": "teacher", "evaluate_as": "summary"})
     data = prepare_generation(cfg.data, cfg.task)
-    targets = _targets_for(cfg, data, progress=False)
+    targets = targets_for(cfg, data, progress=False)
     example = data.train[0]
     raw, read = targets.entry.tokens(example.id), targets.rows(example.id)
     assert torch.equal(raw.token_ids[:-1], read.token_ids[:-1]) and torch.equal(raw.logprobs[:-1], read.logprobs[:-1])
@@ -564,7 +569,7 @@ def test_a_teacher_written_target_ends_where_the_teachers_decoding_stopped_it(tm
     assert divergence(sure, read.rows(slice(-1, None)), kind="forward_kl").item() < 1e-6
     (tmp_path / "d").mkdir()
     data_cfg = _gen_config(tmp_path / "d", tiny_models)
-    data_targets = _targets_for(data_cfg, prepare_generation(data_cfg.data, data_cfg.task), progress=False)
+    data_targets = targets_for(data_cfg, prepare_generation(data_cfg.data, data_cfg.task), progress=False)
     first = prepare_generation(data_cfg.data, data_cfg.task).train[0]
     assert torch.equal(data_targets.rows(first.id).logprobs, data_targets.entry.tokens(first.id).logprobs)
 
@@ -572,8 +577,8 @@ def test_a_teacher_written_target_ends_where_the_teachers_decoding_stopped_it(tm
 def test_a_student_sample_ends_on_the_teachers_own_chance_of_stopping():
     """For a student's sample, the last row is the teacher's: EOS holds the top-k mass of EOS and of the stop
     tokens, not all of it (which made an on-policy student that once wrote nothing learn to write nothing)."""
-    from kdistill.divergences import SparseTargets
-    from kdistill.gen_teacher import stopping_as_eos
+    from kdistill.losses.divergences import SparseTargets
+    from kdistill.losses.token_kd import stopping_as_eos
 
     eos, newline = 7, 3
     probs = torch.tensor([[0.5, 0.2, 0.1, 0.1], [0.4, 0.2, 0.2, 0.1]])  # the last row: 0.2 EOS, 0.2 a newline
@@ -591,7 +596,7 @@ def test_a_student_sample_ends_on_the_teachers_own_chance_of_stopping():
 
 def test_search_refuses_a_generation_task_with_the_way_out(tmp_path, tiny_models):
     from kdistill.errors import KdistillError
-    from kdistill.search import search
+    from kdistill.recipes.search import search
 
     with pytest.raises(KdistillError, match="generation task, run `kdistill run`"):
         search(_gen_config(tmp_path, tiny_models))
@@ -601,7 +606,7 @@ def test_search_refuses_a_generation_task_with_the_way_out(tmp_path, tiny_models
 def test_the_built_in_trivia_qa_config_runs_end_to_end_on_its_real_pairs(tmp_path, tiny_models):
     """The QA run on its built-in data: the `trivia-qa` config and the real trivia pairs (from the package
     index), with tiny models in place of the Qwen pair, whose run is a benchmark rather than a test."""
-    from kdistill import pipeline
+    from kdistill import api
     from kdistill.config import load_config
     from kdistill.data.generative import load_trivia_pairs
 
@@ -610,7 +615,7 @@ def test_the_built_in_trivia_qa_config_runs_end_to_end_on_its_real_pairs(tmp_pat
         "student.model": str(tiny_models["lm2"]), "student.max_length": 48, "data.max_examples": 40,
         "task.max_new_tokens": 4, "training.trainable_layers": 1, "training.epochs": 1,
         "evaluation.seeds": [0], "evaluation.latency_examples": 2})
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     _qa_card(run_dir)
     splits = json.loads((run_dir / "data" / "splits.json").read_text())
     real_ids = {e.id for e in load_trivia_pairs()}

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from kdistill.gen_eval import METRICS, comparison_rows
-from kdistill.gen_report import render_generation_html, render_generation_markdown, write_generation_report
-from kdistill.judge import JUDGE_NOTE, JUDGE_PROMPT, ANSWER_CUE
+from kdistill.eval.generation import METRICS, comparison_rows
+from kdistill.eval.judge import ANSWER_CUE, JUDGE_NOTE, JUDGE_PROMPT
+from kdistill.report.generation import (
+    render_generation_html,
+    render_generation_markdown,
+    write_generation_report,
+)
 
 # the screenshot script is the one place that drives Chromium; the test uses it as a reader would
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -34,7 +38,7 @@ def _metrics(rouge_l: float, faithfulness: float) -> dict:
 
 
 def _seeded(name: str, per_seed: dict, cost: dict) -> dict:
-    from kdistill.gen_eval import summarize_seeds
+    from kdistill.eval.generation import summarize_seeds
 
     return {"name": name, "seeds": per_seed, "summary": summarize_seeds(per_seed),
             "training": {seed: {"steps": 40} for seed in per_seed}, "cost": cost}
@@ -185,7 +189,7 @@ def test_missing_models_and_qa_runs_still_render():
                 metrics |= {"token_f1": 0.5, "exact_match": 0.25}
                 del metrics["faithfulness"]
         if "seeds" in entry:
-            from kdistill.gen_eval import summarize_seeds
+            from kdistill.eval.generation import summarize_seeds
             entry["summary"] = summarize_seeds(entry["seeds"])
     qa["comparison"] = comparison_rows(qa["models"], evaluate_as="qa")
     card = render_generation_markdown(qa, "")

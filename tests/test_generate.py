@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.generate import generate, generation_cost, paired_fixed_length_cost
+from kdistill.models.generate import generate, generation_cost, paired_fixed_length_cost
 
 PROMPTS = ["the film was", "a story about the plot and the acting", "really", "the movie is quite"]
 
@@ -50,7 +50,7 @@ def test_cost_harness_times_each_output_and_counts_tokens(tiny_lm):
 
 
 def test_stop_strings_end_an_output_and_are_cut_off(tiny_lm):
-    from kdistill.generate import cut_at_stop
+    from kdistill.models.generate import cut_at_stop
 
     assert cut_at_stop("A sentence.Human: more", ["\n", "Human:"]) == "A sentence."
     assert cut_at_stop("one\ntwo Human: x", ["Human:", "\n"]) == "one"  # the earliest stop, whichever it is
@@ -70,7 +70,7 @@ def test_fixed_length_timing_writes_exactly_the_asked_tokens(tiny_lm):
 
 
 def test_paired_timing_takes_each_prompt_on_both_models_and_gives_the_median_ratio(tiny_lm, monkeypatch):
-    import kdistill.generate as gen
+    import kdistill.models.generate as gen
 
     model, tokenizer = tiny_lm
     slow = torch.nn.Linear(1, 1)  # the reference: the same model behind a clock that runs 3x as long for it
@@ -94,7 +94,7 @@ def test_generation_ends_at_any_end_token_the_pad_and_each_configured_eos(tiny_l
     <|endoftext|> (the pad token) went on past the summary, the boundary invisible in the decoded text."""
     import copy
 
-    from kdistill.generate import end_token_ids
+    from kdistill.models.generate import end_token_ids
 
     model, tokenizer = tiny_lm
     model = copy.deepcopy(model)

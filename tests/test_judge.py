@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from kdistill.errors import KdistillError
-from kdistill.judge import FaithfulnessJudge
-
 from conftest import FILLER, NEGATIVE, POSITIVE
+from kdistill.errors import KdistillError
+from kdistill.eval.judge import FaithfulnessJudge
 
 # the judge's own prompt words, so the tiny model reads real tokens rather than [UNK]
 JUDGE_WORDS = ["Article:", "Summary:", "Is", "every", "claim", "in", "summary", "supported", "by", "article?",

@@ -5,19 +5,18 @@ import subprocess
 import sys
 
 import pytest
-
-from kdistill import pipeline
-from kdistill.cli import COMMANDS, build_parser, main
-from kdistill.errors import KdistillError
-from kdistill.teachers import load_member
+import yaml
 
 from conftest import tiny_config_dict
-import yaml
+from kdistill import api
+from kdistill.cli import COMMANDS, build_parser, main
+from kdistill.errors import KdistillError
+from kdistill.teachers.signal import load_member
 
 
 def test_run_end_to_end_writes_every_field(tiny_config):
     cfg = tiny_config()
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     models = results["models"]
     assert set(models) == {"teacher", "student_untrained", "student_labels_only", "student_distilled"}
@@ -43,20 +42,20 @@ def test_run_end_to_end_writes_every_field(tiny_config):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "tiny"
 
     # the exported student loads with plain transformers and agrees with kdistill predict
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "student")
     tok = AutoTokenizer.from_pretrained(run_dir / "student")
     text = "the film was great and fun"
     with torch.no_grad():
         plain = model(**tok([text], return_tensors="pt")).logits.argmax(-1).item()
-    assert model.config.id2label[plain] == pipeline.predict(run_dir / "student", [text])[0]["label"]
+    assert model.config.id2label[plain] == api.predict(run_dir / "student", [text])[0]["label"]
 
 
 def test_lm_student_runs_end_to_end(tiny_config, tiny_models):
     cfg = tiny_config(student={"model": str(tiny_models["lm2"])}, evaluation={"seeds": [0], "baselines": False})
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert set(results["models"]) == {"teacher", "student_distilled"}
     assert json.loads((run_dir / "student" / "kdistill.json").read_text())["kind"] == "causal_lm"
@@ -123,7 +122,7 @@ def test_transfer_set_hides_labels_and_keeps_the_baseline_fair(tiny_config):
     assert all(e.id in labelled_ids or e.text not in teacher.prefix for e in data.train)  # few-shot from labelled only
     logs = {}
     for variant in ("labels_only", "distilled"):
-        folder = pipeline.train(cfg, variant=variant, seed=0, progress=False)
+        folder = api.train(cfg, variant=variant, seed=0, progress=False)
         logs[variant] = json.loads(folder.with_name(folder.name + ".training.json").read_text())
     # the labels-only student sees only its 20 labelled examples, for as many steps as the distilled one
     assert logs["labels_only"]["steps"] >= logs["distilled"]["steps"] == -(-len(data.train) // 8)
@@ -152,7 +151,7 @@ def test_hidden_and_balance_terms_run_through_the_pipeline(tiny_config):
     never inside the exported student."""
     cfg = tiny_config(objective={"hidden": {"weight": 0.5, "layers": "last-1"}, "balance": {"weight": 0.2}},
                       evaluation={"seeds": [0], "baselines": False})
-    folder = pipeline.train(cfg, variant="distilled", seed=0, progress=False)
+    folder = api.train(cfg, variant="distilled", seed=0, progress=False)
     training = json.loads((folder.parent / f"{folder.name}.training.json").read_text())
     assert training["layer_pairs"] == {"lm": [[2, 2]]}
     assert any("train_hidden" in h and "train_balance" in h for h in training["history"])
@@ -168,7 +167,7 @@ def test_hidden_and_balance_terms_run_through_the_pipeline(tiny_config):
     hidden = next(e for e in entries if e.kind == "vectors")
     assert hidden.fields["layers"] == [2] and hidden.fields["pool"] == "last"
     assert hidden.vectors(hidden.ids()[:3]).shape == (3, *hidden.fields["shape"])
-    pipeline.train(cfg, variant="distilled", seed=0, progress=False)  # again: both come from the cache
+    api.train(cfg, variant="distilled", seed=0, progress=False)  # again: both come from the cache
     assert len(list((cfg.run_dir / "teacher_cache").glob("*/manifest.json"))) == 2
 
 
@@ -179,7 +178,7 @@ def test_hidden_term_against_two_teachers_through_the_pipeline(tiny_config, tiny
                                  "finetune_epochs": 1}],
                       objective={"hidden": {"weight": 0.5, "layers": "last-1", "teachers": ["lm", "encoder-ft"]}},
                       evaluation={"seeds": [0], "baselines": False})
-    folder = pipeline.train(cfg, variant="distilled", seed=0, progress=False)
+    folder = api.train(cfg, variant="distilled", seed=0, progress=False)
     training = json.loads((folder.parent / f"{folder.name}.training.json").read_text())
     assert training["layer_pairs"] == {"lm": [[2, 2]], "encoder-ft": [[2, 2]]}
     assert any("train_hidden:lm" in h and "train_hidden:encoder-ft" in h for h in training["history"])
@@ -203,7 +202,7 @@ def test_hidden_term_refuses_unknown_and_endpoint_teachers(tiny_config):
 
 
 def test_ls_losses_lists_every_term_with_parameters():
-    from kdistill.ls import listing
+    from kdistill.listing import listing
 
     text = listing("losses")
     for term in ("ce", "kd", "hidden", "balance"):
@@ -214,7 +213,7 @@ def test_ls_losses_lists_every_term_with_parameters():
 
 
 def test_ls_keeps_each_sections_descriptions_in_one_column():
-    from kdistill.ls import listing
+    from kdistill.listing import listing
 
     lines = [line for line in listing("models").splitlines()[1:]]
     name = "qwen2.5-coder-1.5b-instruct"  # longer than the old fixed column of 20
@@ -232,6 +231,6 @@ def test_shrink_command_makes_a_student_that_trains(tiny_models, tiny_config, tm
     assert AutoConfig.from_pretrained(out).num_hidden_layers < AutoConfig.from_pretrained(tiny_models["lm"]).num_hidden_layers
     cfg = tiny_config(student={"model": str(out)}, evaluation={"seeds": [0], "baselines": False},
                       training={"epochs": 1})
-    folder = pipeline.train(cfg, variant="distilled", seed=0, progress=False)
+    folder = api.train(cfg, variant="distilled", seed=0, progress=False)
     assert json.loads((folder / "kdistill.json").read_text())["kind"] == "causal_lm"
     assert main(["shrink", str(tiny_models["lm"]), "--layers", "every-0", "--out", str(tmp_path / "bad")]) == 2

@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
-from kdistill import pipeline
+from kdistill import api
 from kdistill.config import load_config
+from kdistill.data.prepare import prepare_data
 from kdistill.models.base import LabelModel
-from kdistill.teachers import load_member
+from kdistill.teachers.signal import load_member
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def small_default(tmp_path_factory):
 
 
 def test_real_teacher_prefix_reuse_matches_full_prompt(small_default):
-    data = pipeline._data(small_default)
+    data = prepare_data(small_default.data, small_default.task)
     teacher = load_member(small_default, data, small_default.teacher, progress=False)
     texts = [e.text for e in data.test[:6]]
     reused = teacher.predict_logits(texts)
@@ -35,10 +36,10 @@ def test_real_teacher_prefix_reuse_matches_full_prompt(small_default):
 
 
 def test_default_job_pipeline_on_real_models(small_default):
-    run_dir = pipeline.run(small_default, progress=False)
+    run_dir = api.run(small_default, progress=False)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     rows = {r["model"]: r for r in results["comparison"]}
     assert rows["teacher"]["macro_f1"] > 0.55  # the prompted, calibrated Gemma is well above chance
     assert rows["student_distilled"]["speedup_latency"] > 3  # MiniLM-L6 vs Gemma-3-270m
     assert results["models"]["teacher"]["prompt"]["recalibration"]["examples"] == 40
-    assert pipeline.predict(run_dir / "student", ["a wonderful, moving film"])[0]["label"] in {"negative", "positive"}
+    assert api.predict(run_dir / "student", ["a wonderful, moving film"])[0]["label"] in {"negative", "positive"}

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from kdistill import pipeline
-from kdistill.report import render_markdown
-from kdistill.report_html import render_html, render_stages_html, report_figures
+from kdistill import api
+from kdistill.report.html import render_html, render_stages_html, report_figures
+from kdistill.report.label_markdown import render_markdown
 
 # the screenshot script is the one place that drives Chromium; the test uses it as a reader would
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from kdistill.recipes.label_eval import _comparison
 from report_screenshot import CHROMIUM, render_in_chromium  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -31,7 +32,7 @@ def _metrics(f1: float, matrix: list[list[int]], warning: str | None = None) -> 
 
 
 def made_up_results() -> dict:
-    """A results.json as `pipeline.evaluate` writes it, with a label and a model name that need escaping."""
+    """A results.json as `api.evaluate` writes it, with a label and a model name that need escaping."""
     seeds = {"0": _metrics(0.80, [[8, 2], [2, 8]]), "1": _metrics(0.70, [[10, 0], [6, 4]], "predicts 'negative' for 80 %")}
     models = {
         "teacher": {"name": "tiny-lm <script>alert(1)</script>", "metrics": _metrics(0.75, [[7, 3], [2, 8]]),
@@ -47,7 +48,7 @@ def made_up_results() -> dict:
                         "rows_read": 120, "duplicates_removed": 0, "label_conflicts": {"count": 0}, "ignored_rows": 0,
                         "truncated": 0},
                "models": models}
-    results["comparison"] = pipeline._comparison(models)
+    results["comparison"] = _comparison(models)
     return results
 
 
@@ -105,7 +106,7 @@ def test_report_html_renders_in_headless_chromium(tiny_config):
         pytest.skip(f"{CHROMIUM} not found; install Chromium with `apt-get install chromium` (.ci/run does)")
     pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
     cfg = tiny_config(training={"epochs": 1}, evaluation={"seeds": [0]})
-    run_dir = pipeline.run(cfg, progress=False)
+    run_dir = api.run(cfg, progress=False)
     plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     assert plots == ["comparison.png", "confusion_student_distilled.png", "confusion_student_labels_only.png",
                      "confusion_student_untrained.png", "confusion_teacher.png", "training_distilled.png",
@@ -128,7 +129,7 @@ def made_up_stages() -> list[dict]:
     first, second = made_up_results(), made_up_results()
     second["task"], second["labels"] = "sentiment3", ["neg<ative>", "neutral", "positive"]
     second["models"]["student_distilled"]["summary"]["macro_f1"] = {"mean": 0.6123, "std": 0.0321}
-    second["comparison"] = pipeline._comparison(second["models"])
+    second["comparison"] = _comparison(second["models"])
     second["timings"], first["timings"] = {"total_s": 600.0}, {"total_s": 300.0}
     return [{"stage": 1, "name": "reviews", "task": "sentiment", "run_dir": "runs/x/stages/1-reviews",
              "starts_from": "the pretrained student", "optimizer": "new", "results": first},

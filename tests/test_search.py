@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdistill import pipeline, teachers
+from conftest import FILLER, NEGATIVE, POSITIVE, tiny_config_dict, write_csv
 from kdistill.config import RunConfig, SearchConfig, from_dict, load_config
 from kdistill.data import prepare_data
 from kdistill.errors import KdistillError
-from kdistill.search import search, subsample
-
-from conftest import FILLER, NEGATIVE, POSITIVE, tiny_config_dict, write_csv
+from kdistill.recipes import label as pipeline
+from kdistill.recipes.search import search, subsample
+from kdistill.teachers import signal as teachers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from search_demo import rerun_best, search_killed_once  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 
 from kdistill import assets
 from kdistill.errors import KdistillError
-from kdistill.similarity import SimilarityScorer, lee_similarity
+from kdistill.eval.similarity import SimilarityScorer, lee_similarity
 
 TEXTS = ["the film was great", "a boring and tedious plot", "the acting is really quite charming and moving and fun"]
 

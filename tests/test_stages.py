@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from conftest import FILLER, make_texts, write_csv
-from kdistill import pipeline
+from kdistill import api
 from kdistill.config import RunConfig, from_dict
 from kdistill.errors import KdistillError
 from kdistill.models import load_saved
-from kdistill.stages import init_student, stage_configs
+from kdistill.recipes.stages import stage_configs
+from kdistill.train.stage_start import init_student
 
 THREE_LABELS = {"name": "tiny-sentiment3", "labels": ["negative", "neutral", "positive"],
                 "prompt_template": "Review: {text} Sentiment? Answer:",
@@ -60,13 +61,13 @@ def test_stage_config_errors_are_sentences(tiny_config):
         stage_configs(tiny_config(stages=[{"name": "a"}, {"name": "b", "set": {"trainning.epochs": 1}}]))
     staged = tiny_config(stages=[{"name": "a"}, {"name": "b"}])
     with pytest.raises(KdistillError, match="`kdistill train` works on one run"):
-        pipeline.train(staged, progress=False)
-    assert pipeline.validate(staged, check_models=False).count("config ok") == 2
+        api.train(staged, progress=False)
+    assert api.validate(staged, check_models=False).count("config ok") == 2
 
 
 def test_student_moves_to_a_task_with_more_labels_keeping_the_shared_rows(tiny_config, tiny_models, tmp_path):
     cfg = tiny_config(evaluation={"seeds": [0], "baselines": False})
-    folder = pipeline.train(cfg, variant="distilled", seed=0, progress=False)
+    folder = api.train(cfg, variant="distilled", seed=0, progress=False)
     second = from_dict(RunConfig, {**json.loads(json.dumps(_plain(cfg))), "task": THREE_LABELS})
     old = load_saved(folder)
     torch.manual_seed(0)
@@ -90,8 +91,8 @@ def _plain(cfg: RunConfig) -> dict:
 
 def test_two_stage_run_reports_both_stages_and_carries_the_optimizer(tiny_config, tmp_path, caplog):
     cfg = _two_stages(tiny_config, tmp_path)
-    with caplog.at_level(logging.INFO, logger="kdistill.pipeline"):
-        run_dir = pipeline.run(cfg, progress=False)
+    with caplog.at_level(logging.INFO, logger="kdistill.recipes.label"):
+        run_dir = api.run(cfg, progress=False)
     report = (run_dir / "report.md").read_text()
     assert "## Stage 1: reviews" in report and "## Stage 2: tweets" in report
     assert report.count("student, distilled") >= 2 and report.count("student, labels only") >= 2
@@ -111,7 +112,7 @@ def test_two_stage_run_reports_both_stages_and_carries_the_optimizer(tiny_config
     page = (run_dir / "report.html").read_text()
     (run_dir / "report.html").unlink()
     (run_dir / "stages" / "2-tweets" / "report.html").unlink()
-    assert pipeline.report(cfg) == run_dir / "report.md"
+    assert api.report(cfg) == run_dir / "report.md"
     assert (run_dir / "report.html").read_text() == page
     assert (run_dir / "stages" / "2-tweets" / "report.html").exists()
 
@@ -135,5 +136,5 @@ def _assert_combined_page(run_dir, results):
 def test_report_of_an_unfinished_multi_stage_run_names_the_missing_stage(tiny_config):
     cfg = tiny_config(stages=[{"name": "a"}, {"name": "b"}])
     with pytest.raises(KdistillError, match=r"1-a/eval/results.json: stage 1 \(a\) has no results yet.*--resume"):
-        pipeline.report(cfg)
+        api.report(cfg)
     assert not (cfg.run_dir / "report.html").exists()

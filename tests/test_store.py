@@ -6,12 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kdistill import pipeline
-from kdistill.data import prepare_data
+from kdistill import api
 from kdistill.cache import cache_verify
-from kdistill.elicit import label_logprobs
+from kdistill.data import prepare_data
 from kdistill.targets import TeacherTargets
-from kdistill.teachers import load_member
+from kdistill.teachers.elicit import label_logprobs
+from kdistill.teachers.signal import load_member
 
 
 def _entries(cfg):
@@ -20,8 +20,8 @@ def _entries(cfg):
 
 def test_same_config_hits_and_cached_equals_live(tiny_config):
     cfg = tiny_config(teacher={"calibrate": False, "recalibrate": "none"})  # the store keeps raw answers
-    first = pipeline.elicit(cfg, progress=False).targets
-    second = pipeline.elicit(cfg, progress=False).targets
+    first = api.elicit(cfg, progress=False).targets
+    second = api.elicit(cfg, progress=False).targets
     assert len(_entries(cfg)) == 1
     assert second.ids == first.ids and torch.equal(second.values, first.values)
     data = prepare_data(cfg.data, cfg.task)
@@ -33,7 +33,7 @@ def test_same_config_hits_and_cached_equals_live(tiny_config):
 
 def test_any_change_misses(tiny_config, tiny_models):
     base = tiny_config()
-    pipeline.elicit(base, progress=False)
+    api.elicit(base, progress=False)
     changes = {
         "prompt": replace(base, task=replace(base.task, prompt_template="Review: {text} Answer:")),
         "teacher": replace(base, teacher=replace(base.teacher, model=str(tiny_models["lm2"]))),
@@ -42,28 +42,27 @@ def test_any_change_misses(tiny_config, tiny_models):
         "data": replace(base, data=replace(base.data, split_seed=7)),
     }
     for n, (what, cfg) in enumerate(changes.items(), start=2):
-        pipeline.elicit(cfg, progress=False)
+        api.elicit(cfg, progress=False)
         assert len(_entries(base)) == n, f"changing the {what} reused a stored entry"
 
 
 def test_flipped_byte_is_detected_and_re_elicited(tiny_config):
     cfg = tiny_config(teacher={"recalibrate": "none"})
-    before = pipeline.elicit(cfg, progress=False).targets
+    before = api.elicit(cfg, progress=False).targets
     shard = sorted((cfg.run_dir / "teacher_cache").glob("*/shards/shard-*.bin"))[0]
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
     assert not cache_verify(cfg.run_dir / "teacher_cache")[0]
-    after = pipeline.elicit(cfg, progress=False).targets
+    after = api.elicit(cfg, progress=False).targets
     assert cache_verify(cfg.run_dir / "teacher_cache")[0]
     torch.testing.assert_close(after.rows(before.ids), before.values)
 
 
 def test_an_interrupted_elicitation_continues_where_it_stopped(tiny_config, monkeypatch):
-    from kdistill import elicit as elicit_module
-
+    from kdistill.teachers import elicit as elicit_module
     cfg = tiny_config(teacher={"recalibrate": "none", "calibrate": False})
-    reference = pipeline.elicit(cfg, progress=False).targets
+    reference = api.elicit(cfg, progress=False).targets
     cfg = tiny_config(teacher={"recalibrate": "none", "calibrate": False}, output_dir=str(cfg.run_dir.parent / "again"))
     real, calls = elicit_module.label_logprobs, []
 
@@ -76,11 +75,11 @@ def test_an_interrupted_elicitation_continues_where_it_stopped(tiny_config, monk
     monkeypatch.setattr(elicit_module, "label_logprobs", crash_on_third_shard)
     monkeypatch.setattr(elicit_module.elicit, "__kwdefaults__", {**elicit_module.elicit.__kwdefaults__, "shard_size": 32})
     try:
-        pipeline.elicit(cfg, progress=False)
+        api.elicit(cfg, progress=False)
     except KeyboardInterrupt:
         pass
     monkeypatch.setattr(elicit_module, "label_logprobs", lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw))
-    resumed = pipeline.elicit(cfg, progress=False).targets
+    resumed = api.elicit(cfg, progress=False).targets
     shards = -(-len(reference.ids) // 32)
     assert len(calls) == 2 + 1 + (shards - 2)  # two kept, the crashed one again, and the rest: nothing twice
     torch.testing.assert_close(resumed.rows(reference.ids), reference.values)
@@ -110,7 +109,7 @@ def test_cache_commands(tiny_config, tmp_path, capsys):
     from kdistill.cli import main
 
     cfg = tiny_config(teacher={"recalibrate": "none"})
-    targets = pipeline.elicit(cfg, progress=False).targets
+    targets = api.elicit(cfg, progress=False).targets
     cache = str(cfg.run_dir / "teacher_cache")
     assert main(["cache", "info", cache]) == 0 and "complete" in capsys.readouterr().out
     assert main(["cache", "verify", cache]) == 0

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import _tokenizer, make_texts
-from kdistill import student_init
-from kdistill.divergences import divergence
 from kdistill.errors import KdistillError
-from kdistill.student_init import find_layer_list, layer_map, shrink_model
+from kdistill.losses.divergences import divergence
+from kdistill.train import student_init
+from kdistill.train.student_init import find_layer_list, layer_map, shrink_model
 
 NUM_LAYERS = 6
 GEMMA_LAYER_TYPES = ["sliding_attention", "full_attention", "full_attention",
@@ -43,7 +43,12 @@ def _save(model, tokenizer, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, Path]:
     """Tiny random models: three causal-LM families, a base BERT encoder and a BERT classifier."""
-    from transformers import (AutoModelForCausalLM, BertConfig, BertForSequenceClassification, BertModel)
+    from transformers import (
+        AutoModelForCausalLM,
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+    )
 
     root = tmp_path_factory.mktemp("sources")
     lm_tokenizer, encoder_tokenizer = _tokenizer("lm"), _tokenizer("encoder")
@@ -62,7 +67,11 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
 
 def _load(path: Path, family: str):
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+    )
 
     auto = {"bert": AutoModel, "bert_classifier": AutoModelForSequenceClassification}.get(family, AutoModelForCausalLM)
     return auto.from_pretrained(path).eval()

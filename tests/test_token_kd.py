@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdistill.divergences import SparseTargets
 from kdistill.errors import KdistillError
-from kdistill.token_kd import encode_targets, target_token_loss
+from kdistill.losses.divergences import SparseTargets
+from kdistill.losses.token_kd import encode_targets, target_token_loss
 
 PROMPTS = ["Article: the film was great and the plot moved.\nSummary:", "Question: was the movie good?\nAnswer:"]
 TARGETS = [" great film", " yes it was"]
@@ -97,7 +97,7 @@ def test_sparse_targets_per_target_token_equal_the_dense_teacher_at_k_equal_v(ti
 def test_cached_token_targets_equal_the_live_teacher_one_example_at_a_time(tiny_lm):
     """Batched, left-aligned elicitation with logits_to_keep gives each example's target rows exactly as
     an unpadded forward of that example alone; at k = V the rows train the student like the live teacher."""
-    from kdistill.token_elicit import token_targets
+    from kdistill.models.token_rows import token_targets
 
     model, tokenizer = tiny_lm
     vocab = model.config.vocab_size
@@ -115,7 +115,7 @@ def test_cached_token_targets_equal_the_live_teacher_one_example_at_a_time(tiny_
 
 
 def test_novel_token_weight_presses_on_the_tokens_the_target_does_not_copy(tiny_lm):
-    from kdistill.token_kd import novel_token_weights
+    from kdistill.losses.token_kd import novel_token_weights
 
     # by hand: prompt bigrams (1,2), (2,3), (3,4); target 3 4 9 2 3 EOS after the prompt's last token 4
     assert novel_token_weights([1, 2, 3, 4], [3, 4, 9, 2, 3, 0], 3.0, ends_with_eos=True).tolist() == \
@@ -168,7 +168,7 @@ def test_a_stripped_target_is_trained_as_the_prompts_continuation_with_its_space
     """A teacher writes " Plans …" after "Summary:", the cache keeps "Plans …": the student must train on
     " Plans" (what it writes at generation), not on the word-start-less "Plans" (which taught run-together
     text), and a tokenizer that adds the space itself must not get two."""
-    from kdistill.token_kd import continuation, writes_its_own_space
+    from kdistill.losses.token_kd import continuation, writes_its_own_space
 
     assert continuation("Summary:", "Plans to allow") == " Plans to allow"
     assert continuation("Summary: ", "Plans") == "Plans" and continuation("Summary:\n", "Plans") == "Plans"

@@ -6,7 +6,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kdistill import pipeline
+from kdistill import api
 
 
 class Crash(Exception):
@@ -39,8 +39,8 @@ def test_every_record_is_logged_and_a_resumed_run_logs_each_step_once(tiny_confi
             raise Crash
 
     with pytest.raises(Crash):
-        pipeline.train(cfg, variant="distilled", seed=0, progress=False, on_record=crash_at_step_20)
-    pipeline.train(cfg, variant="distilled", seed=0, resume=True, progress=False, on_record=seen.append)
+        api.train(cfg, variant="distilled", seed=0, progress=False, on_record=crash_at_step_20)
+    api.train(cfg, variant="distilled", seed=0, resume=True, progress=False, on_record=seen.append)
     log_dir = cfg.run_dir / "tensorboard" / "distilled-seed0"
     scalars = _scalars(log_dir)
     assert {"train_ce", "train_kd", "train_balance", "lr", "val_macro_f1"} <= set(scalars)
@@ -48,11 +48,11 @@ def test_every_record_is_logged_and_a_resumed_run_logs_each_step_once(tiny_confi
     assert sum(r["step"] == 20 for r in seen) == 2, "the chained on_record saw step 20 before and after the crash"
 
     # a fresh run starts its logs over, as it does its checkpoints
-    pipeline.train(cfg, variant="distilled", seed=0, progress=False)
+    api.train(cfg, variant="distilled", seed=0, progress=False)
     assert _scalars(log_dir) == _history_scalars(cfg.run_dir, "distilled-seed0")
 
 
 def test_tensorboard_off_writes_nothing(tiny_config):
     cfg = tiny_config(training={"epochs": 1, "tensorboard": False})
-    pipeline.train(cfg, variant="labels_only", seed=0, progress=False)
+    api.train(cfg, variant="labels_only", seed=0, progress=False)
     assert not (cfg.run_dir / "tensorboard").exists()

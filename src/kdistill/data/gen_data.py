@@ -15,9 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.config import DataConfig, TaskConfig
-from kdistill.data.generative import (GenExample, load_bbc_articles, load_trivia_pairs, load_triviaqa, read_jsonl,
-                                      split_generative, text_field)
-from kdistill.data.loaders import _cut_at_word, _source_path, text_id
+from kdistill.data.generative import (
+    load_bbc_articles,
+    load_trivia_pairs,
+    load_triviaqa,
+    split_generative,
+)
+from kdistill.data.records import (
+    GenExample,
+    cut_at_word,
+    read_jsonl,
+    source_path,
+    text_field,
+    text_id,
+)
 from kdistill.errors import KdistillError
 
 GENERATION_SOURCES = ("jsonl", "triviaqa", "chatterbot", "bbc_articles")
@@ -43,7 +54,7 @@ def load_generation(data: DataConfig) -> list[GenExample]:
                             f"one of: {', '.join(GENERATION_SOURCES)}.")
     if not data.path:
         raise KdistillError("data.path is empty: give a file, a folder or asset:NAME.")
-    path = _source_path(data)
+    path = source_path(data)
     if data.source == "jsonl":
         examples = _load_jsonl(path, data)
     elif data.path == "asset:trivia-pairs":  # the pinned file's one broken entry is skipped, not an error
@@ -66,7 +77,7 @@ def _load_jsonl(path: Path, data: DataConfig) -> list[GenExample]:
 
 
 def _cut(example: GenExample, max_chars: int) -> GenExample:
-    prompt = _cut_at_word(example.prompt, max_chars)
+    prompt = cut_at_word(example.prompt, max_chars)
     if prompt == example.prompt:
         return example
     return GenExample(id=text_id(prompt), prompt=prompt, target=example.target, answers=example.answers,

@@ -21,87 +21,22 @@ import numpy as np
 import yaml
 from sklearn.model_selection import train_test_split
 
-from kdistill.data.loaders import jsonl_objects, normalize_text, text_id
-from kdistill.data.prepare import deduplicate
+from kdistill.data.records import (
+    ChoiceExample,
+    GenExample,
+    deduplicate,
+    normalize_text,
+    read_text,
+    text_field,
+    text_id,
+)
 from kdistill.errors import KdistillError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class GenExample:
-    """One prompt for a generation task, with its reference target when the data has one."""
-
-    id: str
-    """First 16 hex chars of the sha1 of the casefolded prompt: equal ids mean duplicate prompts."""
-    prompt: str
-    """The source text (an article to summarize, a question), NFKC-normalized, one space per whitespace run."""
-    target: str | None
-    """The reference target (an answer, a summary) if the data has one; None when the teacher will write it."""
-    answers: tuple[str, ...]
-    """Every acceptable gold answer for QA (e.g. TriviaQA's value and aliases); empty otherwise."""
-    origin: str
-    """Where it came from: 'path:line', 'path:Data[N]' (TriviaQA json; N counts from 0) or the .txt file's path."""
-
-
-@dataclass(frozen=True)
-class ChoiceExample:
-    """One multiple-choice question: the text, its options, and the index of the right one."""
-
-    id: str
-    """First 16 hex chars of the sha1 of the casefolded question: equal ids mean duplicate questions."""
-    question: str
-    """The context and question as the source format gives them (Winogrande: the sentence with its '_' blank)."""
-    options: tuple[str, ...]
-    """The answer options in source order, normalized, without labels such as AQuA-RAT's 'A)'."""
-    answer: int | None
-    """0-based index of the right option; None for unlabelled data (e.g. a test split)."""
-    origin: str
-    """Where it came from: 'path:line'."""
-    rationale: str | None = None
-    """A worked solution, when the source gives one (AQuA-RAT); None otherwise."""
-
-
 # --------------------------------------------------------------------------------------------
 # Reading helpers, shared with kdistill.data.choice
-
-
-def read_text(path: str | Path, fmt: str, *, fallback: str | None = None) -> str:
-    """The decoded text of a UTF-8 file (a BOM is dropped); ``fallback`` decodes files that are not UTF-8."""
-    path = Path(path)
-    if not path.is_file():
-        raise KdistillError(f"{path}: no such {fmt} file; check the path.")
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as err:
-        if fallback:
-            return raw.decode(fallback)
-        line = raw[: err.start].count(b"\n") + 1
-        raise KdistillError(
-            f"{path}:{line}: bytes {raw[err.start:err.end]!r} are not UTF-8; {fmt} files are UTF-8, convert it."
-        ) from None
-
-
-def read_jsonl(path: str | Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(origin 'path:line', object) for every non-blank line of a JSON-lines file."""
-    return jsonl_objects(path, read_text(path, fmt), fmt)
-
-
-def text_field(obj: dict[str, Any], name: str, origin: str, fmt: str) -> str:
-    """``obj[name]`` normalized; missing, not a string, or empty is an error naming the origin and field."""
-    if name not in obj:
-        raise KdistillError(
-            f"{origin}: field '{name}' is missing (keys found: {', '.join(obj) or 'none'}); "
-            f"fix the record, or check that the file is in the {fmt} format."
-        )
-    value = obj[name]
-    if not isinstance(value, str):
-        raise KdistillError(f"{origin}: field '{name}': expected a string, found {type(value).__name__} {value!r}.")
-    text = normalize_text(value)
-    if not text:
-        raise KdistillError(f"{origin}: field '{name}' is empty; fix or remove the record.")
-    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,3 +237,8 @@ def _reference(example: GenExample | ChoiceExample) -> tuple[Any, ...]:
     if isinstance(example, GenExample):
         return (example.target, example.answers)
     return (example.options, example.answer)
+
+
+def prompt_text(template: str, example: GenExample) -> str:
+    """The prompt the models see: the task's template with the example's source text in it."""
+    return template.replace("{text}", example.prompt)

@@ -7,44 +7,25 @@ expected and how to fix it, so nothing downstream ever sees a half-valid dataset
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-import re
-import unicodedata
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdistill.config import DataConfig, TaskConfig
+from kdistill.data.choice import read_choice_examples
+from kdistill.data.records import (
+    CHOICE_SOURCES,
+    Example,
+    LoadedExamples,
+    cut_at_word,
+    jsonl_objects,
+    normalize_text,
+    source_path,
+    text_id,
+)
 from kdistill.errors import KdistillError
-
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled text, normalized and validated."""
-
-    id: str
-    """First 16 hex chars of the sha1 of the casefolded text: equal ids mean duplicate texts."""
-    text: str
-    """NFKC-normalized, whitespace runs collapsed to one space, stripped, cut to data.max_chars."""
-    label: str
-    """A task label (after data.label_map)."""
-    origin: str
-    """Where the row came from: 'path:line' (csv, jsonl), 'path:row N' (parquet, hf; N counts
-    from 0, as in ``ds[N]``) or the .txt file's path (folder)."""
-
-
-@dataclass
-class LoadedExamples:
-    """The examples of a source plus what was dropped on the way, for the data report."""
-
-    examples: list[Example] = field(default_factory=list)
-    rows_read: int = 0
-    ignored_by_label: Counter[str] = field(default_factory=Counter)
-    truncated: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,15 +42,10 @@ def load_examples(data: DataConfig, task: TaskConfig) -> list[Example]:
     return read_examples(data, task).examples
 
 
-CHOICE_SOURCES = ("winogrande", "social_iqa", "aqua_rat")
-
-
 def read_examples(data: DataConfig, task: TaskConfig) -> LoadedExamples:
     """Like `load_examples`, also counting rows read, rows ignored and texts truncated."""
     _check_labels_config(data, task)
     if data.source in CHOICE_SOURCES or task.kind == "multiple_choice":
-        from kdistill.data.choice import read_choice_examples  # choice imports this module
-
         return read_choice_examples(data, task)
     if task.kind == "generation":
         raise KdistillError("a generation task's data is read by kdistill.data.gen_data, not as labelled texts.")
@@ -84,29 +60,10 @@ def read_examples(data: DataConfig, task: TaskConfig) -> LoadedExamples:
             continue
         label = _task_label(raw_label, record.origin, label_name, data, task)
         text = _normalized_text(record, text_name, data)
-        cut = _cut_at_word(text, data.max_chars)
+        cut = cut_at_word(text, data.max_chars)
         loaded.truncated += cut != text
         loaded.examples.append(Example(id=text_id(cut), text=cut, label=label, origin=record.origin))
     return loaded
-
-
-def text_id(text: str) -> str:
-    """The dedupe key: texts that differ only in case get the same id."""
-    return hashlib.sha1(text.casefold().encode("utf-8")).hexdigest()[:16]
-
-
-def normalize_text(text: str) -> str:
-    """NFKC (so ligatures and full-width forms compare equal), one space per whitespace run."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
-
-
-def _cut_at_word(text: str, max_chars: int) -> str:
-    if len(text) <= max_chars:
-        return text
-    cut = text[:max_chars]
-    if text[max_chars] != " " and " " in cut:
-        cut = cut[: cut.rindex(" ")]  # don't leave half a word at the end
-    return cut.rstrip()
 
 
 def _check_labels_config(data: DataConfig, task: TaskConfig) -> None:
@@ -164,27 +121,9 @@ def _read_records(data: DataConfig) -> Iterator[_Record]:
         )
     if data.source == "hf":
         return _read_hf(data)
-    path = _source_path(data)
+    path = source_path(data)
     readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet, "folder": _read_folder}
     return readers[data.source](path, data)
-
-
-def _source_path(data: DataConfig) -> Path:
-    if data.path.startswith("asset:"):
-        from kdistill.assets import fetch_data_asset  # may download; only asset paths need it
-
-        return fetch_data_asset(data.path.removeprefix("asset:"))
-    path = Path(data.path)
-    want_folder = data.source in ("folder", "bbc_articles")
-    if not path.exists():
-        kind = "folder" if want_folder else f"{data.source} file"
-        raise KdistillError(
-            f"{path}: no such {kind} (data.path); check the path (relative paths are relative to the config file)."
-        )
-    if path.is_dir() != want_folder:
-        expected = "a folder of <label>/*.txt files" if want_folder else f"a {data.source} file"
-        raise KdistillError(f"{path}: data.source is {data.source!r}, so data.path must be {expected}.")
-    return path
 
 
 def _decode(path: Path, encoding: str) -> str:
@@ -271,24 +210,6 @@ def _read_jsonl(path: Path, data: DataConfig) -> Iterator[_Record]:
     for origin, obj in jsonl_objects(path, _decode(path, data.encoding)):
         text, label = _json_field(obj, "text_field", origin, data), _json_field(obj, "label_field", origin, data)
         yield _Record(text, label, origin)
-
-
-def jsonl_objects(path: str | Path, text: str, what: str = "JSON-lines") -> Iterator[tuple[str, dict[str, Any]]]:
-    """(origin 'path:line', object) for every non-blank line of a JSON-lines file's decoded ``text``."""
-    # split on "\n" only: str.splitlines would also break on U+2028 inside JSON strings
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        origin = f"{path}:{line_no}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise KdistillError(
-                f"{origin}: invalid JSON ({err.msg} at column {err.colno}); a {what} file has one JSON object per line."
-            ) from None
-        if not isinstance(obj, dict):
-            raise KdistillError(f"{origin}: expected a JSON object, found {type(obj).__name__}; is this a {what} file?")
-        yield origin, obj
 
 
 def _json_field(obj: dict[str, Any], key: str, origin: str, data: DataConfig) -> Any:

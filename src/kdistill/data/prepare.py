@@ -16,7 +16,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from kdistill.config import DataConfig, TaskConfig
-from kdistill.data.loaders import Example, LoadedExamples, read_examples
+from kdistill.data.loaders import read_examples
+from kdistill.data.records import Example, LoadedExamples, deduplicate
 from kdistill.errors import KdistillError
 
 SPLITS = ("train", "validation", "test")
@@ -63,24 +64,6 @@ def prepare_data(data: DataConfig, task: TaskConfig) -> PreparedData:
     prepared.report = _build_report(data, task, loaded, prepared, duplicates_removed, conflicts, len(unique))
     prepared.report["labelled_train"] = len(prepared.labelled)
     return prepared
-
-
-def deduplicate(examples: list[Example]) -> tuple[list[Example], int, list[list[Example]]]:
-    """Keep the first of each id; drop every copy of a text that carries two different labels.
-
-    Returns (kept examples in first-seen order, copies removed, groups of conflicting rows).
-    """
-    groups: dict[str, list[Example]] = {}
-    for example in examples:
-        groups.setdefault(example.id, []).append(example)
-    kept, conflicts, duplicates_removed = [], [], 0
-    for group in groups.values():
-        if len({example.label for example in group}) > 1:
-            conflicts.append(group)  # we cannot know which label is right, so neither is trusted
-        else:
-            kept.append(group[0])
-            duplicates_removed += len(group) - 1
-    return kept, duplicates_removed, conflicts
 
 
 def stratified_sample(examples: list[Example], max_examples: int | None, seed: int) -> list[Example]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -12,6 +15,8 @@ from kdistill.errors import KdistillError
 from kdistill.models.base import LabelModel
 from kdistill.models.causal_lm import CausalLMLabelModel
 from kdistill.models.encoder import EncoderLabelModel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LabelModel", "CausalLMLabelModel", "EncoderLabelModel", "load_label_model", "load_saved",
            "resolve_model_path", "pick_device"]
@@ -68,8 +73,12 @@ def _check_head_labels(hf_config, labels: list[str], name: str) -> None:
 def load_label_model(cfg: ModelConfig, task: TaskConfig, *, prefix: str = "",
                      device: torch.device | None = None) -> LabelModel:
     """Load ``cfg.model`` as a teacher or student for ``task``."""
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     path = resolve_model_path(cfg.model)
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -94,19 +103,64 @@ def load_label_model(cfg: ModelConfig, task: TaskConfig, *, prefix: str = "",
             prompt_template=task.prompt_template, prefix=prefix, max_length=cfg.max_length, name=cfg.model)
     else:
         _check_head_labels(hf_config, task.labels, cfg.model)
-        module = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=torch.float32, num_labels=len(task.labels),
-            id2label=dict(enumerate(task.labels)), label2id={label: i for i, label in enumerate(task.labels)},
-            ignore_mismatched_sizes=True, **common)
+        with _quiet_load_report():
+            module, info = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=torch.float32, num_labels=len(task.labels),
+                id2label=dict(enumerate(task.labels)), label2id={label: i for i, label in enumerate(task.labels)},
+                ignore_mismatched_sizes=True, output_loading_info=True, **common)
+        _report_new_head(cfg.model, task.labels, info)
         model = EncoderLabelModel(module, tokenizer, labels=task.labels, input_template=cfg.input_template,
                                   max_length=cfg.max_length)
     model.module.to(device or torch.device("cpu"))
     return model
 
 
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """transformers logs a multi-line LOAD REPORT (in red) for every weight it did not find; a classifier's new
+    head is missing on purpose, so kdistill reads the loading info itself (`_report_new_head`). A filter, not a
+    level: transformers runs other checks when its logger's level is raised."""
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    drop_report = _DropLoadReport()
+    report_logger.addFilter(drop_report)
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(drop_report)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def _report_new_head(name: str, labels: list[str], info: dict[str, list]) -> None:
+    """One plain line for the classification head made new on purpose; a warning only for other missing weights."""
+    new = sorted(info.get("missing_keys", [])) + sorted(str(k[0]) if isinstance(k, tuple) else str(k)
+                                                        for k in info.get("mismatched_keys", []))
+    head = [k for k in new if k.split(".")[0] in _HEAD_PREFIXES]
+    others = [k for k in new if k not in head]
+    if head and (name, tuple(labels)) not in _HEADS_TOLD:  # once per run, not once per seed and variant
+        _HEADS_TOLD.add((name, tuple(labels)))
+        log.info("%s: a new classification head for %d labels (%s), trained from scratch as intended",
+                 name, len(labels), ", ".join(head))
+    if others:
+        log.warning("%s: %d weights were not in the checkpoint and start random: %s", name, len(others),
+                    ", ".join(others[:8]) + (" ..." if len(others) > 8 else ""))
+
+
+# the modules a sequence-classification model adds on top of its encoder (BERT/MiniLM, RoBERTa, DistilBERT, MPNet ...)
+_HEAD_PREFIXES = {"classifier", "pre_classifier", "score", "pooler"}
+_HEADS_TOLD: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def load_saved(path: str | Path, device: torch.device | None = None) -> LabelModel:
     """A student saved by kdistill (save_pretrained + kdistill.json)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     path = Path(path)
     meta_path = path / "kdistill.json"

@@ -80,8 +80,22 @@ class LabelModel(ABC):
         """save_pretrained + tokenizer + kdistill.json, atomically: loads with plain transformers."""
         with atomic_dir(path) as tmp:
             self.module.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
+            self._save_tokenizer(tmp)
             (tmp / "kdistill.json").write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
+
+
+    def _save_tokenizer(self, folder: Path) -> None:
+        """The tokenizer, with the model's input limit as its own: `tokenizer(text, truncation=True)` and
+        `pipeline(..., truncation=True)` then cut a text where training and `kdistill predict` cut it, not at the
+        pretrained model's limit (512 for MiniLM, where a student trained on 96 tokens would see more)."""
+        limit = getattr(self, "max_length", None)
+        pretrained_limit = self.tokenizer.model_max_length
+        try:
+            if limit:
+                self.tokenizer.model_max_length = limit
+            self.tokenizer.save_pretrained(folder)
+        finally:
+            self.tokenizer.model_max_length = pretrained_limit
 
 
 def pool_states(hidden_states: tuple, mask_bs: torch.Tensor, layers: list[int], how: str) -> torch.Tensor:

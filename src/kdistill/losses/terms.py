@@ -1,0 +1,83 @@
+"""Label-space loss terms as pure tensor functions, each returning one value per example (B,).
+
+Normalizing per example (not per batch) is what lets the training loop sum micro-batches and divide
+by the step's example count, so the gradient does not depend on how a batch is split. The one term
+that is not per example, `balance` (a function of the batch-averaged prediction), is handed to the
+loop as a per-example surrogate with the same gradient; see `balance_surrogate`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kdistill.losses.divergences import divergence
+
+
+def _atleast_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp16 logits are upcast for the loss; fp64 stays fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def cross_entropy(student_logits_bl: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
+    """Hard-label cross-entropy per example, (B,)."""
+    return F.cross_entropy(_atleast_fp32(student_logits_bl), labels_b, reduction="none")
+
+
+def soft_label_loss(student_logits_bl: torch.Tensor, teacher_logprobs_bl: torch.Tensor, *, kind: str = "forward_kl",
+                    temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1) -> torch.Tensor:
+    """T^2 * divergence(teacher_T, student_T) per example, (B,).
+
+    The teacher arrives as log-probabilities (what the teacher store holds); softening them is
+    softmax(log p / T), the same as softening the logits they came from. T^2 keeps the gradient's
+    scale independent of the temperature (Hinton et al., 2015).
+    """
+    values_b = divergence(_atleast_fp32(student_logits_bl), _atleast_fp32(teacher_logprobs_bl), kind=kind,
+                          temperature=temperature, beta=beta, skew=skew)
+    return temperature**2 * values_b
+
+
+def hidden_alignment(student_bnd: torch.Tensor, teacher_bnd: torch.Tensor, *, loss: str = "mse",
+                     normalize: bool = True) -> torch.Tensor:
+    """Distance between (projected) student and teacher states, averaged over the n layer pairs, (B,).
+
+    Both sides are (B, n, D) with the teacher's width D. With ``normalize`` each vector is
+    layer-normalized (no affine) first: models differ in the scale of their residual streams by orders
+    of magnitude (Gemma's reach the hundreds), and an unnormalized MSE would be about scale, not content.
+    """
+    student_bnd, teacher_bnd = _atleast_fp32(student_bnd), _atleast_fp32(teacher_bnd)
+    if normalize:
+        student_bnd = F.layer_norm(student_bnd, student_bnd.shape[-1:])
+        teacher_bnd = F.layer_norm(teacher_bnd, teacher_bnd.shape[-1:])
+    if loss == "mse":
+        per_pair_bn = (student_bnd - teacher_bnd).square().mean(-1)
+    elif loss == "cosine":
+        per_pair_bn = 1.0 - F.cosine_similarity(student_bnd, teacher_bnd, dim=-1, eps=1e-8)
+    else:
+        raise ValueError(f"unknown hidden alignment loss {loss!r}")
+    return per_pair_bn.mean(-1)
+
+
+def balance_value(mean_probs_l: torch.Tensor, target_l: torch.Tensor) -> torch.Tensor:
+    """KL(target || batch-mean student prediction), a scalar: large when the student neglects a label
+    the target expects, which is what collapsing onto the majority answer does."""
+    mean_probs_l = mean_probs_l.clamp(min=torch.finfo(mean_probs_l.dtype).tiny)
+    return torch.special.xlogy(target_l, target_l).sum() - (target_l * mean_probs_l.log()).sum()
+
+
+def balance_surrogate(student_logits_bl: torch.Tensor, step_mean_probs_l: torch.Tensor,
+                      target_l: torch.Tensor) -> torch.Tensor:
+    """Per-example values (B,) whose mean over the step has the gradient of `balance_value` at the
+    step's mean prediction.
+
+    The balance term is a function of the mean prediction over the whole optimizer step, which a
+    micro-batch alone cannot compute. Its gradient is linear in each example's probabilities given
+    that mean: d/dp_i KL(t || mean_j p_j) = g / B with g = -t / mean. So each example contributes g . p_i
+    with g fixed (detached) from the step's mean: summed over micro-batches and divided by the step's
+    example count, that is exactly the full-batch gradient, however the step is split. The values
+    themselves are not the balance value; log `balance_value` instead.
+    """
+    mean_l = step_mean_probs_l.detach().clamp(min=torch.finfo(step_mean_probs_l.dtype).tiny)
+    direction_l = -(target_l / mean_l)  # (L,)
+    probs_bl = F.softmax(_atleast_fp32(student_logits_bl), dim=-1)
+    return (probs_bl * direction_l).sum(-1)

@@ -1,0 +1,69 @@
+"""What every recipe does the same way: the record of what ran, the end of a run (evaluation, the exported
+student, the report, phase timings) and picking the best seed's student."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from kdistill import distributed
+from kdistill.config import RunConfig, dump_yaml
+from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
+from kdistill.rundir import RunDir
+
+
+def write_run_start(cfg: RunConfig, splits: dict[str, list]) -> None:
+    """config.yaml and data/splits.json: what ran, and on which examples (written by the main process)."""
+    if distributed.is_main():
+        atomic_write_text(cfg.paths.config, dump_yaml(cfg))
+        atomic_write_json(cfg.paths.splits,
+                          {split: [e.id for e in examples] for split, examples in splits.items()})
+
+
+def finish_run(cfg: RunConfig, timings: dict[str, float], start: float, *, evaluate_fn: Callable[[], Path],
+               export_fn: Callable[[], None], report_fn: Callable[[], Any]) -> Path:
+    """Evaluation, the exported student and the report, written once by the main process (the others
+    wait); the wall time of each phase goes into results.json."""
+    if not distributed.is_main():
+        distributed.barrier()
+        return cfg.run_dir
+    t = time.perf_counter()
+    with distributed.alone():
+        results_path = evaluate_fn()
+        timings["eval_s"] = time.perf_counter() - t
+        export_fn()
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        results["timings"] = {**timings, "total_s": time.perf_counter() - start}
+        atomic_write_json(results_path, results)
+        report_fn()
+    distributed.barrier()
+    return cfg.run_dir
+
+
+def export_best_student(cfg: RunConfig, variant: str, score_key: str, *, lower_is_better: bool = False) -> None:
+    """runs/<name>/student: the seed of ``variant`` with the best validation score (chosen on validation)."""
+    scores = {}
+    for seed in cfg.evaluation.seeds:
+        folder = cfg.paths.student(variant, seed)
+        scores[folder] = json.loads(RunDir.beside(folder, "training.json").read_text())[score_key]
+    scored = {folder: score for folder, score in scores.items() if score is not None}
+    # without a validation split no seed was scored: the first seed's student, not a pick
+    best = ((min if lower_is_better else max)(scored, key=scored.get) if scored
+            else cfg.paths.student(variant, cfg.evaluation.seeds[0]))
+    with atomic_dir(cfg.paths.exported_student) as tmp:
+        shutil.copytree(best, tmp, dirs_exist_ok=True)
+
+
+def finished(cfg: RunConfig, variant: str, seed: int) -> bool:
+    """A saved student with its training record: what a resumed run does not train again."""
+    folder = cfg.paths.student(variant, seed)
+    return (folder / "kdistill.json").exists() and RunDir.beside(folder, "training.json").exists()
+
+
+def drop_checkpoints(cfg: RunConfig, variant: str, seed: int) -> None:
+    """A saved student's checkpoints, deleted unless training.keep_finished_checkpoints (see there)."""
+    if not cfg.training.keep_finished_checkpoints and distributed.is_main():
+        shutil.rmtree(cfg.paths.checkpoints(variant, seed), ignore_errors=True)

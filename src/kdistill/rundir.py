@@ -1,0 +1,105 @@
+"""The run directory `<output_dir>/<name>/`: the one place that knows where each thing of a run lives.
+
+    config.yaml                          the resolved config that ran
+    data/splits.json                     which example ids went to train / validation / test
+    teacher_cache/                       the teacher's answers (kdistill.cache), fine-tuned teachers, endpoint journals
+    checkpoints/<variant>-seed<s>/       resumable training state of each student
+    students/<variant>-seed<s>/          each trained student (a plain 🤗 folder) ...
+    students/<variant>-seed<s>.*.json    ... and its training record (and objective / optimizer state)
+    tensorboard/<variant>-seed<s>/       training curves, when training.tensorboard is on
+    eval/results.json, eval/outputs.jsonl  every figure of the card; every generated output
+    report.md, report.html, plots/       the report card
+    student/                             the exported student: the best seed, chosen on validation
+    stages/<i>-<name>/                   a multi-stage run's stages, each a run directory of its own
+    search/                              `kdistill search`'s trials and study
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory; nothing here touches the disk."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "data" / "splits.json"
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.root / "teacher_cache"
+
+    def finetuned_teacher(self, name: str, key: str) -> Path:
+        """A teacher kdistill fine-tuned, keyed by what determined it."""
+        return self.teacher_cache / "finetuned" / f"{name}-{key[:16]}"
+
+    def endpoint_journal(self, name: str) -> Path:
+        return self.teacher_cache / "endpoint-journals" / f"{name}.jsonl"
+
+    def elicitation_speed(self, name: str) -> Path:
+        return self.teacher_cache / f"last_elicitation-{name}.json"
+
+    @staticmethod
+    def run_name(variant: str, seed: int | str) -> str:
+        return f"{variant}-seed{seed}"
+
+    def student(self, variant: str, seed: int | str) -> Path:
+        return self.root / "students" / self.run_name(variant, seed)
+
+    def training_record(self, variant: str, seed: int | str) -> Path:
+        return self.beside(self.student(variant, seed), "training.json")
+
+    @staticmethod
+    def beside(student: Path, what: str) -> Path:
+        """A file kept next to a saved student folder: its training record, objective or optimizer state."""
+        return student.parent / f"{student.name}.{what}"
+
+    def checkpoints(self, variant: str, seed: int | str) -> Path:
+        return self.root / "checkpoints" / self.run_name(variant, seed)
+
+    def tensorboard(self, variant: str, seed: int | str) -> Path:
+        return self.root / "tensorboard" / self.run_name(variant, seed)
+
+    @property
+    def results(self) -> Path:
+        return self.root / "eval" / "results.json"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "eval" / "outputs.jsonl"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def exported_student(self) -> Path:
+        return self.root / "student"
+
+    def stage(self, number: int, name: str) -> Path:
+        """Where stage ``number`` (from 1) runs: inside the run's own directory, wherever that now lies."""
+        return self.root / "stages" / f"{number}-{name}"
+
+    @property
+    def search(self) -> Path:
+        return self.root / "search"

@@ -1,0 +1,164 @@
+"""The teacher of a generation task: loaded once, asked once, its answers kept in the teacher cache.
+
+    load_causal_lm(model_cfg, device)              -> (module, tokenizer)
+    teacher_targets(cfg, examples, module, tok, ...) -> GenTargets: per example, the target text and
+                                                      the teacher's top-k + tail per target token
+
+With `task.targets: teacher` the teacher first writes each target (greedy, or sampled with a seed:
+sequence-level KD) and the cache keeps the text with its seed; then, data-given or teacher-written, the
+teacher's distribution at every target token is kept as top-k log-probs plus the tail mass
+(token-level KD). One cache entry of kind `tokens`, keyed by the teacher's weights and tokenizer, the
+prompt template, the decoding settings, k and the examples, so any change asks the teacher again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from kdistill import distributed
+from kdistill.cache.entry import CacheEntry, TeacherCache, open_entry
+from kdistill.cache.keys import fingerprint, key_fields
+from kdistill.cache.resumable import elicit_resumable
+from kdistill.cache.shard import TokenRow
+from kdistill.config import RunConfig
+from kdistill.data.gen_data import GenData
+from kdistill.data.generative import prompt_text
+from kdistill.data.records import GenExample
+from kdistill.errors import KdistillError
+from kdistill.losses.divergences import SparseTargets
+from kdistill.losses.token_kd import ends_with_eos
+from kdistill.models import pick_device, resolve_model_path
+from kdistill.models.generate import generate
+from kdistill.models.generative import load_causal_lm
+from kdistill.models.token_rows import token_targets
+from kdistill.teachers.elicit import tokenizer_fingerprint, weights_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenTargets:
+    """What the students learn from: each example's target text and the teacher's token rows."""
+
+    entry: CacheEntry
+    written_by_teacher: bool
+    eos_id: int | None = None
+
+    def target(self, example: GenExample) -> str:
+        if not self.written_by_teacher:
+            return example.target
+        generation = self.entry.generation(example.id)
+        if generation is None:
+            raise KdistillError(f"teacher cache {self.entry.folder}: example {example.id} has no generation.")
+        return generation[0]
+
+    def rows(self, example_id: str) -> SparseTargets:
+        rows = self.entry.tokens(example_id)
+        return ends_with_eos(rows, self.eos_id) if self.written_by_teacher and self.eos_id is not None else rows
+
+
+def _entry(cfg: RunConfig, examples: list[GenExample], tokenizer, model_path: str, vocab_size: int) -> CacheEntry:
+    t, task = cfg.teacher, cfg.task
+    decoding = ({"sampling": True, "sampling_temperature": t.sampling_temperature, "top_p": t.top_p,
+                 "seed": t.sampling_seed} if t.sampling else {"sampling": False})
+    fields = key_fields(
+        kind="tokens", teacher=f"{t.model}@{t.revision or 'default'}", weights=weights_fingerprint(model_path),
+        tokenizer=tokenizer_fingerprint(tokenizer), prompt=fingerprint([task.prompt_template, task.targets, task.stop]),
+        data=fingerprint([(e.id, e.prompt, e.target) for e in examples]), example_ids=[e.id for e in examples],
+        k=t.token_top_k, temperature=1.0, vocab_size=vocab_size, max_length=cfg.student.max_length,
+        target_after_prompt="continuation: a space unless either side has one",  # the rows are along these tokens
+        written_targets=decoding | {"max_new_tokens": task.max_new_tokens, "ends": "eos, pad, generation config eos"}
+        if task.targets == "teacher" else None)
+    return TeacherCache(cfg.paths.teacher_cache).entry(fields)
+
+
+def donor_entries(entry: CacheEntry) -> list[CacheEntry]:
+    """Complete entries of the same cache whose key differs from ``entry``'s only in the examples (data,
+    example_ids), when the teacher writes its targets greedily: its summary of a prompt and the rows along
+    it do not depend on which other prompts were asked, so a grown or re-split data set copies them instead
+    of asking again. An example id is the hash of its prompt text. Sampled targets are not shared (a sample
+    depends on its batch), nor data-given ones (the id does not cover the target)."""
+    written = entry.fields.get("written_targets")
+    if not written or written.get("sampling") or not entry.folder.parent.is_dir():
+        return []
+    same = lambda fields: {k: v for k, v in fields.items() if k not in ("data", "example_ids")}
+    donors = []
+    for folder in sorted(p for p in entry.folder.parent.iterdir() if p != entry.folder and p.is_dir()):
+        try:
+            other = open_entry(folder)
+        except KdistillError:  # an unfinished or damaged folder is no donor
+            continue
+        if other.complete and same(other.fields) == same(entry.fields):
+            donors.append(other)
+    return donors
+
+
+def _donated(donors: list[CacheEntry], ids: list[str]) -> dict[str, TokenRow]:
+    rows = {}
+    for donor in donors:
+        held = set(donor.ids())
+        for example_id in ids:
+            if example_id in held and example_id not in rows:
+                sparse, (text, seed) = donor.tokens(example_id), donor.generation(example_id)
+                rows[example_id] = TokenRow(sparse.token_ids.numpy(), sparse.logprobs.numpy(),
+                                            sparse.tail_logmass.numpy(), generation=text, seed=seed)
+    return rows
+
+
+def teacher_targets(cfg: RunConfig, examples: list[GenExample], module: torch.nn.Module, tokenizer, *,
+                    progress: bool = True) -> GenTargets:
+    """Targets for ``examples`` from the cache, asking the teacher only for what it lacks (resumable)."""
+    t, task = cfg.teacher, cfg.task
+    vocab_size = int(module.get_output_embeddings().weight.shape[0])
+    entry = _entry(cfg, examples, tokenizer, resolve_model_path(t.model), vocab_size)
+    by_id = {e.id: e for e in examples}
+    donors = donor_entries(entry) if not entry.complete else []
+
+    def compute(ids: list[str]) -> list[TokenRow]:
+        reused = _donated(donors, ids)
+        asked = [i for i in ids if i not in reused]
+        if reused:
+            log.info("teacher cache: %d of %d examples copied from an entry with the same teacher and settings",
+                     len(reused), len(ids))
+        rows = dict(zip(asked, _ask(asked))) if asked else {}
+        return [reused[i] if i in reused else rows[i] for i in ids]
+
+    def _ask(ids: list[str]) -> list[TokenRow]:
+        chunk = [by_id[i] for i in ids]
+        prompts = [prompt_text(task.prompt_template, e) for e in chunk]
+        if task.targets == "teacher":
+            written = generate(module, tokenizer, prompts, max_new_tokens=task.max_new_tokens, batch_size=t.batch_size,
+                               do_sample=t.sampling, temperature=t.sampling_temperature, top_p=t.top_p,
+                               seed=t.sampling_seed, max_prompt_tokens=cfg.student.max_length - task.max_new_tokens,
+                               stop=task.stop)
+            targets, seed = [g.text.strip() for g in written], t.sampling_seed if t.sampling else 0
+        else:
+            targets, seed = [e.target for e in chunk], None
+        rows = token_targets(module, tokenizer, prompts, targets, k=t.token_top_k, max_length=cfg.student.max_length,
+                             batch_size=t.batch_size)
+        return [TokenRow(r.token_ids, r.logprobs, r.tail_logmass, generation=text if seed is not None else None,
+                         seed=seed) for r, text in zip(rows, targets)]
+
+    share = distributed.elicitation_share() if distributed.launched() else None
+    # small shards: a teacher writing text is slow, so a kill loses at most a few examples and progress shows
+    elicit_resumable(entry, list(by_id), compute, shard_size=8, progress=progress, **(share or {}))
+    return GenTargets(entry, written_by_teacher=task.targets == "teacher", eos_id=tokenizer.eos_token_id)
+
+
+def check_same_tokenizer(teacher_tokenizer, student_tokenizer, student_name: str) -> None:
+    """Token-level KD needs the student to tokenize targets exactly as the teacher did."""
+    if tokenizer_fingerprint(teacher_tokenizer) != tokenizer_fingerprint(student_tokenizer):
+        raise KdistillError(f"student {student_name!r} has another tokenizer than the teacher, so the teacher's "
+                            "per-token distributions do not line up with the student's tokens. Set "
+                            "objective.kd.weight: 0 for sequence-level KD only (the student learns from the "
+                            "teacher's written targets), or pick a student of the teacher's family.")
+
+
+def targets_for(cfg: RunConfig, data: GenData, *, progress: bool, teacher=None) -> GenTargets:
+    """The cached teacher targets: of every split when the teacher writes the references, else of train."""
+    examples = data.train + data.validation + data.test if cfg.task.targets == "teacher" else data.train
+    module, tokenizer = teacher or load_causal_lm(cfg.teacher, pick_device(cfg.training.device))
+    return teacher_targets(cfg, examples, module, tokenizer, progress=progress)
