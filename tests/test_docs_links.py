@@ -113,3 +113,19 @@ def test_readme_is_at_most_15_kib():
     size = len((ROOT / "README.md").read_bytes())
     assert size <= README_MAX_BYTES, (f"README.md: {size:,} bytes, over the {README_MAX_BYTES:,}-byte limit; "
                                       "move detail into docs/")
+
+
+def test_the_configuration_reference_lists_every_config_field():
+    """docs/configuration.md has a row for every field of every config section, so a new key is documented."""
+    import dataclasses
+
+    from kdistill import config
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    sections = [config.RunConfig, config.TaskConfig, config.DataConfig, config.TeacherConfig, config.EndpointConfig,
+                config.ModelConfig, config.EnsembleConfig, config.CETerm, config.KDTerm, config.HiddenTerm,
+                config.BalanceTerm, config.TrainingConfig, config.EvaluationConfig, config.SearchConfig,
+                config.StageConfig]
+    missing = [f"{cls.__name__}.{f.name}" for cls in sections for f in dataclasses.fields(cls)
+               if f.init and f"| `{f.name}` |" not in text]
+    assert not missing, f"docs/configuration.md has no row for: {', '.join(missing)}"
