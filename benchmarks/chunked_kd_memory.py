@@ -29,12 +29,7 @@ from pathlib import Path
 
 import torch
 
-from kdistill.losses.divergences import (
-    SparseTargets,
-    chunked_token_loss,
-    divergence,
-    token_mean,
-)
+from kdistill.losses.divergences import SparseTargets, chunked_token_loss, divergence, token_mean
 
 HERE = Path(__file__).resolve().parent
 

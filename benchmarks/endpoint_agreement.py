@@ -27,20 +27,9 @@ from kdistill import assets
 from kdistill.config import EndpointConfig, load_config
 from kdistill.data import prepare_data
 from kdistill.models import load_label_model
-from kdistill.teachers.elicit import (
-    calibrate,
-    content_free_bias,
-    few_shot_prefix,
-    label_logprobs,
-)
+from kdistill.teachers.elicit import calibrate, content_free_bias, few_shot_prefix, label_logprobs
 from kdistill.teachers.endpoint import EndpointLabelModel
-from kdistill.teachers.llama_server import (
-    F32_SERVER_ARGS,
-    LLAMA_SERVER_VERSION,
-    f32_copy,
-    find_binary,
-    llama_server,
-)
+from kdistill.teachers.llama_server import F32_SERVER_ARGS, LLAMA_SERVER_VERSION, f32_copy, find_binary, llama_server
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,17 @@ def fingerprint(run_dir: Path) -> dict[str, Any]:
     weights = sorted(run_dir.glob("student*/**/model.safetensors")) + sorted(run_dir.glob("students/*/model.safetensors"))
     return {"results": untimed(results),
             "weights_sha256": {str(p.relative_to(run_dir)): sha256(p) for p in dict.fromkeys(weights)}}
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+
+
+def disk(run_dir: Path) -> dict[str, int]:
+    """What the run left on disk: the run directory (and its checkpoints), and kdistill's home of assets."""
+    home = Path(os.environ.get("KDISTILL_HOME", Path.home() / ".cache" / "kdistill"))
+    return {"run_dir_bytes": disk_bytes(run_dir), "checkpoints_bytes": disk_bytes(run_dir / "checkpoints"),
+            "kdistill_home_bytes": disk_bytes(home)}
 
 
 def run_once(config: str | None, out: Path) -> tuple[Path, float]:
@@ -107,7 +119,8 @@ def main() -> None:
         return compare(args.compare)
     with tempfile.TemporaryDirectory(prefix="kdistill-parity-") as tmp:
         run_dir, wall = run_once(args.config, Path(tmp))
-        record = {"config": args.config, "label": args.label, "wall_s": wall, "fingerprint": fingerprint(run_dir)}
+        record = {"config": args.config, "label": args.label, "wall_s": wall, "disk": disk(run_dir),
+                  "fingerprint": fingerprint(run_dir)}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.{args.label}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record["fingerprint"]["weights_sha256"], indent=2))

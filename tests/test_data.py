@@ -14,13 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdistill.config import DataConfig, TaskConfig
-from kdistill.data import (
-    Example,
-    PreparedData,
-    format_report,
-    load_examples,
-    prepare_data,
-)
+from kdistill.data import Example, PreparedData, format_report, load_examples, prepare_data
 from kdistill.errors import KdistillError
 
 TASK = TaskConfig(labels=["negative", "positive"])

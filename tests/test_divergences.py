@@ -7,14 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.errors import KdistillError
-from kdistill.losses.divergences import (
-    _KINDS,
-    DIVERGENCES,
-    SparseTargets,
-    chunked_token_loss,
-    divergence,
-    token_mean,
-)
+from kdistill.losses.divergences import _KINDS, DIVERGENCES, SparseTargets, chunked_token_loss, divergence, token_mean
 from kdistill.losses.terms import cross_entropy
 
 KINDS = list(DIVERGENCES)

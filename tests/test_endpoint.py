@@ -23,13 +23,7 @@ from fault_proxy import FAULTS, FakeOpenAI, FaultProxy, fake_logprobs
 from kdistill.config import EndpointConfig
 from kdistill.errors import KdistillError
 from kdistill.teachers import endpoint
-from kdistill.teachers.endpoint import (
-    Candidate,
-    EndpointLabelModel,
-    LabelToken,
-    label_scores,
-    parse_top_logprobs,
-)
+from kdistill.teachers.endpoint import Candidate, EndpointLabelModel, LabelToken, label_scores, parse_top_logprobs
 from kdistill.teachers.http import Journal, RetryableError
 from kdistill.teachers.llama_server import llama_server
 

@@ -7,12 +7,7 @@ import torch
 
 from kdistill import api
 from kdistill.data import prepare_data
-from kdistill.teachers.ensemble import (
-    confidence_weights,
-    fit_weights,
-    gold_agreement_weights,
-    mixture,
-)
+from kdistill.teachers.ensemble import confidence_weights, fit_weights, gold_agreement_weights, mixture
 from kdistill.teachers.signal import teacher_signal
 
 

@@ -5,14 +5,7 @@ import statistics
 import pytest
 
 from kdistill.errors import KdistillError
-from kdistill.eval.generation import (
-    METRICS,
-    MODEL_ORDER,
-    comparison_rows,
-    copy_gap,
-    score_generations,
-    summarize_seeds,
-)
+from kdistill.eval.generation import METRICS, MODEL_ORDER, comparison_rows, copy_gap, score_generations, summarize_seeds
 
 SOURCES = ["The council approved a new park on Monday after a long debate. Building starts in May.",
            "Shares in the carmaker fell sharply after it warned that profits would halve this year."]

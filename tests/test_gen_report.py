@@ -9,11 +9,7 @@ import pytest
 
 from kdistill.eval.generation import METRICS, comparison_rows
 from kdistill.eval.judge import ANSWER_CUE, JUDGE_NOTE, JUDGE_PROMPT
-from kdistill.report.generation import (
-    render_generation_html,
-    render_generation_markdown,
-    write_generation_report,
-)
+from kdistill.report.generation import render_generation_html, render_generation_markdown, write_generation_report
 
 # the screenshot script is the one place that drives Chromium; the test uses it as a reader would
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -8,12 +8,7 @@ from pathlib import Path
 import pytest
 
 from kdistill.data.choice import load_aqua_rat, load_social_iqa, load_winogrande
-from kdistill.data.generative import (
-    load_bbc_articles,
-    load_trivia_pairs,
-    load_triviaqa,
-    split_generative,
-)
+from kdistill.data.generative import load_bbc_articles, load_trivia_pairs, load_triviaqa, split_generative
 from kdistill.data.records import ChoiceExample, GenExample, text_id
 from kdistill.errors import KdistillError
 

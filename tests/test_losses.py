@@ -6,20 +6,8 @@ import torch.nn.functional as F
 
 from kdistill.config import BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveConfig
 from kdistill.errors import KdistillError
-from kdistill.losses.objective import (
-    HiddenTarget,
-    Objective,
-    StepTargets,
-    layer_pairs,
-    schedule_factor,
-)
-from kdistill.losses.terms import (
-    balance_surrogate,
-    balance_value,
-    cross_entropy,
-    hidden_alignment,
-    soft_label_loss,
-)
+from kdistill.losses.objective import HiddenTarget, Objective, StepTargets, layer_pairs, schedule_factor
+from kdistill.losses.terms import balance_surrogate, balance_value, cross_entropy, hidden_alignment, soft_label_loss
 from kdistill.models.base import pool_states
 
 

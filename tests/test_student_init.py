@@ -43,12 +43,7 @@ def _save(model, tokenizer, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, Path]:
     """Tiny random models: three causal-LM families, a base BERT encoder and a BERT classifier."""
-    from transformers import (
-        AutoModelForCausalLM,
-        BertConfig,
-        BertForSequenceClassification,
-        BertModel,
-    )
+    from transformers import AutoModelForCausalLM, BertConfig, BertForSequenceClassification, BertModel
 
     root = tmp_path_factory.mktemp("sources")
     lm_tokenizer, encoder_tokenizer = _tokenizer("lm"), _tokenizer("encoder")
@@ -67,11 +62,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
 
 def _load(path: Path, family: str):
-    from transformers import (
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-    )
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = {"bert": AutoModel, "bert_classifier": AutoModelForSequenceClassification}.get(family, AutoModelForCausalLM)
     return auto.from_pretrained(path).eval()

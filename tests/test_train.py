@@ -3,13 +3,7 @@
 import pytest
 import torch
 
-from kdistill.config import (
-    BalanceTerm,
-    HiddenTerm,
-    KDTerm,
-    ObjectiveConfig,
-    TrainingConfig,
-)
+from kdistill.config import BalanceTerm, HiddenTerm, KDTerm, ObjectiveConfig, TrainingConfig
 from kdistill.data import prepare_data
 from kdistill.losses.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.models import load_label_model

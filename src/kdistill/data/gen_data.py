@@ -15,20 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.config import DataConfig, TaskConfig
-from kdistill.data.generative import (
-    load_bbc_articles,
-    load_trivia_pairs,
-    load_triviaqa,
-    split_generative,
-)
-from kdistill.data.records import (
-    GenExample,
-    cut_at_word,
-    read_jsonl,
-    source_path,
-    text_field,
-    text_id,
-)
+from kdistill.data.generative import load_bbc_articles, load_trivia_pairs, load_triviaqa, split_generative
+from kdistill.data.records import GenExample, cut_at_word, read_jsonl, source_path, text_field, text_id
 from kdistill.errors import KdistillError
 
 GENERATION_SOURCES = ("jsonl", "triviaqa", "chatterbot", "bbc_articles")

@@ -21,15 +21,7 @@ import numpy as np
 import yaml
 from sklearn.model_selection import train_test_split
 
-from kdistill.data.records import (
-    ChoiceExample,
-    GenExample,
-    deduplicate,
-    normalize_text,
-    read_text,
-    text_field,
-    text_id,
-)
+from kdistill.data.records import ChoiceExample, GenExample, deduplicate, normalize_text, read_text, text_field, text_id
 from kdistill.errors import KdistillError
 
 log = logging.getLogger(__name__)

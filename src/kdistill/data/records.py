@@ -67,9 +67,7 @@ def cut_at_word(text: str, max_chars: int) -> str:
 
 def source_path(data: DataConfig) -> Path:
     if data.path.startswith("asset:"):
-        from kdistill.assets import (
-            fetch_data_asset,  # may download; only asset paths need it
-        )
+        from kdistill.assets import fetch_data_asset  # may download; only asset paths need it
 
         return fetch_data_asset(data.path.removeprefix("asset:"))
     path = Path(data.path)

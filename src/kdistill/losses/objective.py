@@ -19,13 +19,7 @@ from torch import nn
 
 from kdistill.config import ObjectiveConfig
 from kdistill.errors import KdistillError
-from kdistill.losses.terms import (
-    balance_surrogate,
-    balance_value,
-    cross_entropy,
-    hidden_alignment,
-    soft_label_loss,
-)
+from kdistill.losses.terms import balance_surrogate, balance_value, cross_entropy, hidden_alignment, soft_label_loss
 
 
 def layer_pairs(spec: str | list[list[int]], num_student_layers: int,

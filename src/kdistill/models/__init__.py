@@ -73,12 +73,7 @@ def _check_head_labels(hf_config, labels: list[str], name: str) -> None:
 def load_label_model(cfg: ModelConfig, task: TaskConfig, *, prefix: str = "",
                      device: torch.device | None = None) -> LabelModel:
     """Load ``cfg.model`` as a teacher or student for ``task``."""
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_model_path(cfg.model)
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -156,11 +151,7 @@ _HEADS_TOLD: set[tuple[str, tuple[str, ...]]] = set()
 
 def load_saved(path: str | Path, device: torch.device | None = None) -> LabelModel:
     """A student saved by kdistill (save_pretrained + kdistill.json)."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(path)
     meta_path = path / "kdistill.json"

@@ -31,35 +31,17 @@ from kdistill.config import RunConfig, TeacherConfig, dump_yaml
 from kdistill.data import PreparedData, format_report, prepare_data
 from kdistill.data.records import Example
 from kdistill.errors import KdistillError
-from kdistill.io import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-)
+from kdistill.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kdistill.losses.objective import HiddenTarget, Objective, layer_pairs
-from kdistill.models import (
-    LabelModel,
-    load_label_model,
-    pick_device,
-    resolve_model_path,
-)
+from kdistill.models import LabelModel, load_label_model, pick_device, resolve_model_path
 from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, write_run_start
 from kdistill.recipes.label_eval import VARIANTS, evaluate
 from kdistill.rundir import RunDir
 from kdistill.targets import TeacherTargets
 from kdistill.teachers.elicit import cache_fields, elicit_hidden
-from kdistill.teachers.signal import (
-    TeacherSignal,
-    load_member,
-    load_teachers,
-    member_path,
-    teacher_signal,
-)
+from kdistill.teachers.signal import TeacherSignal, load_member, load_teachers, member_path, teacher_signal
 from kdistill.train.loop import Trainer
-from kdistill.train.stage_start import (
-    check_stage_dirs,
-    init_student,
-)
+from kdistill.train.stage_start import check_stage_dirs, init_student
 from kdistill.train.tracking import tensorboard_records
 
 log = logging.getLogger(__name__)

@@ -102,11 +102,7 @@ def write_stage_reports(cfg: RunConfig, stages: list[dict[str, Any]]) -> Path:
 def write_stages_html(run_dir: str | Path, combined: dict[str, Any], config_yaml: str) -> Path:
     """report.html of a multi-stage run from its combined results.json: each stage's figures are drawn from
     that stage's results and training histories (in ``run_dir``/stages/<i>-<name>/); returns its path."""
-    from kdistill.report.html import (
-        render_stages_html,
-        report_figures,
-        training_histories,
-    )
+    from kdistill.report.html import render_stages_html, report_figures, training_histories
 
     run_dir = Path(run_dir)
     plots = []  # per stage, in order

@@ -16,23 +16,9 @@ from typing import Any
 
 from kdistill.eval.generation import HEADLINE, METRICS, MODEL_ORDER, ordered_models
 from kdistill.io import atomic_write_text
-from kdistill.report.html import (
-    _e,
-    _figure,
-    _inline,
-    config_section,
-    html_page,
-    training_histories,
-    write_plots,
-)
+from kdistill.report.html import _e, _figure, _inline, config_section, html_page, training_histories, write_plots
 from kdistill.report.label_markdown import _fmt_bytes
-from kdistill.report.plots import (
-    KIND_COLOURS,
-    Plot,
-    _slug,
-    generation_comparison_chart,
-    training_curves,
-)
+from kdistill.report.plots import KIND_COLOURS, Plot, _slug, generation_comparison_chart, training_curves
 from kdistill.rundir import RunDir
 
 Record = dict[str, Any]

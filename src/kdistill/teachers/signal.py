@@ -23,27 +23,11 @@ from kdistill.config import ObjectiveConfig, RunConfig, TeacherConfig
 from kdistill.data import PreparedData
 from kdistill.io import atomic_write_json
 from kdistill.losses.objective import Objective
-from kdistill.models import (
-    LabelModel,
-    load_label_model,
-    load_saved,
-    pick_device,
-    resolve_model_path,
-)
+from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
 from kdistill.targets import TeacherTargets
-from kdistill.teachers.elicit import (
-    cache_fields,
-    few_shot_prefix,
-    fit_recalibration,
-    weights_fingerprint,
-)
+from kdistill.teachers.elicit import cache_fields, few_shot_prefix, fit_recalibration, weights_fingerprint
 from kdistill.teachers.elicit import elicit as elicit_targets
-from kdistill.teachers.ensemble import (
-    confidence_weights,
-    fit_weights,
-    gold_agreement_weights,
-    mixture,
-)
+from kdistill.teachers.ensemble import confidence_weights, fit_weights, gold_agreement_weights, mixture
 
 log = logging.getLogger(__name__)
 

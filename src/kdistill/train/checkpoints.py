@@ -74,10 +74,7 @@ def gather_checkpoint(trainer: "Trainer") -> dict[str, Any]:
     if not t.sharded:
         out["optimizer"] = t.optimizer.state_dict()
         return out
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     by_name = get_optimizer_state_dict(t.trainable, t.optimizer,
                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -115,10 +112,7 @@ def load_checkpoint(trainer: "Trainer", path: Path) -> None:
         t.best_weights = load_file(str(path / "best.safetensors"))
     optimizer = torch.load(path / "optimizer.pt", weights_only=True, map_location=device)
     if t.sharded:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_optimizer_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(t.trainable, t.optimizer, _by_name(optimizer, _parameter_names(t)),
                                  options=StateDictOptions(full_state_dict=True))
@@ -139,10 +133,7 @@ def _load_module(trainer: "Trainer", module: torch.nn.Module, state: dict[str, t
     if not trainer.sharded:
         load_state(module, state)
         return
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True,  # each keeps its shards
                                                                  strict=not frozen_names(module)))

@@ -24,9 +24,7 @@ def tensorboard_records(log_dir: str | Path, *, resume: bool,
     same folder and purges the steps it logs again (TensorBoard hides events at or after the first
     re-logged step), so curves show each step once.
     """
-    from torch.utils.tensorboard import (
-        SummaryWriter,  # imports TensorBoard: only when logging is on
-    )
+    from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: only when logging is on
 
     log_dir = Path(log_dir)
     if not resume:
