@@ -13,6 +13,7 @@ of every saved student's `model.safetensors`. Run it once on the old code (for e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -114,10 +115,11 @@ def main() -> None:
     parser.add_argument("--name", default="default_job_parity")
     parser.add_argument("--label", choices=["before", "after"])
     parser.add_argument("--compare", metavar="NAME", help="compare NAME.before.json with NAME.after.json")
+    parser.add_argument("--keep", metavar="DIR", help="run into DIR and keep it (default: a temporary folder)")
     args = parser.parse_args()
     if args.compare:
         return compare(args.compare)
-    with tempfile.TemporaryDirectory(prefix="kdistill-parity-") as tmp:
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="kdistill-parity-")) as tmp:
         run_dir, wall = run_once(args.config, Path(tmp))
         record = {"config": args.config, "label": args.label, "wall_s": wall, "disk": disk(run_dir),
                   "fingerprint": fingerprint(run_dir)}

@@ -51,13 +51,15 @@ def render_in_chromium(html_path: Path, screenshot_path: Path, *, width: int = 1
 
 def write_page(run_dir: Path, results: dict[str, Any]) -> Path:
     """report.html of RUN_DIR again: one run's page, or a multi-stage run's (results.json has `stages`)."""
-    from kdistill.recipes.stages import write_stages_html
-    from kdistill.report.html import write_html_report
+    from kdistill.report.card import write_card
+    from kdistill.report.stages import write_stages_html
+    from kdistill.rundir import RunDir
 
     config_yaml = (run_dir / "config.yaml").read_text(encoding="utf-8")
     if "stages" in results:
         return write_stages_html(run_dir, results, config_yaml)
-    return write_html_report(run_dir, results, config_yaml)
+    write_card(run_dir, results, config_yaml)
+    return RunDir(run_dir).report_html
 
 
 def main(argv: list[str] | None = None) -> int:

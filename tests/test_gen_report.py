@@ -9,7 +9,8 @@ import pytest
 
 from kdistill.eval.generation import METRICS, comparison_rows
 from kdistill.eval.judge import ANSWER_CUE, JUDGE_NOTE, JUDGE_PROMPT
-from kdistill.report.generation import render_generation_html, render_generation_markdown, write_generation_report
+from kdistill.report.card import write_card
+from kdistill.report.generation import render_generation_html, render_generation_markdown
 
 # the screenshot script is the one place that drives Chromium; the test uses it as a reader would
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -194,9 +195,9 @@ def test_missing_models_and_qa_runs_still_render():
     assert len(_images(render_generation_html(qa, {}, ""))) == 1
 
 
-def test_write_generation_report_writes_the_cards_and_plots(tmp_path):
+def test_the_card_writer_writes_a_generation_runs_cards_and_plots(tmp_path):
     results = made_up_results()
-    path = write_generation_report(tmp_path, results, "name: bbc-sum\n")
+    path = write_card(tmp_path, results, "name: bbc-sum\n")
     assert path == tmp_path / "report.md" and TEACHER_NOTE in path.read_text(encoding="utf-8")
     assert (tmp_path / "report.html").exists()
     assert [p.name for p in (tmp_path / "plots").glob("*.png")] == ["comparison.png"], "no histories on disk"

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from kdistill import distributed
 from kdistill.config import RunConfig, dump_yaml
+from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdistill.rundir import RunDir
 
@@ -67,3 +68,13 @@ def drop_checkpoints(cfg: RunConfig, variant: str, seed: int) -> None:
     """A saved student's checkpoints, deleted unless training.keep_finished_checkpoints (see there)."""
     if not cfg.training.keep_finished_checkpoints and distributed.is_main():
         shutil.rmtree(cfg.paths.checkpoints(variant, seed), ignore_errors=True)
+
+
+def report(cfg: RunConfig) -> Path:
+    """report.md, report.html and plots/ from eval/results.json (kdistill.report.card, for either family);
+    returns report.md's path."""
+    from kdistill.report.card import write_card
+
+    if not cfg.paths.results.exists():
+        raise KdistillError(f"{cfg.paths.results}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
+    return write_card(cfg.run_dir, json.loads(cfg.paths.results.read_text(encoding="utf-8")), dump_yaml(cfg))

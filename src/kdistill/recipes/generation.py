@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import time
 from dataclasses import replace
@@ -24,14 +23,14 @@ from typing import Any, Callable
 import torch
 
 from kdistill import distributed
-from kdistill.config import CETerm, ObjectiveConfig, RunConfig, dump_yaml
+from kdistill.config import CETerm, ObjectiveConfig, RunConfig
 from kdistill.data.gen_data import GenData, format_generation_report, prepare_generation
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_write_json
 from kdistill.losses.objective import Objective
 from kdistill.models import pick_device, resolve_model_path
 from kdistill.models.generative import GenStudent, freeze_lower_layers, load_causal_lm
-from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, write_run_start
+from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, report, write_run_start
 from kdistill.recipes.generation_eval import GEN_VARIANTS, evaluate, variants
 from kdistill.rundir import RunDir
 from kdistill.teachers.generation import GenTargets, check_same_tokenizer, targets_for
@@ -163,14 +162,3 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True, init_dir
                       evaluate_fn=lambda: evaluate(cfg, data=data, targets=targets, progress=progress),
                       export_fn=lambda: export_best_student(cfg, variants(cfg)[-1], "best_val_score"),
                       report_fn=lambda: report(cfg))
-
-
-def report(cfg: RunConfig) -> Path:
-    """report.md, report.html and plots/ of a generation run, from eval/results.json and the training histories."""
-    from kdistill.report.generation import write_generation_report
-
-    results_path = cfg.paths.results
-    if not results_path.exists():
-        raise KdistillError(f"{results_path}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
-    write_generation_report(cfg.run_dir, json.loads(results_path.read_text(encoding="utf-8")), dump_yaml(cfg))
-    return cfg.paths.report_md

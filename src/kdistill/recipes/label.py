@@ -13,7 +13,6 @@ kdistill.api calls these with a RunConfig of one run (stages are composed by kdi
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -27,14 +26,14 @@ from safetensors.torch import save as save_safetensors
 
 from kdistill import distributed
 from kdistill.cache.entry import TeacherCache
-from kdistill.config import RunConfig, TeacherConfig, dump_yaml
+from kdistill.config import RunConfig, TeacherConfig
 from kdistill.data import PreparedData, format_report, prepare_data
 from kdistill.data.records import Example
 from kdistill.errors import KdistillError
-from kdistill.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from kdistill.io import atomic_write_bytes, atomic_write_json
 from kdistill.losses.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.models import LabelModel, load_label_model, pick_device, resolve_model_path
-from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, write_run_start
+from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, report, write_run_start
 from kdistill.recipes.label_eval import VARIANTS, evaluate
 from kdistill.rundir import RunDir
 from kdistill.targets import TeacherTargets
@@ -213,23 +212,6 @@ def _save_student(out: Path, student: LabelModel, objective: Objective, trainer:
         "best_step": result.state.best_step, "best_val_macro_f1": result.state.best_metric,
         "stopped_early": result.state.stopped_early, "layer_pairs": {t.teacher: t.pairs for t in hidden_targets} or None,
         "history": result.state.history})
-
-
-def report(cfg: RunConfig) -> Path:
-    """report.md, and report.html with its figures (also written to plots/), from eval/results.json and
-    the students' training histories; returns report.md's path."""
-    from kdistill.report.html import write_html_report
-    from kdistill.report.label_markdown import render_markdown
-
-    results_path = cfg.paths.results
-    if not results_path.exists():
-        raise KdistillError(f"{results_path}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
-    results = json.loads(results_path.read_text(encoding="utf-8"))
-    config_yaml = dump_yaml(cfg)
-    write_html_report(cfg.run_dir, results, config_yaml)
-    path = cfg.paths.report_md
-    atomic_write_text(path, render_markdown(results, config_yaml))
-    return path
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True, init_dir: Path | None = None,

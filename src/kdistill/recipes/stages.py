@@ -21,6 +21,7 @@ from kdistill.config import RunConfig, apply_overrides, dump_yaml, from_dict
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text
 from kdistill.recipes.registry import recipe_for
+from kdistill.report.stages import render_stages, write_stages_html
 from kdistill.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def stage_configs(cfg: RunConfig) -> list[RunConfig]:
         if isinstance(stage.set.get("task"), str):  # another built-in task: its data, not the run's
             data["data"] = {}
         apply_overrides(data, stage.set)
-        folder = stage_dir(cfg.run_dir, i, stage.name)
+        folder = cfg.paths.stage(i, stage.name)
         data.update(name=folder.name, output_dir=str(folder.parent))
         configs.append(from_dict(RunConfig, data, where))
     return configs
@@ -99,48 +100,14 @@ def write_stage_reports(cfg: RunConfig, stages: list[dict[str, Any]]) -> Path:
     return path
 
 
-def write_stages_html(run_dir: str | Path, combined: dict[str, Any], config_yaml: str) -> Path:
-    """report.html of a multi-stage run from its combined results.json: each stage's figures are drawn from
-    that stage's results and training histories (in ``run_dir``/stages/<i>-<name>/); returns its path."""
-    from kdistill.report.html import render_stages_html, report_figures, training_histories
-
-    run_dir = Path(run_dir)
-    plots = []  # per stage, in order
-    for stage in combined["stages"]:
-        folder = stage_dir(run_dir, stage["stage"], stage["name"])
-        plots.append(report_figures(stage["results"], training_histories(folder, stage["results"])))
-    path = RunDir(run_dir).report_html
-    atomic_write_text(path, render_stages_html(combined["run"], combined["stages"], plots, config_yaml))
-    return path
-
-
-def stage_dir(run_dir: Path, number: int, name: str) -> Path:
-    """Where stage ``number`` (from 1) runs: inside the run's own directory, wherever that now lies."""
-    return RunDir(run_dir).stage(number, name)
-
-
 def _export_final_student(cfg: RunConfig, last_stage_dir: Path) -> None:
     """runs/<name>/student: the last stage's exported student (the run's product)."""
     import shutil
 
-    source = last_stage_dir / "student"
+    source = RunDir(last_stage_dir).exported_student
     if not source.exists():
         return
     with atomic_dir(cfg.paths.exported_student) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
-
-
-def render_stages(name: str, stages: list[dict[str, Any]]) -> str:
-    """report.md of a multi-stage run: each stage's report card, in order."""
-    lines = [f"# kdistill report card: {name} ({len(stages)} stages)", "",
-             "Each stage is a full run; its students start from the previous stage's students of the same "
-             "variant and seed (distilled from distilled, labels-only from labels-only).", ""]
-    for stage in stages:
-        report = (Path(stage["run_dir"]) / "report.md").read_text(encoding="utf-8")
-        body = [("#" + line if line.startswith("#") else line) for line in report.splitlines()[1:]]
-        lines += [f"## Stage {stage['stage']}: {stage['name']} (task `{stage['task']}`)", "",
-                  f"Starts from: {stage['starts_from']}; optimizer: {stage['optimizer']}. "
-                  f"Run directory: `{stage['run_dir']}`.", "", *body, ""]
-    return "\n".join(lines)
 
 

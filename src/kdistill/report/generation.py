@@ -2,24 +2,20 @@
 
     render_generation_markdown(results, config_yaml)           -> str   report.md
     render_generation_html(results, histories, config_yaml)    -> str   report.html (figures embedded)
-    write_generation_report(run_dir, results, config_yaml)     -> Path  both, and plots/*.png
 
 Every figure comes from eval/results.json and the students' training histories. Each table and
-sentence is built once, as text with the few Markdown marks `report_html._inline` knows, and drawn
+sentence is built once, as text with the few Markdown marks `report.html._inline` knows, and drawn
 as Markdown or HTML from there, so the two cards cannot disagree. Any model may be missing.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from kdistill.eval.generation import HEADLINE, METRICS, MODEL_ORDER, ordered_models
-from kdistill.io import atomic_write_text
-from kdistill.report.html import _e, _figure, _inline, config_section, html_page, training_histories, write_plots
+from kdistill.report.html import _e, _figure, _inline, config_section, html_page
 from kdistill.report.label_markdown import _fmt_bytes
 from kdistill.report.plots import KIND_COLOURS, Plot, _slug, generation_comparison_chart, training_curves
-from kdistill.rundir import RunDir
 
 Record = dict[str, Any]
 Table = tuple[list[str], list[list[str]], list[str]]  # header, rows of cells, each row's model key ("" if none)
@@ -321,15 +317,3 @@ def render_generation_html(results: Record, histories: dict[str, dict[int, list[
     if results.get("examples"):
         parts += ['<h2 id="examples">Example outputs</h2>', _html_table(_examples(results), "examples")]
     return html_page(_title(results), parts + config_section(config_yaml))
-
-
-def write_generation_report(run_dir: str | Path, results: Record, config_yaml: str) -> Path:
-    """`plots/*.png`, `report.html` and `report.md` in the run directory; returns report.md's path."""
-    run_dir = Path(run_dir)
-    histories = training_histories(run_dir, results)
-    plots = generation_figures(results, histories)
-    write_plots(run_dir, plots)
-    atomic_write_text(RunDir(run_dir).report_html, render_generation_html(results, histories, config_yaml, plots=plots))
-    path = RunDir(run_dir).report_md
-    atomic_write_text(path, render_generation_markdown(results, config_yaml))
-    return path

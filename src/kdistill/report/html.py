@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kdistill.io import atomic_write_bytes, atomic_write_text
+from kdistill.io import atomic_write_bytes
 from kdistill.report.label_markdown import _fmt_bytes, _row_name, _verdict
 from kdistill.report.plots import KIND_COLOURS, Plot, report_plots
 from kdistill.rundir import RunDir
@@ -268,14 +268,3 @@ def write_plots(run_dir: Path, plots: list[Plot]) -> None:
     """Each figure as `plots/<name>.png` in the run directory (the page embeds the same images)."""
     for plot in plots:
         atomic_write_bytes(RunDir(run_dir).plots / plot.name, plot.png)
-
-
-def write_html_report(run_dir: str | Path, results: Record, config_yaml: str) -> Path:
-    """`plots/*.png` and `report.html` (the same figures, embedded) in the run directory; returns the page's path."""
-    run_dir = Path(run_dir)
-    histories = training_histories(run_dir, results)
-    plots = report_figures(results, histories)
-    write_plots(run_dir, plots)
-    path = RunDir(run_dir).report_html
-    atomic_write_text(path, render_html(results, histories, config_yaml, plots=plots))
-    return path
