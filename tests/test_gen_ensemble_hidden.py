@@ -1,13 +1,32 @@
 """Generation tasks with several teachers: the per-token mixture's identities and its agreement with the dense
-mixture."""
+mixture, a run that trains on the mixture, and the refusals."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
+from conftest import save_tiny_lm
+from kdistill.errors import KdistillError
 from kdistill.losses.divergences import SparseTargets
 from kdistill.teachers.ensemble import token_confidence_weights, token_mixture
+from test_gen_pipeline import _gen_config_dict
+
+
+def _config(tmp_path, tiny_models, *, teachers=(), **sections):
+    from kdistill.config import RunConfig, from_dict
+
+    config = _gen_config_dict(tmp_path, tiny_models, **sections)
+    if teachers:
+        config["teachers"] = list(teachers)
+    return from_dict(RunConfig, config)
+
+
+def _member(tmp_path, name: str = "lm3", seed: int = 2, **fields) -> dict:
+    """A teacher of the ensemble: a tiny LM of another seed that shares the tokenizer."""
+    return {"model": str(save_tiny_lm(tmp_path / name, seed=seed)), "name": name, "batch_size": 8, **fields}
 
 
 # ------------------------------------------------------------------ the mixture as a tensor function
@@ -76,3 +95,75 @@ def test_confidence_weights_are_each_teachers_top_probability_at_each_token():
     members = [_rows(5, 12, 3, seed=0), _rows(5, 12, 4, seed=1)]
     expected = torch.stack([m.logprobs.exp().amax(-1) for m in members], -1)
     torch.testing.assert_close(token_confidence_weights(members), expected)
+
+
+# ------------------------------------------------------------------ the ensemble in a run
+def test_a_generation_run_with_two_teachers_trains_the_distilled_student_on_their_mixture(tmp_path, tiny_models,
+                                                                                           monkeypatch):
+    from kdistill import api
+    from kdistill.cache.entry import open_entry
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.losses.token_kd import ends_with_eos
+    from kdistill.teachers import generation as gen_teachers
+
+    sections = {"task": {"targets": "teacher"}, "training": {"epochs": 1}}
+    single = _config(tmp_path, tiny_models, **sections)
+    data = prepare_generation(single.data, single.task)
+    first = gen_teachers.targets_for(single, data, progress=False)  # the first teacher alone, asked once
+    cfg = _config(tmp_path, tiny_models, teachers=[_member(tmp_path, token_top_k=6)],
+                  ensemble={"combine": "weighted", "weights": [3.0, 1.0]}, **sections)
+    mixed_calls = []
+    real_mixture = gen_teachers.token_mixture
+    monkeypatch.setattr(gen_teachers, "token_mixture", lambda *a, **kw: mixed_calls.append(1) or real_mixture(*a, **kw))
+    run_dir = api.run(cfg, progress=False)
+    history = json.loads((run_dir / "students" / "distilled-seed0.training.json").read_text())["history"]
+    assert any("train_kd" in r for r in history)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["teacher_ensemble"] == {"combine": "weighted", "teachers": ["lm", "lm3"],
+                                           "weights": {"lm": 0.75, "lm3": 0.25}}
+    assert "per-token mixture of the teachers lm, lm3 (weighted: weights lm 0.75, lm3 0.25)" in (
+        run_dir / "report.md").read_text()
+    assert len(mixed_calls) >= len(data.train)  # every training example's rows were mixed for the student
+    entries = {p.parent.name: open_entry(p.parent) for p in (run_dir / "teacher_cache").glob("*/manifest.json")}
+    assert first.entry.folder.name in entries and len(entries) == 2  # the first teacher was not asked again
+    [member_entry] = [e for name, e in entries.items() if name != first.entry.folder.name]
+    assert member_entry.fields["teacher"].startswith(str(tmp_path / "lm3")) and member_entry.fields["k"] == 6
+    assert sorted(member_entry.ids()) == sorted(e.id for e in data.train)
+    targets = gen_teachers.targets_for(cfg, data, progress=False)
+    assert targets.ensemble.info["weights"] == {"lm": 0.75, "lm3": 0.25}
+    for example in data.train[:4]:
+        members = [first.entry.tokens(example.id), member_entry.tokens(example.id)]
+        expected = token_mixture(members, torch.tensor([0.75, 0.25]), k=8, vocab_size=targets.ensemble.vocab_sizes)
+        got = targets.rows(example.id)
+        want = ends_with_eos(expected, targets.eos_id)
+        assert torch.equal(got.token_ids, want.token_ids) and torch.equal(got.logprobs, want.logprobs)
+        # as much mass as the members hold (their cached rows are rounded: a total of 1 only to about 1e-4)
+        members_total = 0.75 * _total_logmass(members[0]).exp() + 0.25 * _total_logmass(members[1]).exp()
+        torch.testing.assert_close(_total_logmass(expected).exp(), members_total)
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_in_one_line_that_names_it(tmp_path, tiny_models):
+    from kdistill import api
+
+    other = save_tiny_lm(tmp_path / "other", extra_words=("zebra",))
+    cfg = _config(tmp_path, tiny_models, teachers=[{"model": str(other), "name": "zebra-lm"}],
+                  ensemble={"combine": "mean"})
+    for call in (lambda: api.elicit(cfg, progress=False), lambda: api.validate(cfg)):
+        with pytest.raises(KdistillError, match="teacher 'zebra-lm' has another tokenizer than the first") as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+def test_generation_ensembles_take_per_token_combines_and_refuse_the_label_space_ones(tmp_path, tiny_models):
+    from kdistill.config import EnsembleConfig
+
+    member = _member(tmp_path)
+    assert _config(tmp_path, tiny_models, teachers=[member]).ensemble.resolved("generation") == "mean"
+    assert EnsembleConfig().resolved("classification") == "learned"  # a label task's default is as it was
+    for combine in ("learned", "gold_agreement"):
+        with pytest.raises(KdistillError, match="set ensemble.combine to mean"):
+            _config(tmp_path, tiny_models, teachers=[member], ensemble={"combine": combine})
+    with pytest.raises(KdistillError, match="one live teacher, not an ensemble"):
+        _config(tmp_path, tiny_models, teachers=[member], training={"on_policy_fraction": 0.5})
+    with pytest.raises(KdistillError, match=r"teachers\[0\].finetune"):
+        _config(tmp_path, tiny_models, teachers=[{**member, "finetune": True}])

@@ -3,7 +3,8 @@
 
     sequence_kd   CE on the target texts alone: the teacher's written targets (sequence-level KD), or
                   the data's references (plain fine-tuning): the labels-only analogue
-    distilled     CE + token-level KD on the same target tokens, from the teacher's cached top-k + tail
+    distilled     CE + token-level KD on the same target tokens, from the teacher's cached top-k + tail (with
+                  `teachers`, their per-token mixture)
 
 Both see only target tokens as targets; the prompt is context (see `losses.token_kd`). A student with another
 tokenizer than the teacher's can only take sequence-level KD (objective.kd.weight: 0). kdistill.api calls
@@ -44,15 +45,21 @@ __all__ = ["evaluate", "elicit", "report", "run", "train", "validate", "variants
 
 
 def validate(cfg: RunConfig, *, check_models: bool = True) -> str:
-    """Check the data and that the teacher's and student's tokenizers load; write nothing."""
+    """Check the data and that the teachers' and student's tokenizers load (an ensemble's teachers share the
+    first one's); write nothing."""
     text = format_generation_report(prepare_generation(cfg.data, cfg.task))
     if check_models:
         from transformers import AutoTokenizer
 
-        for role, model_cfg in [("teacher", cfg.teacher), ("student", cfg.student)]:
+        first = None
+        members = [(f"teacher {t.display_name}", t) for t in cfg.teachers]
+        for role, model_cfg in [("teacher", cfg.teacher), *members, ("student", cfg.student)]:
             path = resolve_model_path(model_cfg.model)
             tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
                                                       trust_remote_code=model_cfg.trust_remote_code)
+            if role.startswith("teacher "):  # an ensemble mixes its teachers token by token
+                check_same_tokenizer(first, tokenizer, model_cfg.display_name, teacher_name=cfg.teacher.display_name)
+            first = tokenizer if first is None else first
             text += f"\n{role}: {model_cfg.model} -> {path} (tokenizer ok, {len(tokenizer)} tokens)"
     return text + "\nconfig ok"
 
