@@ -1,9 +1,11 @@
-"""Generation tasks with several teachers: the per-token mixture's identities and its agreement with the dense
-mixture, a run that trains on the mixture, and the refusals."""
+"""Generation tasks with several teachers and with the hidden term: the per-token mixture's identities and its
+agreement with the dense mixture, runs that train on the mixture and record the hidden term, the hidden term's
+zero and gradient, the refusals, and a resumed student that equals an uninterrupted one."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -167,3 +169,139 @@ def test_generation_ensembles_take_per_token_combines_and_refuse_the_label_space
         _config(tmp_path, tiny_models, teachers=[member], training={"on_policy_fraction": 0.5})
     with pytest.raises(KdistillError, match=r"teachers\[0\].finetune"):
         _config(tmp_path, tiny_models, teachers=[{**member, "finetune": True}])
+
+
+# ------------------------------------------------------------------ the hidden term
+def _hidden_setup(tmp_path, tiny_models, *, loss: str = "mse"):
+    """A student, its Objective with one hidden target of the student's own width, and six training examples."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdistill.config import HiddenTerm
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.losses.objective import HiddenTarget, Objective
+    from kdistill.models.generative import GenStudent
+
+    cfg = _config(tmp_path, tiny_models)
+    chunk = prepare_generation(cfg.data, cfg.task).train[:6]
+    module = AutoModelForCausalLM.from_pretrained(tiny_models["lm2"])
+    student = GenStudent(module, AutoTokenizer.from_pretrained(tiny_models["lm2"]), max_length=32)
+    width = module.config.hidden_size
+    objective = Objective(replace(cfg.objective, hidden=HiddenTerm(weight=1.0, loss=loss)),
+                          hidden_targets=[HiddenTarget("self", [(1, 1), (2, 2)], width)], student_width=width)
+    return cfg, chunk, student, objective
+
+
+def _token_steps(cfg, student, objective, teacher_hidden):
+    from kdistill.train.token_steps import TokenSteps
+
+    return TokenSteps(student, objective, template=cfg.task.prompt_template, target_of=lambda e: e.target,
+                      teacher_rows=None, batch_size=8, teacher_hidden=teacher_hidden)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cosine"])
+def test_the_hidden_term_is_zero_when_the_teacher_is_the_student_through_identity_projections(tmp_path, tiny_models,
+                                                                                              loss):
+    """The teacher side (`sequence_states`) and the student side (the token step) pool the same sequence alike."""
+    from kdistill.data.generative import prompt_text
+    from kdistill.models.token_rows import sequence_states
+    from kdistill.targets import TeacherTargets
+
+    cfg, chunk, student, objective = _hidden_setup(tmp_path, tiny_models, loss=loss)
+    for projection in objective.projections[0]:
+        torch.nn.init.eye_(projection.weight)
+        torch.nn.init.zeros_(projection.bias)
+    prompts = [prompt_text(cfg.task.prompt_template, e) for e in chunk]
+    states = sequence_states(student.module, student.tokenizer, prompts, [e.target for e in chunk], layers=[1, 2],
+                             pool="mean", max_length=32, batch_size=4)
+    steps = _token_steps(cfg, student, objective, [TeacherTargets([e.id for e in chunk], states)])
+    _, terms = steps.module(0.0, *steps.arguments(chunk, torch.device("cpu"), 0))
+    assert terms["hidden"].abs().max() < 1e-5
+    moved = [TeacherTargets([e.id for e in chunk], states + torch.randn_like(states))]
+    shifted = _token_steps(cfg, student, objective, moved)
+    _, terms = shifted.module(0.0, *shifted.arguments(chunk, torch.device("cpu"), 0))
+    assert (terms["hidden"] > 1e-3).all()
+
+
+def test_the_hidden_terms_gradient_reaches_its_projections_and_the_student(tmp_path, tiny_models):
+    from kdistill.targets import TeacherTargets
+
+    cfg, chunk, student, objective = _hidden_setup(tmp_path, tiny_models)
+    teacher = [TeacherTargets([e.id for e in chunk], torch.randn(len(chunk), 2, objective.hidden_targets[0].width))]
+    steps = _token_steps(cfg, student, objective, teacher)
+    trained = {id(p) for p in steps.module.parameters()}
+    assert all(id(p) in trained for p in objective.parameters())  # the optimizer sees the projections
+    loss_b, terms = steps.module(0.0, *steps.arguments(chunk, torch.device("cpu"), 0))
+    assert set(terms) == {"ce", "hidden"}
+    terms["hidden"].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters())
+    assert student.module.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+
+
+def test_the_student_asks_for_every_layers_states_only_when_the_hidden_term_is_on(tmp_path, tiny_models):
+    from kdistill.losses.objective import Objective
+    from kdistill.targets import TeacherTargets
+
+    cfg, chunk, student, objective = _hidden_setup(tmp_path, tiny_models)
+    asked = []
+    student.module.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: asked.append(kwargs.get("output_hidden_states")), with_kwargs=True)
+    plain = _token_steps(cfg, student, Objective(cfg.objective), None)
+    plain.module(0.0, *plain.arguments(chunk, torch.device("cpu"), 0))
+    teacher = [TeacherTargets([e.id for e in chunk], torch.zeros(len(chunk), 2, objective.hidden_targets[0].width))]
+    with_hidden = _token_steps(cfg, student, objective, teacher)
+    with_hidden.module(0.0, *with_hidden.arguments(chunk, torch.device("cpu"), 0))
+    assert asked == [None, True]
+
+
+def test_a_generation_run_with_the_hidden_term_completes_and_records_it(tmp_path, tiny_models):
+    from kdistill import api
+    from kdistill.cache.entry import open_entry
+
+    cfg = _config(tmp_path, tiny_models, objective={"hidden": {"weight": 0.5}}, training={"epochs": 1})
+    run_dir = api.run(cfg, progress=False)
+    training = json.loads((run_dir / "students" / "distilled-seed0.training.json").read_text())
+    assert any("train_hidden" in r and r["train_hidden"] > 0 for r in training["history"])
+    assert training["layer_pairs"] == {"lm": [[1, 1], [2, 2]]}
+    baseline = json.loads((run_dir / "students" / "sequence_kd-seed0.training.json").read_text())
+    assert not any("train_hidden" in r for r in baseline["history"]) and "layer_pairs" not in baseline
+    [vectors] = [e for e in map(open_entry, (p.parent for p in (run_dir / "teacher_cache").glob("*/manifest.json")))
+                 if e.kind == "vectors"]
+    fields = vectors.fields
+    assert fields["shape"] == [2, 32] and fields["pool"] == "mean" and fields["layers"] == [1, 2]
+
+
+def test_a_resumed_student_of_an_ensemble_with_the_hidden_term_equals_an_uninterrupted_one(tmp_path, tiny_models):
+    """The projections are checkpointed with the student; the mixture is read the same after a restart."""
+    from safetensors.torch import load_file
+
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.recipes.generation import train as train_generation
+    from kdistill.teachers.generation import targets_for
+    from kdistill.train.loop import StopTraining, Trainer
+
+    cfg = _config(tmp_path, tiny_models, teachers=[_member(tmp_path)], ensemble={"combine": "confidence"},
+                  objective={"hidden": {"weight": 0.5, "teachers": ["lm", "lm3"], "layers": "last-1"}},
+                  training={"epochs": 2, "checkpoint_every_steps": 1})
+    data = prepare_generation(cfg.data, cfg.task)
+    targets = targets_for(cfg, data, progress=False)
+    whole = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
+    expected = load_file(str(whole / "model.safetensors"))
+    history = json.loads((whole.parent / "distilled-seed0.training.json").read_text())["history"]
+    assert any({"train_hidden:lm", "train_hidden:lm3", "train_hidden", "train_kd"} <= set(r) for r in history)
+    original_run = Trainer.run
+
+    def crash(self, *, resume=False, stop_after_steps=None):
+        return original_run(self, resume=resume, stop_after_steps=None if resume else 3)
+
+    Trainer.run = crash
+    try:
+        with pytest.raises(StopTraining):
+            train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
+        [checkpoint] = (cfg.run_dir / "checkpoints" / "distilled-seed0").glob("step-*")
+        assert len(load_file(str(checkpoint / "objective.safetensors"))) == 4  # weight and bias, per teacher
+        resumed = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False,
+                                   resume=True)
+    finally:
+        Trainer.run = original_run
+    got = load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

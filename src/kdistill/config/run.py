@@ -232,8 +232,7 @@ class RunConfig:
                                     "objective.hidden.weight to 0.")
 
     def _check_generation(self) -> None:
-        unsupported = [name for name, on in [("objective.hidden", self.objective.hidden.weight > 0),
-                                             ("objective.balance", self.objective.balance.weight > 0),
+        unsupported = [name for name, on in [("objective.balance", self.objective.balance.weight > 0),
                                              ("data.num_labelled", self.data.num_labelled is not None)] if on]
         for i, member in enumerate(self.members):  # every teacher of an ensemble is loaded and asked in-process
             where = "teacher" if i == 0 else f"teachers[{i - 1}]"
@@ -241,7 +240,7 @@ class RunConfig:
                                                                ("finetune", member.finetune)] if on]
         if unsupported:
             raise KdistillError(f"a generation task does not support {', '.join(unsupported)} yet: in-process "
-                                "causal-LM teachers, and the ce and kd terms. Remove them from the config.")
+                                "causal-LM teachers, and the ce, kd and hidden terms. Remove them from the config.")
         if "encoder" in [t.kind for t in self.members] + [self.student.kind]:
             raise KdistillError("a generation task needs causal-LM teachers and student (kind: auto or causal_lm); "
                                 "an encoder cannot write text.")
