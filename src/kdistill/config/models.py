@@ -109,7 +109,8 @@ class TeacherConfig(ModelConfig):
     (temperature + one offset per label: also removes the prompt's lean towards one label).
     A prompted LLM is often timid (0.55 where it is right 80 % of the time) and biased."""
     token_top_k: int = 32
-    """generation: the teacher's top-k log-probs kept per target token (plus the tail mass) for token-level KD."""
+    """generation: the teacher's top-k log-probs kept per target token (plus the tail mass) for token-level KD;
+    with `teachers`, each one's own, and the first teacher's is also the k kept of their per-token mixture."""
     sampling: bool = False
     """generation: sample the teacher's written targets (with sampling_temperature, top_p and
     sampling_seed, all part of the cache key) instead of greedy decoding."""
@@ -142,12 +143,21 @@ class TeacherConfig(ModelConfig):
 
 @dataclass(kw_only=True)
 class EnsembleConfig:
-    """How several teachers' label distributions become one (used when `teachers` lists any)."""
+    """How several teachers' distributions become one (used when `teachers` lists any): over the labels, or
+    for a generation task at each target token."""
 
-    combine: Literal["mean", "weighted", "learned", "confidence", "gold_agreement"] = "learned"
+    combine: Literal["auto", "mean", "weighted", "learned", "confidence", "gold_agreement"] = "auto"
     """mean: equal weights; weighted: `weights`; learned: weights that maximize the validation split's
     gold-label likelihood; confidence: per example, by each teacher's top probability; gold_agreement:
-    per example, by the probability each teacher gives the gold label (confidence where there is none)."""
+    per example, by the probability each teacher gives the gold label (confidence where there is none).
+    auto: learned for a label task, mean for a generation task. A generation task mixes the teachers per
+    target token and takes mean, weighted or confidence (per token, by each teacher's top probability there)."""
+
+    def resolved(self, task_kind: str) -> str:
+        """The combine actually used for a task of ``task_kind``: `auto` spelt out."""
+        if self.combine != "auto":
+            return self.combine
+        return "mean" if task_kind == "generation" else "learned"
     weights: list[float] = field(default_factory=list)
     """Fixed weights for `weighted`, one per teacher in order (teacher first, then `teachers`)."""
 

@@ -70,7 +70,8 @@ class HiddenTerm:
     Layer i is the output of block i; 0 is the embeddings."""
     pool: Literal["auto", "mean", "last", "cls"] = "auto"
     """How a sequence becomes one vector per layer (teacher and student may tokenize differently):
-    auto = mean for encoders, the last token for causal LMs."""
+    auto = mean for encoders, the last token for causal LMs; for a generation task, the mean over the
+    prompt + target (its last token is the same EOS in every example)."""
     normalize: bool = True
     """Layer-normalize (no affine) both sides before comparing, so no model's scale dominates."""
     teachers: list[str] = field(default_factory=list)

@@ -176,7 +176,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     teachers: list[TeacherConfig] = field(default_factory=list)
-    """More teachers: with any, the student learns from the ensemble of `teacher` and these."""
+    """More teachers: with any, the student learns from the ensemble of `teacher` and these (a generation task:
+    in-process causal LMs with the first teacher's tokenizer, mixed per target token)."""
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -231,18 +232,26 @@ class RunConfig:
                                     "objective.hidden.weight to 0.")
 
     def _check_generation(self) -> None:
-        unsupported = [name for name, on in [("teachers (an ensemble)", bool(self.teachers)),
-                                             ("objective.hidden", self.objective.hidden.weight > 0),
-                                             ("objective.balance", self.objective.balance.weight > 0),
-                                             ("teacher.endpoint", self.teacher.is_endpoint),
-                                             ("teacher.finetune", self.teacher.finetune),
+        unsupported = [name for name, on in [("objective.balance", self.objective.balance.weight > 0),
                                              ("data.num_labelled", self.data.num_labelled is not None)] if on]
+        for i, member in enumerate(self.members):  # every teacher of an ensemble is loaded and asked in-process
+            where = "teacher" if i == 0 else f"teachers[{i - 1}]"
+            unsupported += [f"{where}.{name}" for name, on in [("endpoint", member.is_endpoint),
+                                                               ("finetune", member.finetune)] if on]
         if unsupported:
-            raise KdistillError(f"a generation task does not support {', '.join(unsupported)} yet: one in-process "
-                                "causal-LM teacher, and the ce and kd terms. Remove them from the config.")
-        if "encoder" in (self.teacher.kind, self.student.kind):
-            raise KdistillError("a generation task needs causal-LM teacher and student (kind: auto or causal_lm); "
+            raise KdistillError(f"a generation task does not support {', '.join(unsupported)} yet: in-process "
+                                "causal-LM teachers, and the ce, kd and hidden terms. Remove them from the config.")
+        if "encoder" in [t.kind for t in self.members] + [self.student.kind]:
+            raise KdistillError("a generation task needs causal-LM teachers and student (kind: auto or causal_lm); "
                                 "an encoder cannot write text.")
+        combine = self.ensemble.resolved(self.task.kind)
+        if self.teachers and combine in ("learned", "gold_agreement"):
+            raise KdistillError(f"ensemble.combine: {combine} weighs label-space answers against gold labels; a "
+                                "generation task mixes its teachers per target token: set ensemble.combine to mean "
+                                "(equal weights), weighted (with ensemble.weights) or confidence.")
+        if self.teachers and self.training.on_policy_fraction > 0:
+            raise KdistillError("training.on_policy_fraction scores the student's own text with one live teacher, not "
+                                "an ensemble: set it to 0, or remove `teachers`.")
 
     @property
     def members(self) -> list[TeacherConfig]:

@@ -133,22 +133,32 @@ class Objective(nn.Module):
                 kd_weight_b = torch.where(labelled_b, kd_weight_b, kd_weight + cfg.ce.weight)
             total_b = total_b + kd_weight_b * terms["kd"]
         if self.uses_hidden:
-            per_teacher = []
-            for target, projections, slots, teacher_bnd in zip(self.hidden_targets, self.projections, self._slots,
-                                                              targets.teacher_hidden):
-                projected_bnd = torch.stack([proj(student_hidden_bnd[:, i]) for i, proj in zip(slots, projections)], 1)
-                per_teacher.append(hidden_alignment(projected_bnd, teacher_bnd, loss=cfg.hidden.loss,
-                                                    normalize=cfg.hidden.normalize))
-                if len(self.hidden_targets) > 1:
-                    terms[f"hidden:{target.teacher}"] = per_teacher[-1]
-            terms["hidden"] = torch.stack(per_teacher).mean(0)
-            total_b = total_b + cfg.hidden.weight * terms["hidden"]
+            weighted_b, hidden_terms = self.hidden_term(student_hidden_bnd, targets.teacher_hidden)
+            terms.update(hidden_terms)
+            total_b = total_b + weighted_b
         if self.uses_balance:
             surrogate_b = balance_surrogate(logits_bl, targets.balance_mean_probs_l, targets.balance_target_l)
             total_b = total_b + cfg.balance.weight * surrogate_b
             value = balance_value(targets.balance_mean_probs_l.detach(), targets.balance_target_l)
             terms["balance"] = value.expand(logits_bl.shape[0])
         return total_b, terms
+
+
+    def hidden_term(self, student_hidden_bnd: torch.Tensor,
+                    teacher_hidden: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(hidden.weight * the hidden term, (B,); {"hidden": the term, (B,), and with several teachers each one's
+        "hidden:<teacher>"}). ``student_hidden_bnd``: the student's pooled states of `student_layers`;
+        ``teacher_hidden``: each hidden target's (B, n_k, D_k). The label step and the token step both add it."""
+        cfg, terms, per_teacher = self.cfg, {}, []
+        for target, projections, slots, teacher_bnd in zip(self.hidden_targets, self.projections, self._slots,
+                                                          teacher_hidden):
+            projected_bnd = torch.stack([proj(student_hidden_bnd[:, i]) for i, proj in zip(slots, projections)], 1)
+            per_teacher.append(hidden_alignment(projected_bnd, teacher_bnd, loss=cfg.hidden.loss,
+                                                normalize=cfg.hidden.normalize))
+            if len(self.hidden_targets) > 1:
+                terms[f"hidden:{target.teacher}"] = per_teacher[-1]
+        terms["hidden"] = torch.stack(per_teacher).mean(0)
+        return cfg.hidden.weight * terms["hidden"], terms
 
 
 def describe_terms() -> dict[str, str]:

@@ -5,6 +5,9 @@ Only the target tokens are elicited (the positions whose next token is a target 
 `token_kd`), so the cache holds exactly the rows the student trains on, in order. Batches are
 left-padded so that every target ends at the last position, and the teacher computes logits only for
 the last (longest target + 1) positions (`logits_to_keep`); no vocabulary-wide tensor outlives its batch.
+
+`sequence_states` gives the hidden term's teacher side: pooled hidden states of chosen layers over the same
+prompt + target sequences, as the student reads them in training.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from kdistill.cache.shard import TokenRow
 from kdistill.errors import KdistillError
 from kdistill.losses.divergences import SparseTargets
 from kdistill.losses.token_kd import encode_targets
+from kdistill.models.base import pool_states
 
 
 @torch.no_grad()
@@ -44,6 +48,29 @@ def token_targets(model, tokenizer, prompts: list[str], targets: list[str], *, k
                                logprobs=sparse.logprobs.cpu().numpy().astype(np.float32),
                                tail_logmass=sparse.tail_logmass.cpu().numpy().astype(np.float32))
     return rows
+
+
+@torch.no_grad()
+def sequence_states(model, tokenizer, prompts: list[str], targets: list[str], *, layers: list[int], pool: str,
+                    max_length: int, batch_size: int = 4) -> torch.Tensor:
+    """(N, n, D) float32 on CPU: each prompt + target sequence (tokenized as `encode_targets` does for the
+    student) pooled over its real tokens at each of ``layers`` (0 = embeddings). Length-sorted batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
+    out: torch.Tensor | None = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = encode_targets(tokenizer, [prompts[i] for i in idx], [targets[i] for i in idx], max_length=max_length)
+        # right padding: each real token sees only real tokens before it, at its own position
+        outputs = model.base_model(input_ids=batch.input_ids_bt.to(device),
+                                   attention_mask=batch.attention_mask_bt.to(device), output_hidden_states=True)
+        states = outputs.hidden_states
+        pooled_bnd = pool_states(states, batch.attention_mask_bt, layers, pool).float().cpu()
+        if out is None:
+            out = torch.empty(len(prompts), *pooled_bnd.shape[1:])
+        out[idx] = pooled_bnd
+    return out
 
 
 def _left_aligned(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@
 
     sequence_kd   CE on the target texts alone: the teacher's written targets (sequence-level KD), or
                   the data's references (plain fine-tuning): the labels-only analogue
-    distilled     CE + token-level KD on the same target tokens, from the teacher's cached top-k + tail
+    distilled     CE + token-level KD on the same target tokens, from the teacher's cached top-k + tail (with
+                  `teachers`, their per-token mixture), and the hidden term where objective.hidden asks for it
 
 Both see only target tokens as targets; the prompt is context (see `losses.token_kd`). A student with another
 tokenizer than the teacher's can only take sequence-level KD (objective.kd.weight: 0). kdistill.api calls
@@ -27,12 +28,14 @@ from kdistill.config import CETerm, ObjectiveConfig, RunConfig
 from kdistill.data.gen_data import GenData, format_generation_report, prepare_generation
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_write_json
-from kdistill.losses.objective import Objective
+from kdistill.losses.objective import HiddenTarget, Objective
 from kdistill.models import pick_device, resolve_model_path
 from kdistill.models.generative import GenStudent, freeze_lower_layers, load_causal_lm
 from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, report, write_run_start
 from kdistill.recipes.generation_eval import GEN_VARIANTS, evaluate, variants
 from kdistill.rundir import RunDir
+from kdistill.targets import TeacherTargets
+from kdistill.teachers.gen_hidden import generation_pool, hidden_inputs
 from kdistill.teachers.generation import GenTargets, check_same_tokenizer, targets_for
 from kdistill.train.loop import Trainer
 from kdistill.train.token_steps import OnPolicy, TokenSteps
@@ -43,15 +46,21 @@ __all__ = ["evaluate", "elicit", "report", "run", "train", "validate", "variants
 
 
 def validate(cfg: RunConfig, *, check_models: bool = True) -> str:
-    """Check the data and that the teacher's and student's tokenizers load; write nothing."""
+    """Check the data and that the teachers' and student's tokenizers load (an ensemble's teachers share the
+    first one's); write nothing."""
     text = format_generation_report(prepare_generation(cfg.data, cfg.task))
     if check_models:
         from transformers import AutoTokenizer
 
-        for role, model_cfg in [("teacher", cfg.teacher), ("student", cfg.student)]:
+        first = None
+        members = [(f"teacher {t.display_name}", t) for t in cfg.teachers]
+        for role, model_cfg in [("teacher", cfg.teacher), *members, ("student", cfg.student)]:
             path = resolve_model_path(model_cfg.model)
             tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
                                                       trust_remote_code=model_cfg.trust_remote_code)
+            if role.startswith("teacher "):  # an ensemble mixes its teachers token by token
+                check_same_tokenizer(first, tokenizer, model_cfg.display_name, teacher_name=cfg.teacher.display_name)
+            first = tokenizer if first is None else first
             text += f"\n{role}: {model_cfg.model} -> {path} (tokenizer ok, {len(tokenizer)} tokens)"
     return text + "\nconfig ok"
 
@@ -82,6 +91,8 @@ def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None
     data = data or prepare_generation(cfg.data, cfg.task)
     targets = targets or targets_for(cfg, data, progress=progress)
     objective_cfg = _objective(cfg, variant)
+    # before the seed: a teacher loaded for its states must not move the projections' initialization
+    hidden_targets, teacher_hidden = _hidden_inputs(cfg, objective_cfg, data, targets, progress=progress)
     torch.manual_seed(seed)
     module, tokenizer = load_causal_lm(cfg.student, pick_device(cfg.training.device))
     module.train()
@@ -95,26 +106,39 @@ def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None
         check_same_tokenizer(teacher_tok, tokenizer, cfg.student.model)
     val = data.validation if cfg.task.targets == "teacher" else [e for e in data.validation if e.target]
     on_policy = _on_policy(cfg, seed, tokenizer) if objective_cfg.kd.weight > 0 else None
-    steps = TokenSteps(student, objective_cfg, template=cfg.task.prompt_template, target_of=targets.target,
+    objective = Objective(objective_cfg, hidden_targets=hidden_targets, student_width=module.config.hidden_size)
+    steps = TokenSteps(student, objective, template=cfg.task.prompt_template, target_of=targets.target,
                        teacher_rows=targets.rows if objective_cfg.kd.weight > 0 else None,
                        batch_size=cfg.student.batch_size, mixed_precision=cfg.training.mixed_precision,
                        on_policy=on_policy, select_by=cfg.training.select_by, max_new_tokens=cfg.task.max_new_tokens,
-                       stop=tuple(cfg.task.stop), novel_token_weight=cfg.training.novel_token_weight)
+                       stop=tuple(cfg.task.stop), novel_token_weight=cfg.training.novel_token_weight,
+                       teacher_hidden=teacher_hidden, pool=generation_pool(cfg))
     records = (tensorboard_records(cfg.paths.tensorboard(variant, seed), resume=resume, then=on_record)
                if cfg.training.tensorboard and distributed.is_main() else contextlib.nullcontext(on_record))
     with records as record:
-        trainer = Trainer(student, train_examples=data.train, val_examples=val,
-                          objective=Objective(objective_cfg, hidden_targets=[], student_width=module.config.hidden_size),
+        trainer = Trainer(student, train_examples=data.train, val_examples=val, objective=objective,
                           cfg=cfg.training, seed=seed, checkpoint_dir=cfg.paths.checkpoints(variant, seed),
                           progress=progress, on_record=record, steps=steps,
                           desc=f"training {variant} seed {seed}")
         result = trainer.run(resume=resume)
     out = cfg.paths.student(variant, seed)
     if distributed.is_main():
-        _save_student(out, student, cfg, variant, seed, result)
+        _save_student(out, student, cfg, variant, seed, result, hidden_targets)
     distributed.barrier()
     drop_checkpoints(cfg, variant, seed)
     return out
+
+
+def _hidden_inputs(cfg: RunConfig, objective_cfg: ObjectiveConfig, data: GenData, targets: GenTargets, *,
+                   progress: bool) -> tuple[list[HiddenTarget], list[TeacherTargets] | None]:
+    """The hidden term's teachers (layer pairs, width) and their pooled states, where the objective has the term."""
+    if objective_cfg.hidden.weight <= 0:
+        return [], None
+    from transformers import AutoConfig
+
+    student = AutoConfig.from_pretrained(resolve_model_path(cfg.student.model), revision=cfg.student.revision,
+                                         trust_remote_code=cfg.student.trust_remote_code).get_text_config()
+    return hidden_inputs(cfg, data.train, targets, int(student.num_hidden_layers), progress=progress)
 
 
 def _on_policy(cfg: RunConfig, seed: int, tokenizer) -> OnPolicy | None:
@@ -127,7 +151,8 @@ def _on_policy(cfg: RunConfig, seed: int, tokenizer) -> OnPolicy | None:
                     max_new_tokens=cfg.task.max_new_tokens, stop=tuple(cfg.task.stop), eos_id=tokenizer.eos_token_id)
 
 
-def _save_student(out: Path, student: GenStudent, cfg: RunConfig, variant: str, seed: int, result: Any) -> None:
+def _save_student(out: Path, student: GenStudent, cfg: RunConfig, variant: str, seed: int, result: Any,
+                  hidden_targets: list[HiddenTarget]) -> None:
     student.save(out)
     state = result.state
     # the validation record of the kept weights: its target CE (and ROUGE-L, copy rate) whichever selected them
@@ -136,7 +161,8 @@ def _save_student(out: Path, student: GenStudent, cfg: RunConfig, variant: str, 
         "variant": variant, "seed": seed, "seconds": result.seconds, "steps": state.global_step,
         "select_by": cfg.training.select_by, "best_step": state.best_step, "best_val_score": state.best_metric,
         **{f"best_{key}": kept.get(key) for key in ("val_target_ce", "val_rouge_l", "val_copy_rate_2")},
-        "stopped_early": state.stopped_early, "history": state.history})
+        "stopped_early": state.stopped_early, "history": state.history,
+        **({"layer_pairs": {t.teacher: t.pairs for t in hidden_targets}} if hidden_targets else {})})
 
 
 def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True, init_dir: Path | None = None,

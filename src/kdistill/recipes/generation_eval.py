@@ -144,7 +144,8 @@ def evaluate(cfg: RunConfig, *, progress: bool = True, teachers: Any = None, dat
     results = {"run": cfg.name, "task": cfg.task.name, "task_kind": "generation", "evaluate_as": cfg.task.evaluate_as,
                "references": cfg.task.targets, "test_examples": len(test), "data": data.report,
                "scorers": scorer_info, "models": models, "comparison": comparison_rows(models, evaluate_as=cfg.task.evaluate_as),
-               "examples": _examples(cfg, test, references, outputs)}
+               "examples": _examples(cfg, test, references, outputs),
+               **({"teacher_ensemble": targets.ensemble.info} if targets.ensemble is not None else {})}
     _write_outputs(cfg.paths.outputs, test, references, outputs, seed_outputs)
     path = cfg.paths.results
     atomic_write_json(path, results)

@@ -108,6 +108,18 @@ def _copying_lines(results: Record) -> list[str]:
 
 
 def _references_note(results: Record) -> str:
+    """Where the references come from, and with an ensemble, what the students learned from."""
+    ensemble = results.get("teacher_ensemble")
+    if not ensemble:
+        return _reference_source(results)
+    weights = ensemble["weights"]
+    how = ("weights " + ", ".join(f"{name} {w:.2f}" for name, w in weights.items()) if weights
+           else "weights by each teacher's top probability at each token")
+    return (_reference_source(results) + f" The distilled students learned from the per-token mixture of the teachers "
+            f"{', '.join(ensemble['teachers'])} ({ensemble['combine']}: {how}); the teacher row is the first of them.")
+
+
+def _reference_source(results: Record) -> str:
     noun = OUTPUT_NOUNS.get(results["evaluate_as"], "outputs")
     if results["references"] == "teacher":
         note = (f"No human-written {noun} are reachable here: the references are the teacher's own {noun}, "

@@ -181,7 +181,7 @@ def _combine(cfg: RunConfig, data: PreparedData,
              members: dict[str, TeacherTargets]) -> tuple[TeacherTargets, dict[str, Any]]:
     ids = [e.id for e in elicited_examples(data)]
     logprobs_knl = torch.stack([t.rows(ids) for t in members.values()])  # (K, N, L)
-    combine, names = cfg.ensemble.combine, list(members)
+    combine, names = cfg.ensemble.resolved(cfg.task.kind), list(members)
     label_index = {label: i for i, label in enumerate(cfg.task.labels)}
     info: dict[str, Any] = {"combine": combine, "teachers": names}
     if combine in ("mean", "weighted", "learned"):

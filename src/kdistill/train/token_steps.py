@@ -1,13 +1,15 @@
 """Training a generative (causal-LM) student in the one loop of `train.py`: the token-level step.
 
-    TokenStep    the trainable module: student hidden states -> CE + KD on the target tokens only
+    TokenStep    the trainable module: student hidden states -> CE + KD on the target tokens only (+ the
+                 objective's hidden term on the sequence's pooled states, when it has one)
     TokenSteps   what the Trainer asks of a kind of training: a micro-batch's arguments, validation, length
     OnPolicy     GKD's mixing: a share of each step's examples learn from the student's own continuation
     GenStudent   a causal LM and its tokenizer, shaped like the label models the Trainer holds
 
 The variants of a generation run differ only in the objective they pass here: `sequence_kd` is CE on
 the targets (the teacher's written targets: sequence-level KD; or the data's references: fine-tuning);
-`distilled` adds the teacher's per-token distributions (token-level KD) on the same target tokens.
+`distilled` adds the teacher's per-token distributions (token-level KD) on the same target tokens, and the
+hidden term where objective.hidden asks for it.
 """
 
 from __future__ import annotations
@@ -28,38 +30,54 @@ from kdistill.data.records import GenExample
 from kdistill.errors import KdistillError
 from kdistill.eval.text_metrics import copy_rate, rouge
 from kdistill.losses.divergences import SparseTargets
-from kdistill.losses.objective import schedule_factor
+from kdistill.losses.objective import Objective, schedule_factor
 from kdistill.losses.token_kd import TargetBatch, encode_targets, target_token_loss
+from kdistill.models.base import pool_states
 from kdistill.models.generative import GenStudent
+from kdistill.targets import TeacherTargets
 from kdistill.train.precision import autocast
 
 
 class TokenStep(nn.Module):
     """The student's loss on one micro-batch: CE and KD on target tokens, each example's mean over its
     own target tokens. Logits are only ever formed for target positions, chunk by chunk (the lm_head is
-    fused into the loss), so a 150k vocabulary costs a few MB per chunk, not (B, T, V)."""
+    fused into the loss), so a 150k vocabulary costs a few MB per chunk, not (B, T, V). With the hidden term,
+    the ``objective`` (a submodule: its projections train with the student) adds it on the student's states
+    of the whole sequence, pooled by ``pool`` as the teacher's were. Parameter names: `student.*`, `objective.*`."""
 
-    def __init__(self, student: nn.Module, objective: ObjectiveConfig, *, chunk_tokens: int = 32,
-                 mixed_precision: str = "auto") -> None:
+    def __init__(self, student: nn.Module, objective: Objective, *, chunk_tokens: int = 32,
+                 mixed_precision: str = "auto", pool: str = "mean") -> None:
         super().__init__()
         self.student = student
         self.objective, self.chunk_tokens, self.mixed_precision = objective, chunk_tokens, mixed_precision
+        self.pool = pool
         if getattr(student.config.get_text_config(), "final_logit_softcapping", None):
             raise KdistillError(f"{type(student).__name__} caps its logits (final_logit_softcapping); token-level "
                                 "KD through the fused lm_head does not apply that cap yet. Choose another student.")
 
     def forward(self, progress: float, batch: TargetBatch, teacher: SparseTargets | None,
-                ce_mask_b: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                ce_mask_b: torch.Tensor | None = None, teacher_hidden: list[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        uses_hidden = self.objective.uses_hidden
         with autocast(batch.input_ids_bt.device, self.mixed_precision):
-            hidden_bth = self.student.base_model(input_ids=batch.input_ids_bt,
-                                                 attention_mask=batch.attention_mask_bt).last_hidden_state
-        hidden_bth = hidden_bth.float()  # the fused lm_head loss works in fp32
-        kd = self.objective.kd
+            # every layer's states only for the hidden term: without it the forward is what it always was
+            outputs = self.student.base_model(input_ids=batch.input_ids_bt, attention_mask=batch.attention_mask_bt,
+                                              **({"output_hidden_states": True} if uses_hidden else {}))
+        hidden_bth = outputs.last_hidden_state.float()  # the fused lm_head loss works in fp32
+        kd = self.objective.cfg.kd
         kd_weight = kd.weight * schedule_factor(kd.schedule, progress) if teacher is not None else 0.0
         total_b, terms = target_token_loss(hidden_bth, self.student.get_output_embeddings().weight, batch, teacher,
-                                           ce_weight=self.objective.ce.weight, kd_weight=kd_weight,
+                                           ce_weight=self.objective.cfg.ce.weight, kd_weight=kd_weight,
                                            divergence_kind=kd.divergence, temperature=kd.temperature, beta=kd.beta,
                                            skew=kd.skew, chunk_tokens=self.chunk_tokens, ce_mask_b=ce_mask_b)
+        if uses_hidden:
+            pooled_bnd = pool_states(outputs.hidden_states, batch.attention_mask_bt, self.objective.student_layers,
+                                     self.pool).float()
+            hidden_b, hidden_terms = self.objective.hidden_term(pooled_bnd, teacher_hidden)
+            if ce_mask_b is not None:  # an on-policy example reads the student's own text, not the teacher's sequence
+                hidden_b = hidden_b * ce_mask_b.to(hidden_b)
+            total_b = total_b + hidden_b
+            terms.update(hidden_terms)
         if ce_mask_b is not None:
             terms["on_policy"] = 1.0 - ce_mask_b  # recorded as the step's share of on-policy examples
         return total_b, terms
@@ -138,19 +156,25 @@ class OnPolicy:
 
 
 class TokenSteps:
-    """The Trainer's `Steps` for a generative student. ``target_of`` gives each example's target text
-    (the teacher's written one or the data's); ``teacher_rows`` each example's token-level teacher
-    targets, or None for the CE-only variant. Validation records the CE per target token on the validation
-    examples' targets; the score the Trainer keeps the best weights by is, with ``select_by`` target_ce, its
-    negative, and with rouge_l the ROUGE-L of the student's greedy outputs (``max_new_tokens``, ``stop``)
-    against those targets, with their bigram copy rate from the source recorded beside it."""
+    """The Trainer's `Steps` for a generative student. ``target_of`` gives each example's target text (the teacher's
+    written one or the data's); ``teacher_rows`` each example's token-level teacher targets, or None for the
+    CE-only variant. ``objective``: its config, or the `Objective` the Trainer holds (needed for the hidden
+    term, whose projections it owns); ``teacher_hidden``: then each hidden target's pooled states by example
+    id, in ``objective.hidden_targets`` order, pooled as ``pool``. Validation records the CE per target token
+    on the validation examples' targets; the score the Trainer keeps the best weights by is, with ``select_by``
+    target_ce, its negative, and with rouge_l the ROUGE-L of the student's greedy outputs (``max_new_tokens``,
+    ``stop``) against those targets, with their bigram copy rate from the source recorded beside it."""
 
-    def __init__(self, student: GenStudent, objective: ObjectiveConfig, *, template: str,
+    def __init__(self, student: GenStudent, objective: ObjectiveConfig | Objective, *, template: str,
                  target_of: Callable[[GenExample], str],
                  teacher_rows: Callable[[str], SparseTargets] | None, batch_size: int,
                  mixed_precision: str = "auto", on_policy: OnPolicy | None = None,
                  select_by: str = "target_ce", max_new_tokens: int = 0, stop: tuple[str, ...] = (),
-                 novel_token_weight: float = 1.0) -> None:
+                 novel_token_weight: float = 1.0, teacher_hidden: list[TeacherTargets] | None = None,
+                 pool: str = "mean") -> None:
+        objective = objective if isinstance(objective, Objective) else Objective(objective)
+        if objective.uses_hidden and (teacher_hidden is None or len(teacher_hidden) != len(objective.hidden_targets)):
+            raise ValueError("objective.hidden.weight > 0 needs the hidden states of each of its teachers")
         if on_policy is not None and teacher_rows is None:
             raise KdistillError("on-policy mixing scores the student's text with the teacher's distributions, so it "
                                 "needs the kd term (objective.kd.weight > 0).")
@@ -163,7 +187,8 @@ class TokenSteps:
         self.teacher_rows, self.batch_size, self.on_policy = teacher_rows, batch_size, on_policy
         self.select_by, self.max_new_tokens, self.stop = select_by, max_new_tokens, tuple(stop)
         self.novel_token_weight = novel_token_weight
-        self.module = TokenStep(student.module, objective, mixed_precision=mixed_precision)
+        self.teacher_hidden = teacher_hidden if objective.uses_hidden else None
+        self.module = TokenStep(student.module, objective, mixed_precision=mixed_precision, pool=pool)
 
     def encode(self, chunk: list[GenExample], own: dict[str, str] | None = None, *,
                novel_weight: float = 1.0) -> TargetBatch:
@@ -185,21 +210,24 @@ class TokenSteps:
             own = {e.id: self.on_policy.continuation(self.student, prompts[e.id], step, e.id)
                    for e in chunk if self.on_policy.chosen(step, e.id)}
         batch = self.encode(chunk, own, novel_weight=self.novel_token_weight).to(device)
-        if self.teacher_rows is None:
-            return batch, None, None
-        rows = concat_rows([self.on_policy.rows(self.student, prompts[e.id], own[e.id])
-                            if e.id in own else self.teacher_rows(e.id) for e in chunk])
+        rows = None
+        if self.teacher_rows is not None:
+            rows = _to(concat_rows([self.on_policy.rows(self.student, prompts[e.id], own[e.id])
+                                    if e.id in own else self.teacher_rows(e.id) for e in chunk]), device)
         # with mixing on, every micro-batch has the mask (and so records the on-policy share): the terms
         # recorded must be the same in every process
         ce_mask_b = (torch.tensor([0.0 if e.id in own else 1.0 for e in chunk], device=device)
                      if self.on_policy is not None else None)
-        return batch, _to(rows, device), ce_mask_b
+        if self.teacher_hidden is None:
+            return batch, rows, ce_mask_b
+        ids = [e.id for e in chunk]
+        return batch, rows, ce_mask_b, [states.rows(ids).to(device) for states in self.teacher_hidden]
 
     @torch.no_grad()
     def validate(self, examples: list[GenExample]) -> tuple[dict[str, float], float]:
         self.module.eval()
         ce_only = ObjectiveConfig(ce=CETerm(weight=1.0), kd=KDTerm(weight=0.0))
-        scorer = TokenStep(self.module.student, ce_only, chunk_tokens=self.module.chunk_tokens,
+        scorer = TokenStep(self.module.student, Objective(ce_only), chunk_tokens=self.module.chunk_tokens,
                            mixed_precision=self.module.mixed_precision)
         total, tokens = 0.0, 0
         device = self.student.device
