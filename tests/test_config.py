@@ -81,5 +81,5 @@ def test_a_setting_inside_a_builtin_task_overrides_it_and_a_bad_path_is_named():
     cfg = load_config("trivia-qa", {"task.max_new_tokens": 8, "data.max_examples": 40})
     assert cfg.task.max_new_tokens == 8 and cfg.task.name == "trivia-qa"  # the rest of the built-in task stays
     assert cfg.data.max_examples == 40 and cfg.data.path == "asset:trivia-pairs"
-    with pytest.raises(KdistillError, match=r"cannot set name\.first: name is the value 'trivia-qa', not a section"):
+    with pytest.raises(KdistillError, match=r"--set name\.first=1: name is the value 'trivia-qa', not a section"):
         load_config("trivia-qa", {"name.first": 1})

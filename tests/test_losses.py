@@ -18,13 +18,15 @@ def _batch(n=10, labels=4, seed=0):
     return student, torch.randint(0, labels, (n,), generator=gen), teacher
 
 
-def test_soft_label_loss_is_t_squared_torch_kl():
+def test_soft_label_loss_is_torch_kl_and_the_objective_alone_scales_it_by_t_squared():
     student, _, teacher = _batch()
     for temperature in (1.0, 2.0, 4.5):
         ours = soft_label_loss(student, teacher, temperature=temperature)
         ref = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
                        log_target=True, reduction="none").sum(-1)
-        torch.testing.assert_close(ours, temperature**2 * ref, rtol=1e-6, atol=0)
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+        objective = Objective(ObjectiveConfig(kd=KDTerm(weight=1.0, temperature=temperature)))
+        torch.testing.assert_close(objective.scaled_kd(ours), temperature**2 * ref, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"])
@@ -47,7 +49,7 @@ def test_weighted_sum_of_ce_and_kd():
     student, labels, teacher = _batch()
     objective = Objective(ObjectiveConfig(ce=CETerm(weight=0.75), kd=KDTerm(weight=0.25, temperature=2.0)))
     total, _ = objective(student, StepTargets(labels_b=labels, teacher_logprobs_bl=teacher))
-    expected = 0.75 * cross_entropy(student, labels) + 0.25 * soft_label_loss(student, teacher, temperature=2.0)
+    expected = 0.75 * cross_entropy(student, labels) + 0.25 * 2.0**2 * soft_label_loss(student, teacher, temperature=2.0)
     torch.testing.assert_close(total, expected)
 
 

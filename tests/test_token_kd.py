@@ -5,12 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kdistill.config import CETerm, KDTerm, ObjectiveConfig
 from kdistill.errors import KdistillError
 from kdistill.losses.divergences import SparseTargets
-from kdistill.losses.token_kd import encode_targets, target_token_loss
+from kdistill.losses.objective import Objective
+from kdistill.losses.token_kd import encode_targets, target_token_terms
 
 PROMPTS = ["Article: the film was great and the plot moved.\nSummary:", "Question: was the movie good?\nAnswer:"]
 TARGETS = [" great film", " yes it was"]
+
+
+def target_token_loss(hidden_bth, lm_head_vh, batch, teacher=None, *, ce_weight: float, kd_weight: float,
+                      temperature: float = 1.0, divergence_kind: str = "forward_kl", **kwargs):
+    """A token step's (total_b, terms) as the one Objective weighs them: ce.weight * CE + kd.weight * T^2 * D."""
+    objective = Objective(ObjectiveConfig(ce=CETerm(weight=ce_weight),
+                                          kd=KDTerm(weight=kd_weight, temperature=temperature, divergence=divergence_kind)))
+    raw = target_token_terms(hidden_bth, lm_head_vh, batch, teacher, ce=ce_weight > 0, kd=kd_weight > 0,
+                             divergence_kind=divergence_kind, temperature=temperature, **kwargs)
+    return objective.token_total(raw, kd_weight=kd_weight)
 
 
 @pytest.fixture(scope="module")

@@ -113,11 +113,35 @@ class Objective(nn.Module):
     def uses_balance(self) -> bool:
         return self.cfg.balance.weight > 0
 
+    def kd_weight(self, progress: float) -> float:
+        """kd.weight at ``progress`` (0 to 1) through training, after its schedule."""
+        return self.cfg.kd.weight * schedule_factor(self.cfg.kd.schedule, progress)
+
+    def scaled_kd(self, divergence_b: torch.Tensor) -> torch.Tensor:
+        """T^2 * D: the only place the KD temperature's T^2 is applied, for label and token steps alike. It keeps
+        the gradient's scale independent of T (Hinton et al., 2015); the divergences themselves leave it out."""
+        return self.cfg.kd.temperature**2 * divergence_b
+
+    def token_total(self, raw: dict[str, torch.Tensor], *, kd_weight: float,
+                    ce_mask_b: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total_b, terms) of a token step from its per-example ``raw`` terms (`token_kd.target_token_terms`):
+        ce.weight * CE + kd_weight * T^2 * D. ``ce_mask_b`` (B,) 0/1 drops the CE of the examples marked 0 from
+        the total (their target is the student's own text: on-policy); their CE is still reported."""
+        terms = dict(raw)
+        total_b = torch.zeros_like(next(iter(raw.values())))
+        if "ce" in terms:
+            total_b = total_b + self.cfg.ce.weight * (terms["ce"] if ce_mask_b is None
+                                                      else terms["ce"] * ce_mask_b.to(terms["ce"]))
+        if "kd" in terms:
+            terms["kd"] = self.scaled_kd(terms["kd"])
+            total_b = total_b + kd_weight * terms["kd"]
+        return total_b, terms
+
     def forward(self, logits_bl: torch.Tensor, targets: StepTargets, *, progress: float = 0.0,
                 student_hidden_bnd: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total_b, terms): the per-example loss and each term per example, for logging."""
+        """(total_b, terms) of a label step: the per-example loss and each term per example, for logging."""
         cfg = self.cfg
-        kd_weight = cfg.kd.weight * schedule_factor(cfg.kd.schedule, progress)
+        kd_weight = self.kd_weight(progress)
         terms = {"ce": cross_entropy(logits_bl, targets.labels_b)}
         labelled_b = targets.labelled_b
         total_b = cfg.ce.weight * terms["ce"]
@@ -126,8 +150,9 @@ class Objective(nn.Module):
         if kd_weight > 0 or (labelled_b is not None and not bool(labelled_b.all())):
             if targets.teacher_logprobs_bl is None:
                 raise ValueError("the kd term (or an example without a gold label) needs teacher targets")
-            terms["kd"] = soft_label_loss(logits_bl, targets.teacher_logprobs_bl, kind=cfg.kd.divergence,
-                                          temperature=cfg.kd.temperature, beta=cfg.kd.beta, skew=cfg.kd.skew)
+            terms["kd"] = self.scaled_kd(soft_label_loss(logits_bl, targets.teacher_logprobs_bl, kind=cfg.kd.divergence,
+                                                         temperature=cfg.kd.temperature, beta=cfg.kd.beta,
+                                                         skew=cfg.kd.skew))
             kd_weight_b = torch.full_like(terms["kd"], kd_weight)
             if labelled_b is not None:  # no gold label: the CE weight goes to the teacher
                 kd_weight_b = torch.where(labelled_b, kd_weight_b, kd_weight + cfg.ce.weight)

@@ -26,15 +26,13 @@ def cross_entropy(student_logits_bl: torch.Tensor, labels_b: torch.Tensor) -> to
 
 def soft_label_loss(student_logits_bl: torch.Tensor, teacher_logprobs_bl: torch.Tensor, *, kind: str = "forward_kl",
                     temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1) -> torch.Tensor:
-    """T^2 * divergence(teacher_T, student_T) per example, (B,).
+    """divergence(teacher_T, student_T) per example, (B,); the Objective scales it by T^2 (`Objective.scaled_kd`).
 
     The teacher arrives as log-probabilities (what the teacher store holds); softening them is
-    softmax(log p / T), the same as softening the logits they came from. T^2 keeps the gradient's
-    scale independent of the temperature (Hinton et al., 2015).
+    softmax(log p / T), the same as softening the logits they came from.
     """
-    values_b = divergence(_atleast_fp32(student_logits_bl), _atleast_fp32(teacher_logprobs_bl), kind=kind,
-                          temperature=temperature, beta=beta, skew=skew)
-    return temperature**2 * values_b
+    return divergence(_atleast_fp32(student_logits_bl), _atleast_fp32(teacher_logprobs_bl), kind=kind,
+                      temperature=temperature, beta=beta, skew=skew)
 
 
 def hidden_alignment(student_bnd: torch.Tensor, teacher_bnd: torch.Tensor, *, loss: str = "mse",

@@ -7,7 +7,8 @@ there. The prompt is context, never a target: the seeds' summarization code put 
 tokens, so its student learned to copy the source (DESIGN.md).
 
     encode_targets(tokenizer, prompts, targets)       -> TargetBatch (ids, attention, which positions train)
-    target_token_loss(hidden_bth, lm_head_vh, batch, teacher, ...) -> (B,) per-example loss, and its terms
+    target_token_terms(hidden_bth, lm_head_vh, batch, teacher, ...) -> {"ce", "kd": (B,) per-example terms}
+    (weighed, and KD scaled by T^2, by the one `Objective`: `Objective.token_total`)
 
 Each example's loss is the mean over its own target tokens, so a long target does not outweigh a short
 one and the Trainer's per-example normalization (sum over the step / its example count) keeps
@@ -138,19 +139,17 @@ def novel_token_weights(prompt_ids: list[int], target_ids: list[int], novel_weig
     return weights
 
 
-def target_token_loss(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch: TargetBatch, teacher=None, *,
-                      ce_weight: float, kd_weight: float, divergence_kind: str = "forward_kl",
-                      temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-                      chunk_tokens: int = 32, ce_mask_b: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(B,) loss per example = mean over its target tokens (weighted by ``batch.weight_bt`` when it has one)
-    of ce_weight * CE + kd_weight * T^2 * D, and
-    each term per example. ``ce_mask_b`` (B,) 0/1 drops the CE of the examples marked 0 from the loss
-    (their target is the student's own text: on-policy); their CE is still reported. Logits exist only for target positions, one chunk at a time (the student's
-    hidden states go through ``lm_head_vh`` inside `chunked_token_loss`).
+def target_token_terms(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch: TargetBatch, teacher=None, *,
+                       ce: bool = True, kd: bool = True, divergence_kind: str = "forward_kl",
+                       temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
+                       chunk_tokens: int = 32) -> dict[str, torch.Tensor]:
+    """The ``ce`` and ``kd`` terms asked for, each (B,): per example, the mean over its target tokens (weighted by
+    ``batch.weight_bt`` when it has one) of CE and of the divergence D(teacher_T, student_T), unweighted and
+    without T^2 (both are the Objective's). Logits exist only for target positions, one chunk at a time (the
+    student's hidden states go through ``lm_head_vh`` inside `chunked_token_loss`).
 
     ``teacher``: `SparseTargets` with one row per target token, in (example, position) order; or dense
-    (B, T, V) teacher logits (only target positions are read); None when ``kd_weight`` is 0.
+    (B, T, V) teacher logits (only target positions are read); None without ``kd``.
     """
     mask_bt = batch.loss_mask_bt
     index_n = mask_bt.reshape(-1).nonzero().squeeze(-1)  # (N,) target positions, flattened
@@ -164,19 +163,18 @@ def target_token_loss(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch:
     count_b = count_b.index_add(0, example_n, weight_n).clamp(min=1e-8)
     per_example = lambda values_n: torch.zeros_like(count_b).index_add(0, example_n, weight_n * values_n) / count_b
     terms = {}
-    total_b = torch.zeros_like(count_b)
-    if ce_weight > 0:
+    if ce:
         labels_n = batch.next_ids_bt.reshape(-1)[index_n]
         terms["ce"] = per_example(chunked_token_loss(hidden_nh, lm_head_vh, labels_n, cross_entropy,
                                                      chunk_tokens=chunk_tokens))
-        total_b = total_b + ce_weight * (terms["ce"] if ce_mask_b is None else terms["ce"] * ce_mask_b.to(count_b))
-    if kd_weight > 0:
+    if kd:
         teacher_n = _teacher_rows(teacher, index_n, len(index_n))
         loss_fn = functools.partial(divergence, kind=divergence_kind, temperature=temperature, beta=beta, skew=skew)
         kd_n = chunked_token_loss(hidden_nh, lm_head_vh, teacher_n, loss_fn, chunk_tokens=chunk_tokens)
-        terms["kd"] = per_example(temperature ** 2 * kd_n)
-        total_b = total_b + kd_weight * terms["kd"]
-    return total_b, terms
+        terms["kd"] = per_example(kd_n)
+    if not terms:  # neither term on (a CE weight of 0 and no teacher): a zero loss of the batch's size
+        terms["ce"] = torch.zeros_like(count_b)
+    return terms
 
 
 def _teacher_rows(teacher, index_n: torch.Tensor, num_tokens: int):

@@ -30,8 +30,8 @@ from kdistill.data.records import GenExample
 from kdistill.errors import KdistillError
 from kdistill.eval.text_metrics import copy_rate, rouge
 from kdistill.losses.divergences import SparseTargets
-from kdistill.losses.objective import Objective, schedule_factor
-from kdistill.losses.token_kd import TargetBatch, encode_targets, target_token_loss
+from kdistill.losses.objective import Objective
+from kdistill.losses.token_kd import TargetBatch, encode_targets, target_token_terms
 from kdistill.models.base import pool_states
 from kdistill.models.generative import GenStudent
 from kdistill.targets import TeacherTargets
@@ -65,11 +65,11 @@ class TokenStep(nn.Module):
                                               **({"output_hidden_states": True} if uses_hidden else {}))
         hidden_bth = outputs.last_hidden_state.float()  # the fused lm_head loss works in fp32
         kd = self.objective.cfg.kd
-        kd_weight = kd.weight * schedule_factor(kd.schedule, progress) if teacher is not None else 0.0
-        total_b, terms = target_token_loss(hidden_bth, self.student.get_output_embeddings().weight, batch, teacher,
-                                           ce_weight=self.objective.cfg.ce.weight, kd_weight=kd_weight,
-                                           divergence_kind=kd.divergence, temperature=kd.temperature, beta=kd.beta,
-                                           skew=kd.skew, chunk_tokens=self.chunk_tokens, ce_mask_b=ce_mask_b)
+        kd_weight = self.objective.kd_weight(progress) if teacher is not None else 0.0
+        raw = target_token_terms(hidden_bth, self.student.get_output_embeddings().weight, batch, teacher,
+                                 ce=self.objective.cfg.ce.weight > 0, kd=kd_weight > 0, divergence_kind=kd.divergence,
+                                 temperature=kd.temperature, beta=kd.beta, skew=kd.skew, chunk_tokens=self.chunk_tokens)
+        total_b, terms = self.objective.token_total(raw, kd_weight=kd_weight, ce_mask_b=ce_mask_b)
         if uses_hidden:
             pooled_bnd = pool_states(outputs.hidden_states, batch.attention_mask_bt, self.objective.student_layers,
                                      self.pool).float()
