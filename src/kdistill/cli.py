@@ -42,19 +42,8 @@ def cmd_run(args):
 
 def cmd_elicit(args):
     from kdistill import api
-    from kdistill.teachers.generation import GenTargets
 
-    signal = api.elicit(_config(args))
-    if isinstance(signal, GenTargets):  # a generation task: one teacher's token rows (and its texts) per example
-        held = "written targets and token rows" if signal.written_by_teacher else "token rows"
-        print(f"the teacher's {held} of {len(signal.entry.ids())} examples are in {signal.entry.folder}")
-        members = zip(signal.ensemble.info["teachers"][1:], signal.ensemble.entries) if signal.ensemble else []
-        for name, entry in members:  # an ensemble's other teachers: their rows along the training targets
-            print(f"teacher {name}'s token rows along them ({len(entry.ids())} training examples) are in "
-                  f"{entry.folder}")
-        return
-    print(f"targets of {len(signal.members)} teacher(s) ({', '.join(signal.members)}) for "
-          f"{len(signal.targets.ids)} examples are in the store")
+    print(api.elicit(_config(args)).where())
 
 
 def cmd_train(args):

@@ -82,6 +82,15 @@ class GenTargets:
             raise KdistillError(f"teacher cache {self.entry.folder}: example {example.id} has no generation.")
         return generation[0]
 
+    def where(self) -> str:
+        """What was elicited and where it is kept (`kdistill elicit` prints it)."""
+        held = "written targets and token rows" if self.written_by_teacher else "token rows"
+        lines = [f"the teacher's {held} of {len(self.entry.ids())} examples are in {self.entry.folder}"]
+        members = zip(self.ensemble.info["teachers"][1:], self.ensemble.entries) if self.ensemble else []
+        lines += [f"teacher {name}'s token rows along them ({len(entry.ids())} training examples) are in "
+                  f"{entry.folder}" for name, entry in members]  # an ensemble's other teachers
+        return "\n".join(lines)
+
     def rows(self, example_id: str) -> SparseTargets:
         rows = self.entry.tokens(example_id)
         if self.ensemble is not None:  # mixed first: the written target still ends where the writer stopped

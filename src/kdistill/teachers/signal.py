@@ -40,6 +40,11 @@ class TeacherSignal:
     members: dict[str, TeacherTargets] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
+    def where(self) -> str:
+        """What was elicited (`kdistill elicit` prints it)."""
+        return (f"targets of {len(self.members)} teacher(s) ({', '.join(self.members)}) for {len(self.targets.ids)} "
+                "examples are in the store")
+
 
 def elicited_examples(data: PreparedData) -> list:
     """Every example a teacher is asked about: train (targets), validation (ensemble weights), test (report)."""
