@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from kdistill.errors import KdistillError
 from kdistill.models.causal_lm import verbalizer_token_ids
@@ -86,7 +87,8 @@ class FaithfulnessJudge:
                                 f"{len(summaries)} summaries.")
         prompts = [self.prompt_ids(source, summary) for source, summary in zip(sources, summaries)]
         out: list[float] = []
-        for start in range(0, len(prompts), self.batch_size):
+        for start in tqdm(range(0, len(prompts), self.batch_size), desc="judging faithfulness", unit="batch",
+                          leave=False):
             out += self._batch_scores(prompts[start:start + self.batch_size])
         return out
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from kdistill.errors import KdistillError
 
@@ -44,11 +45,11 @@ def end_token_ids(model, tokenizer) -> list[int]:
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 4,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
              max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
-             min_new_tokens: int = 0) -> list[Generation]:
+             min_new_tokens: int = 0, desc: str | None = None) -> list[Generation]:
     """Continuations of ``prompts`` (left-padded batches, length-sorted; returned in input order). A
     continuation ends at an end token (`end_token_ids`) or at the first of the ``stop`` strings, which is cut
     off with what follows; ``min_new_tokens`` holds the end tokens back until that many tokens are out
-    (fixed-length timing)."""
+    (fixed-length timing). ``desc``: a progress bar that moves every batch, saying this."""
     if max_new_tokens < 1:
         raise KdistillError(f"max_new_tokens must be >= 1; found {max_new_tokens}.")
     model.eval()
@@ -60,7 +61,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
     sides = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side = tokenizer.truncation_side = "left"
     try:
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None, leave=False):
             idx = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens)
@@ -82,11 +83,11 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
 
 
 def greedy_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_length: int, batch_size: int,
-                 stop: tuple[str, ...] | list[str] = ()) -> list[str]:
+                 stop: tuple[str, ...] | list[str] = (), desc: str | None = None) -> list[str]:
     """The greedy outputs that evaluation scores (and `select_by: rouge_l` validation too), stripped: each
     prompt keeps its last ``max_length - max_new_tokens`` tokens, so prompt and output fit ``max_length``."""
     generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           max_prompt_tokens=max_length - max_new_tokens, stop=stop)
+                           max_prompt_tokens=max_length - max_new_tokens, stop=stop, desc=desc)
     return [g.text.strip() for g in generations]
 
 

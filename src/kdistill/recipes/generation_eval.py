@@ -22,9 +22,10 @@ from kdistill.rundir import RunDir
 from kdistill.teachers.generation import GenTargets, targets_for
 
 
-def _outputs(module, tokenizer, prompts: list[str], cfg: RunConfig) -> list[str]:
+def _outputs(module, tokenizer, prompts: list[str], cfg: RunConfig, who: str | None = None) -> list[str]:
     return greedy_texts(module, tokenizer, prompts, max_new_tokens=cfg.task.max_new_tokens,
-                        max_length=cfg.student.max_length, batch_size=cfg.student.batch_size, stop=cfg.task.stop)
+                        max_length=cfg.student.max_length, batch_size=cfg.student.batch_size, stop=cfg.task.stop,
+                        desc=f"test outputs: {who}" if who else None)
 
 
 def _max_prompt_tokens(cfg: RunConfig) -> int:
@@ -123,13 +124,13 @@ def evaluate(cfg: RunConfig, *, progress: bool = True, teachers: Any = None, dat
     seed_outputs: dict[str, dict[str, list[str]]] = {}  # a trained variant's outputs, per seed
     models: dict[str, Any] = {}
     outputs["teacher"] = ([targets.target(e) for e in test] if cfg.task.targets == "teacher"
-                          else _outputs(*teacher, prompts, cfg))
+                          else _outputs(*teacher, prompts, cfg, "teacher"))
     models["teacher"] = {"name": cfg.teacher.model, "metrics": score(outputs["teacher"]),
                          "cost": _cost(*teacher, prompts, cfg, resolve_model_path(cfg.teacher.model))}
     if cfg.evaluation.baselines:
         torch.manual_seed(cfg.evaluation.seeds[0])
         untrained = load_causal_lm(cfg.student, device)
-        outputs["student_untrained"] = _outputs(*untrained, prompts, cfg)
+        outputs["student_untrained"] = _outputs(*untrained, prompts, cfg, "untrained student")
         models["student_untrained"] = {"name": cfg.student.model, "metrics": score(outputs["student_untrained"]),
                                        "cost": _cost(*untrained, prompts, cfg, resolve_model_path(cfg.student.model),
                                                      teacher)}
@@ -186,7 +187,7 @@ def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, o
             continue
         module = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(pick_device(cfg.training.device))
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        texts = _outputs(module, tokenizer, prompts, cfg)
+        texts = _outputs(module, tokenizer, prompts, cfg, f"{variant} seed {seed}")
         seed_outputs.setdefault(f"student_{variant}", {})[str(seed)] = texts
         if seed == cfg.evaluation.seeds[0]:
             outputs[f"student_{variant}"] = texts
