@@ -72,17 +72,18 @@ def size_on_disk(path: str | Path | None) -> int | None:
 
 def measure_cost(model: LabelModel, examples: list["Example"], *, latency_examples: int,
                  throughput_batch_size: int, throughput_batches: int, warmup_batches: int,
-                 model_dir: str | Path | None = None) -> dict[str, Any]:
+                 model_dir: str | Path | None = None, desc: str | None = None) -> dict[str, Any]:
     """Latency per example at batch 1 (p50 / p95) and throughput at a fixed batch, end to end from text.
 
-    Every model is timed by this same function, on the same examples, tokenization included.
+    Every model is timed by this same function, on the same examples, tokenization included. ``desc``: a
+    progress bar saying this, moved between timed calls (its own cost is outside every timing).
     """
     texts = [e.text for e in examples]
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     for text in texts[:warmup_batches]:
         model.predict_logits([text])
     latencies = []
-    for text in texts[:latency_examples]:
+    for text in tqdm(texts[:latency_examples], desc=desc, unit="ex", disable=desc is None, leave=False):
         start = time.perf_counter()
         model.predict_logits([text])
         sync()

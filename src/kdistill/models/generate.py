@@ -129,15 +129,16 @@ def _timed(model, tokenizer, prompt: str, *, max_new_tokens: int, max_prompt_tok
 
 def generation_cost(model, tokenizer, prompts: list[str], *, max_new_tokens: int, warmup: int = 1,
                     max_prompt_tokens: int | None = None, stop: tuple[str, ...] | list[str] = (),
-                    fixed_length: bool = False) -> dict:
+                    fixed_length: bool = False, desc: str | None = None) -> dict:
     """Greedy generation one prompt at a time, end to end from text: seconds per output (p50, p95) and
-    generated tokens per second over all of them. Every model is timed by this same function."""
+    generated tokens per second over all of them. Every model is timed by this same function. ``desc``: a
+    progress bar saying this, moved between timed calls."""
     settings = dict(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, stop=stop,
                     fixed_length=fixed_length)
     for prompt in prompts[:warmup]:
         _timed(model, tokenizer, prompt, **settings)
     seconds, tokens = [], 0
-    for prompt in prompts:
+    for prompt in tqdm(prompts, desc=desc, unit="output", disable=desc is None, leave=False):
         took, num_tokens = _timed(model, tokenizer, prompt, **settings)
         seconds.append(took)
         tokens += num_tokens

@@ -41,7 +41,7 @@ def _cost(module, tokenizer, prompts: list[str], cfg: RunConfig, model_dir: str 
     from kdistill.eval.labels import size_on_disk
 
     n = max(1, min(cfg.evaluation.latency_examples, len(prompts)))
-    cost = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens,
+    cost = generation_cost(module, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens, desc="timing",
                            max_prompt_tokens=_max_prompt_tokens(cfg), stop=cfg.task.stop)
     # the same prompts again, each written to exactly max_new_tokens (EOS and stop strings held back): the
     # speed-up in tokens/s then compares the models, not the lengths of what each chose to write

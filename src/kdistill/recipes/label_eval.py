@@ -44,7 +44,8 @@ def _cost(model: LabelModel, examples: list[Example], cfg: RunConfig, model_dir:
     with getattr(model, "fresh_requests", contextlib.nullcontext)():
         return measure_cost(model, examples, latency_examples=ev.latency_examples,
                             throughput_batch_size=ev.throughput_batch_size, throughput_batches=ev.throughput_batches,
-                            warmup_batches=ev.warmup_batches, model_dir=model_dir)
+                            warmup_batches=ev.warmup_batches, model_dir=model_dir,
+                            desc=f"timing {Path(str(model_dir)).name if model_dir else 'the model'}")
 
 
 def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
