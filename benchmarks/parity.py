@@ -99,11 +99,12 @@ def compare(name: str) -> None:
              "| weights | before sha256 | after sha256 |", "|---|---|---|"]
     for path, digest in both["after"]["fingerprint"]["weights_sha256"].items():
         lines.append(f"| `{path}` | `{both['before']['fingerprint']['weights_sha256'].get(path, '-')}` | `{digest}` |")
-    lines += ["", "| model | macro-F1 / ROUGE-L before | after |", "|---|---|---|"]
+    lines += ["", "| model | headline figure | before | after |", "|---|---|---|---|"]
     rows = {label: {r["model"]: r for r in both[label]["fingerprint"]["results"]["comparison"]} for label in both}
     for model, row in rows["after"].items():
-        key = "macro_f1" if "macro_f1" in row else "rouge_l"
-        lines.append(f"| {model} | {rows['before'].get(model, {}).get(key)} | {row.get(key)} |")
+        key = "macro_f1" if "macro_f1" in row else "headline"  # a generation card's headline: ROUGE-L or EM
+        name = "macro-F1" if key == "macro_f1" else row.get("headline_metric", key)
+        lines.append(f"| {model} | {name} | {rows['before'].get(model, {}).get(key)} | {row.get(key)} |")
     lines += [""] + [f"- {d}" for d in diffs[:40]]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
