@@ -120,9 +120,10 @@ def cmd_ls(args):
 
 
 COMMANDS: dict[str, tuple[Callable, str]] = {
-    "run": (cmd_run, "the whole pipeline: data, teacher, students (every variant and seed), evaluation, report"),
-    "elicit": (cmd_elicit, "ask every teacher once and keep its label distributions in the run's teacher cache "
-                           "(resumes after an interruption)"),
+    "run": (cmd_run, "the whole run: data, teacher, students (every variant and seed), evaluation, report"),
+    "elicit": (cmd_elicit, "ask every teacher once and keep its answers in the run's teacher cache (label "
+                           "distributions; for generation, token rows and written targets); resumes after an "
+                           "interruption"),
     "train": (cmd_train, "train one student variant with one seed"),
     "search": (cmd_search, "search the distilled student's hyper-parameters with optuna on a subsample (the config's "
                            "`search` section); resumes after a kill; writes search/results.md and best.yaml"),
