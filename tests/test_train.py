@@ -100,7 +100,7 @@ def test_early_stopping_restores_best_weights(tiny_config, tiny_models, tmp_path
     result = trainer.run()
     vals = [h["val_macro_f1"] for h in result.state.history if "val_macro_f1" in h]
     assert result.state.best_metric == max(vals)
-    from kdistill.train.loop import macro_f1
+    from kdistill.train.label_steps import macro_f1
 
     assert macro_f1(student, data.validation, batch_size=32) == pytest.approx(result.state.best_metric)
 

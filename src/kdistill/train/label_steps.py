@@ -8,13 +8,14 @@ gold labels and the teacher's label distributions (and hidden states, and the ba
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
 from kdistill import distributed
+from kdistill.config import TrainingConfig
 from kdistill.losses.objective import Objective, StepTargets
 from kdistill.models import LabelModel
 from kdistill.models.base import pool_states
@@ -23,7 +24,17 @@ from kdistill.train.precision import autocast
 
 if TYPE_CHECKING:
     from kdistill.data import Example
-    from kdistill.train.loop import Trainer
+
+
+class StepHost(Protocol):
+    """What label steps read of the loop that runs them (`loop.Trainer`): passed in, not imported, so the
+    adapter knows the loop only by this contract."""
+
+    model: LabelModel
+    objective: Objective
+    cfg: TrainingConfig
+    device: torch.device
+    together: bool
 
 
 def macro_f1(model: LabelModel, examples: list["Example"], batch_size: int) -> float:
@@ -67,7 +78,7 @@ class LabelSteps:
     ``objective.hidden_targets`` order; ``label_prior``, (L,), the balance term's prior target;
     ``labelled_ids``, the examples whose gold label may be used (None: all)."""
 
-    def __init__(self, trainer: "Trainer", *, targets: TeacherTargets | None, teacher_hidden: list[TeacherTargets] | None,
+    def __init__(self, trainer: StepHost, *, targets: TeacherTargets | None, teacher_hidden: list[TeacherTargets] | None,
                  label_prior: torch.Tensor | None, labelled_ids: set[str] | None) -> None:
         self._check_inputs(trainer.objective, targets, teacher_hidden, label_prior, labelled_ids)
         self.trainer, self.targets, self.teacher_hidden = trainer, targets, teacher_hidden
