@@ -106,7 +106,8 @@ def _assert_close_runs(one, two, weight_tol: float = WEIGHT_TOL):
 @pytest.mark.slow
 def test_two_processes_train_the_same_student_as_one(tmp_path, tiny_models):
     for name, processes in (("one", 1), ("two", 2)):
-        done = _launch(_config(tmp_path, tiny_models, name), "run", processes)
+        # the finished student's checkpoints are kept here, to look at what the processes wrote
+        done = _launch(_config(tmp_path, tiny_models, name, keep_finished_checkpoints=True), "run", processes)
         assert done.returncode == 0, _errors(done)
     _assert_close_runs(_outputs(tmp_path, "one"), _outputs(tmp_path, "two"))
     # only the main process wrote: one checkpoint folder per step, no stray temporaries
