@@ -101,13 +101,35 @@ def cmd_cache(args):
     elif args.action == "verify":
         ok, text = cache_verify(args.path)
         print(text)
+        if not ok and args.repair:
+            ok = _repair_cache(args.path, args.config)
         if not ok:
-            raise KdistillError(f"{args.path}: damaged or incomplete entries (above); `kdistill elicit` asks the "
-                                "teacher again for exactly the damaged or missing shards.")
+            raise KdistillError(f"{args.path}: damaged or incomplete entries (above); `kdistill cache verify "
+                                f"{args.path} --repair` asks the teacher again for exactly the damaged shards.")
     else:
         if not args.out:
             raise KdistillError("cache export: give --out FILE.jsonl.")
         print(f"{cache_export(args.path, args.out)} examples written to {args.out}")
+
+
+def _repair_cache(path: str, config: str | None) -> bool:
+    """Delete the damaged shards, then elicit with the run's config (the cache's own run directory's, unless
+    --config names one): only those shards are asked again. True if the cache then verifies."""
+    from kdistill import api
+    from kdistill.cache import cache_repair, cache_verify
+    from kdistill.config import load_config
+    from kdistill.rundir import RunDir
+
+    removed = cache_repair(path)
+    run = RunDir.of_teacher_cache(path)
+    if config is None and (run is None or not run.config.exists()):
+        raise KdistillError(f"removed {len(removed)} damaged shards ({', '.join(removed) or 'none'}); this cache is not "
+                            "inside a run directory, so give the run's config with --config to ask for them again.")
+    where = {} if config is not None else {"output_dir": str(run.root.parent), "name": run.root.name}
+    api.elicit(load_config(config or run.config, where), progress=False)
+    ok, text = cache_verify(path)
+    print(f"repaired: {len(removed)} damaged shards asked again ({', '.join(removed) or 'none'})\n{text}")
+    return ok
 
 
 def cmd_shrink(args):
@@ -184,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=["info", "verify", "export"])
     cache.add_argument("path", help="a teacher cache folder (runs/NAME/teacher_cache) or one entry in it")
     cache.add_argument("--out", help="export: the JSONL file to write (one example per line)")
+    cache.add_argument("--repair", action="store_true",
+                       help="verify: delete the damaged shards and ask the teacher again for exactly those")
+    cache.add_argument("--config", help="verify --repair: the run config to elicit with (default: the config.yaml "
+                                        "of the run directory the cache is in)")
     shrink = sub.choices["shrink"]
     shrink.add_argument("model", help="the model to copy layers from: built-in name, local folder or hub id")
     shrink.add_argument("--layers", required=True,
