@@ -52,7 +52,11 @@ class RunDir:
 
     def finetuned_teacher(self, name: str, key: str) -> Path:
         """A teacher kdistill fine-tuned, keyed by what determined it."""
-        return self.teacher_cache / "finetuned" / f"{name}-{key[:16]}"
+        return self.finetuned_teachers / f"{name}-{key[:16]}"
+
+    @property
+    def finetuned_teachers(self) -> Path:
+        return self.teacher_cache / "finetuned"
 
     def endpoint_journal(self, name: str) -> Path:
         return self.teacher_cache / "endpoint-journals" / f"{name}.jsonl"

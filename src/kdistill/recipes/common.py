@@ -35,7 +35,9 @@ def remove_partial_writes(cfg: RunConfig) -> None:
     about 1 GB): nothing reads them, and nothing else would ever remove them."""
     paths = cfg.paths
     steps = sorted(p for p in paths.all_checkpoints.iterdir() if p.is_dir()) if paths.all_checkpoints.is_dir() else []
-    for folder in paths.written_atomically + steps:
+    # the teacher cache's own files (elicitation speed, fine-tuned teachers), unless it is shared through a link
+    cache = [] if paths.teacher_cache.is_symlink() else [paths.teacher_cache, paths.finetuned_teachers]
+    for folder in paths.written_atomically + steps + cache:
         for partial in remove_partial(folder):
             log.info("removed %s, left half-written by an interrupted run", partial)
 
