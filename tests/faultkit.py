@@ -270,18 +270,22 @@ def run_bad_input(case: dict[str, Any], base: dict[str, Any], folder: Path) -> B
     then `kdistill <command> ...` in this process, stderr captured with the CLI's log lines in it."""
     from kdistill.cli import main
 
+    case, argv = prepare_bad_input(case, base, folder)
+    before = _snapshot(folder)
+    code, err = _main_captured(main, argv, case.get("env", {}))
+    written = sorted(_snapshot(folder) - before)
+    return BadInput(case["name"], code, err, case["expect"], written)
+
+
+def prepare_bad_input(case: dict[str, Any], base: dict[str, Any], folder: Path) -> tuple[dict[str, Any], list[str]]:
+    """The case with {tmp} and {config} filled in, after making its files and config; and its command line."""
     folder.mkdir(parents=True, exist_ok=True)
-    names = {"tmp": str(folder), "config": str(folder / "case.yaml")}
-    case = _fill(case, names)
+    case = _fill(case, {"tmp": str(folder), "config": str(folder / "case.yaml")})
     _make_files(case, folder)
     config = _merge({**base, "output_dir": str(folder / "runs")}, case.get("config", {}))
     (folder / "case.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    argv = case.get("argv") or [case.get("command", "run"), names["config"]]
-    argv = [*argv, *[a for pair in case.get("set", []) for a in ("--set", pair)]]
-    before = _snapshot(folder)
-    code, err = _main_captured(main, [str(a) for a in argv], case.get("env", {}))
-    written = sorted(_snapshot(folder) - before)
-    return BadInput(case["name"], code, err, case["expect"], written)
+    argv = case.get("argv") or [case.get("command", "run"), str(folder / "case.yaml")]
+    return case, [str(a) for a in [*argv, *[a for pair in case.get("set", []) for a in ("--set", pair)]]]
 
 
 def _main_captured(main: Any, argv: list[str], env: dict[str, str]) -> tuple[int, str]:

@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         if isinstance(err, KdistillError):
             line, code = f"kdistill: error: {_one_line(err)}", 2
+        elif isinstance(err, OSError) and err.errno is None:  # a library's sentence (transformers: no such model)
+            line, code = f"kdistill: error: {_one_line(err)}", 2
         elif isinstance(err, OSError):
             where, fix = describe_os_error(err)
             line, code = f"kdistill: error: {where}; {fix}, {_again(args.command)}.", 2

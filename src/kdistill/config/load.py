@@ -67,8 +67,10 @@ def _blame_override(err: KdistillError, where: str, overrides: dict[str, Any]) -
     for key, value in overrides.items():
         parent, _, leaf = key.rpartition(".")
         section = f"{where}.{parent}" if parent else where
-        for prefix, keep in ((f"{where}.{key}", ""), (f"cannot set {key}", ""),
-                             (f"{section}: unknown field {leaf!r}", f": unknown field {leaf!r}"),
+        parts = key.split(".")
+        unknown = [(".".join([where, *parts[:i]]) + f": unknown field {part!r}", f": unknown field {part!r}")
+                   for i, part in enumerate(parts)]  # the key's own field, or a section above it
+        for prefix, keep in ((f"{where}.{key}", ""), (f"cannot set {key}", ""), *unknown,
                              (f"{section}: {key} ", f": {key} "),  # a section's check that names the key
                              (f"{section}: {leaf} ", f": {key} ")):  # ... or the field alone
             if text.startswith(prefix):

@@ -76,7 +76,10 @@ def load_tokenizers(cfg: RunConfig, *, student: bool = True) -> list[LoadedToken
 
     loaded = []
     for role, key, model in model_roles(cfg, student=student):
-        path = resolve_model_path(model.model)
+        try:
+            path = resolve_model_path(model.model)
+        except KdistillError as err:
+            raise KdistillError(f"{key}.model: {err}") from None
         options = dict(revision=model.revision, trust_remote_code=model.trust_remote_code)
         try:
             AutoConfig.from_pretrained(path, **options)
@@ -86,8 +89,19 @@ def load_tokenizers(cfg: RunConfig, *, student: bool = True) -> list[LoadedToken
             raise KdistillError(f"{key}.model {model.model!r}: its config or tokenizer does not load ({first}); name "
                                 "a built-in model (`kdistill ls models`), a local save_pretrained folder, or a hub id "
                                 "while online.") from None
+        _check_weights(key, model, Path(path))
         loaded.append(LoadedTokenizer(role, key, model, path, tokenizer))
     return loaded
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _check_weights(key: str, model: ModelConfig, path: Path) -> None:
+    """A local model folder holds its weights (a hub id's are fetched when it loads)."""
+    if path.is_dir() and not any((path / name).exists() for name in WEIGHT_FILES):
+        raise KdistillError(f"{key}.model {model.model!r}: the folder holds no weights (none of {', '.join(WEIGHT_FILES)}"
+                            "); point it at a complete save_pretrained folder.")
 
 
 def preflight(cfg: RunConfig, *, models: bool = True, student: bool = True) -> None:
