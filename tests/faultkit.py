@@ -292,6 +292,7 @@ def _main_captured(main: Any, argv: list[str], env: dict[str, str]) -> tuple[int
     """``main(argv)`` with stderr as a user would read it: the CLI's log lines and warnings go there too."""
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     old_level, old_env = root.level, {k: os.environ.get(k) for k in env}
     root.addHandler(handler)

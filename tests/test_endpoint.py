@@ -195,7 +195,7 @@ def test_outage_raises_a_clear_error_keeps_answers_and_a_rerun_finishes(tmp_path
 def test_a_request_the_server_rejects_stops_the_run_and_keeps_the_other_answers(tmp_path):
     texts = TEXTS[:12] + ["<too long>"] + TEXTS[12:]
     with FakeOpenAI() as server:
-        with pytest.raises(KdistillError, match=r"refused a request: .*exceeds the available context size.* answers "
+        with pytest.raises(KdistillError, match=r"cannot go on: .*exceeds the available context size.* answers "
                                                 r"are kept") as err:
             teacher(server.url, tmp_path / "j.jsonl", max_concurrency=2).label_logprobs(texts)
     assert "max_retries" not in str(err.value)  # asking again cannot help

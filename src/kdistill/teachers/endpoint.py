@@ -315,7 +315,7 @@ class EndpointLabelModel(LabelModel):
                 "this run), and a re-run asks only for the rest")
         cause = self.transport.redact(str(real[0])).rstrip(".")
         if isinstance(real[0], KdistillError):
-            return KdistillError(f"the endpoint teacher's server refused a request: {cause}. {kept}.")
+            return KdistillError(f"the endpoint teacher cannot go on: {cause}. {kept}.")
         return KdistillError(f"the endpoint teacher could not get an answer after retrying: {cause}. {kept}, once the "
                              f"server answers again ({retry_hint(self.config_key)}).")
 
