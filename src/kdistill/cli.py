@@ -231,6 +231,15 @@ def _again(command: str) -> str:
     return f"then run `kdistill {command}` again"
 
 
+def _close_progress_bars() -> None:
+    """End the progress bars a failure left open, so that the error starts a line of its own and no bar is
+    drawn after it."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
@@ -250,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdistill: interrupted; {hint}", file=sys.stderr)
         return 130
     except Exception as err:  # the one place a failure becomes one line (the traceback only on request)
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
         if isinstance(err, KdistillError):
