@@ -44,3 +44,22 @@ def test_the_same_through_a_real_process(name, base, tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and case["expect"] in lines[0], done.stderr
     assert "Traceback" not in done.stderr and sorted(folder.rglob("*")) == before
+
+
+def test_a_quoted_field_longer_than_pythons_csv_limit_is_read_and_cut_to_max_chars(tmp_path, tiny_config):
+    """A 10 MB quoted field was reported as bad quoting: it was Python's csv field-size limit (128 KiB)."""
+    import csv
+    from dataclasses import replace
+
+    from conftest import make_texts
+    from kdistill.data.loaders import load_examples
+
+    path = tmp_path / "long.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_ALL)
+        writer.writerow(["text", "label"])
+        writer.writerows(make_texts(20))
+        writer.writerow(["great, fun\n" * 1_000_000, "positive"])  # 11 MB, commas and newlines inside
+    cfg = tiny_config()
+    examples = load_examples(replace(cfg.data, path=str(path)), cfg.task)
+    assert len(examples) == 21 and len(examples[-1].text) <= cfg.data.max_chars

@@ -127,4 +127,5 @@ def report(cfg: RunConfig) -> Path:
 
     if not cfg.paths.results.exists():
         raise KdistillError(f"{cfg.paths.results}: no results yet; run `kdistill eval` (or `kdistill run`) first.")
-    return write_card(cfg.run_dir, json.loads(cfg.paths.results.read_text(encoding="utf-8")), dump_yaml(cfg))
+    results = read_json(cfg.paths.results, "run `kdistill eval` again to write it.")
+    return write_card(cfg.run_dir, results, dump_yaml(cfg))

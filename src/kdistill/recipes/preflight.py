@@ -9,7 +9,7 @@ not here. The label and generation recipes' `validate` report what these checks 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,14 @@ def check_device(cfg: RunConfig) -> None:
 
 def model_roles(cfg: RunConfig, *, student: bool = True) -> list[tuple[str, str, ModelConfig]]:
     """(role, config key, model) of each model a run loads here: each teacher that is not behind an endpoint,
-    and the student."""
+    a generation task's faithfulness judge, and the student."""
     roles: list[tuple[str, str, ModelConfig]] = []
     for i, member in enumerate(cfg.members):
         if not member.is_endpoint:
             key = "teacher" if i == 0 else f"teachers[{i - 1}]"
             roles.append((f"teacher {member.display_name}", key, member))
+    if cfg.task.kind == "generation" and cfg.evaluation.judge:  # loaded after training: checked before it
+        roles.append(("judge", "evaluation.judge", replace(cfg.teacher, model=cfg.evaluation.judge)))
     return roles + ([("student", "student", cfg.student)] if student else [])
 
 
