@@ -143,8 +143,9 @@ def run_endpoint_case(case: EndpointCase, base: dict[str, Any], folder: Path,
         return EndpointOutcome(case.name, False, line, "the API key was repeated")
     if case.expect is None and code != 0:
         return EndpointOutcome(case.name, False, line, f"exit {code} where the clean run's answers were expected")
-    if case.expect is not None:
-        errors = [x for x in lines if x.startswith("kdistill:")]
+    if case.expect is not None:  # a closed progress bar may leave cursor moves before the error on its line
+        errors = [x[x.index("kdistill:"):] for x in lines if "kdistill:" in x]
+        line = errors[-1] if errors else line
         clear = (code == 2 and len(errors) == 1 and case.expect in errors[0] and "Traceback" not in stderr
                  and not (case.refusal and "max_retries" in errors[0]))
         if not clear:
