@@ -54,17 +54,6 @@ def damage(folder: str | Path) -> str | None:
     return None
 
 
-def has_checksums(folder: str | Path) -> bool:
-    return (Path(folder) / CHECKSUMS).exists()
-
-
-def verify(folder: str | Path, fix: str) -> None:
-    """Raise a KdistillError naming the damaged file of ``folder``, and ``fix``."""
-    problem = damage(folder)
-    if problem is not None:
-        raise KdistillError(f"{problem}; {fix}")
-
-
 def read_json(path: str | Path, fix: str) -> Any:
     """A JSON file kdistill wrote, or a KdistillError naming it and ``fix`` if it is missing or damaged."""
     try:
@@ -88,7 +77,7 @@ def student_damage(folder: str | Path) -> str | None:
     """What is wrong with a saved student's files, or None. A student saved before kdistill wrote checksums
     (its kdistill.json does not name them) passes, with a warning: it cannot be checked."""
     folder = Path(folder)
-    if has_checksums(folder):
+    if (folder / CHECKSUMS).exists():
         return damage(folder)
     try:
         meta = read_json(folder / "kdistill.json", "")
