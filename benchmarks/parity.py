@@ -103,8 +103,8 @@ def compare(name: str) -> None:
     rows = {label: {r["model"]: r for r in both[label]["fingerprint"]["results"]["comparison"]} for label in both}
     for model, row in rows["after"].items():
         key = "macro_f1" if "macro_f1" in row else "headline"  # a generation card's headline: ROUGE-L or EM
-        name = "macro-F1" if key == "macro_f1" else row.get("headline_metric", key)
-        lines.append(f"| {model} | {name} | {rows['before'].get(model, {}).get(key)} | {row.get(key)} |")
+        metric = "macro-F1" if key == "macro_f1" else row.get("headline_metric", key)
+        lines.append(f"| {model} | {metric} | {rows['before'].get(model, {}).get(key)} | {row.get(key)} |")
     lines += [""] + [f"- {d}" for d in diffs[:40]]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
