@@ -120,3 +120,24 @@ def tiny_config(tmp_path, tiny_models):
         return from_dict(RunConfig, tiny_config_dict(tmp_path, tiny_models, **sections))
 
     return build
+
+
+def crash_then_resume(train, *, stop_at: int, checkpoints: Path, inspect=lambda checkpoint: None):
+    """``train(resume=...)`` killed after ``stop_at`` optimizer steps, ``inspect`` shown the one checkpoint left in
+    ``checkpoints``, then resumed: returns what the resumed ``train`` returns."""
+    from kdistill.train.loop import StopTraining, Trainer
+
+    original_run = Trainer.run
+
+    def crash(self, *, resume=False, stop_after_steps=None):
+        return original_run(self, resume=resume, stop_after_steps=None if resume else stop_at)
+
+    Trainer.run = crash
+    try:
+        with pytest.raises(StopTraining):
+            train(resume=False)
+        [checkpoint] = checkpoints.glob("step-*")
+        inspect(checkpoint)
+        return train(resume=True)
+    finally:
+        Trainer.run = original_run

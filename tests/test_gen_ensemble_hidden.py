@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import save_tiny_lm
+from conftest import crash_then_resume, save_tiny_lm
 from kdistill.errors import KdistillError
 from kdistill.losses.divergences import SparseTargets
 from kdistill.teachers.ensemble import token_confidence_weights, token_mixture
@@ -277,7 +277,6 @@ def test_a_resumed_student_of_an_ensemble_with_the_hidden_term_equals_an_uninter
     from kdistill.data.gen_data import prepare_generation
     from kdistill.recipes.generation import train as train_generation
     from kdistill.teachers.generation import targets_for
-    from kdistill.train.loop import StopTraining, Trainer
 
     cfg = _config(tmp_path, tiny_models, teachers=[_member(tmp_path)], ensemble={"combine": "confidence"},
                   objective={"hidden": {"weight": 0.5, "teachers": ["lm", "lm3"], "layers": "last-1"}},
@@ -288,20 +287,13 @@ def test_a_resumed_student_of_an_ensemble_with_the_hidden_term_equals_an_uninter
     expected = load_file(str(whole / "model.safetensors"))
     history = json.loads((whole.parent / "distilled-seed0.training.json").read_text())["history"]
     assert any({"train_hidden:lm", "train_hidden:lm3", "train_hidden", "train_kd"} <= set(r) for r in history)
-    original_run = Trainer.run
 
-    def crash(self, *, resume=False, stop_after_steps=None):
-        return original_run(self, resume=resume, stop_after_steps=None if resume else 3)
-
-    Trainer.run = crash
-    try:
-        with pytest.raises(StopTraining):
-            train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
-        [checkpoint] = (cfg.run_dir / "checkpoints" / "distilled-seed0").glob("step-*")
+    def inspect(checkpoint):
         assert len(load_file(str(checkpoint / "objective.safetensors"))) == 4  # weight and bias, per teacher
-        resumed = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False,
-                                   resume=True)
-    finally:
-        Trainer.run = original_run
+
+    resumed = crash_then_resume(
+        lambda resume: train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets,
+                                        progress=False, resume=resume),
+        stop_at=3, checkpoints=cfg.run_dir / "checkpoints" / "distilled-seed0", inspect=inspect)
     got = load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(expected[k], got[k]) for k in expected)

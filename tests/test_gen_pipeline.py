@@ -10,7 +10,7 @@ import statistics
 import pytest
 import torch
 
-from conftest import FILLER, NEGATIVE, POSITIVE, save_tiny_lm
+from conftest import FILLER, NEGATIVE, POSITIVE, crash_then_resume, save_tiny_lm
 
 WORDS = FILLER + POSITIVE + NEGATIVE
 
@@ -213,7 +213,6 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
     from kdistill.data.gen_data import prepare_generation
     from kdistill.recipes.generation import train as train_generation
     from kdistill.teachers.generation import targets_for
-    from kdistill.train.loop import StopTraining, Trainer
 
     cfg = _gen_config(tmp_path, tiny_models, training={"epochs": 2, "checkpoint_every_steps": 1,
                                                        "on_policy_fraction": on_policy_fraction,
@@ -223,26 +222,19 @@ def test_a_resumed_generative_student_equals_an_uninterrupted_one(tmp_path, tiny
     targets = targets_for(cfg, data, progress=False)
     whole = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
     expected = load_file(str(whole / "model.safetensors"))
-    original_run = Trainer.run
 
-    def crash(self, *, resume=False, stop_after_steps=None):
-        return original_run(self, resume=resume, stop_after_steps=None if resume else stop_at)
-
-    Trainer.run = crash
-    try:
-        with pytest.raises(StopTraining):
-            train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False)
-        [checkpoint] = (cfg.run_dir / "checkpoints" / "distilled-seed0").glob("step-*")
+    def inspect(checkpoint):
         saved = set(load_file(str(checkpoint / "model.safetensors")))
         if trainable_layers:  # the frozen blocks are the pretrained weights: not in the checkpoint
             assert saved and not any("layers.0." in k or "embed_tokens" in k for k in saved)
             assert all("layers.1." in k or k.startswith("model.norm") for k in saved)
         else:
             assert saved == set(expected)
-        resumed = train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets, progress=False,
-                                   resume=True)
-    finally:
-        Trainer.run = original_run
+
+    resumed = crash_then_resume(
+        lambda resume: train_generation(cfg, variant="distilled", seed=0, data=data, targets=targets,
+                                        progress=False, resume=resume),
+        stop_at=stop_at, checkpoints=cfg.run_dir / "checkpoints" / "distilled-seed0", inspect=inspect)
     got = load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     training = json.loads((resumed.parent / "distilled-seed0.training.json").read_text())

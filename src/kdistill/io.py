@@ -69,10 +69,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, _mode(path, 0o777))
         yield tmp
+        # what the block wrote gets the modes a plain open() or mkdir() gives under the umask: some writers
+        # (transformers' save_pretrained among them) write through private temporary files of mode 0600
+        dir_mode, file_mode = _under_umask(0o777), _under_umask(0o666)
         for file in tmp.rglob("*"):
-            # what the block wrote gets the modes a plain open() or mkdir() gives under the umask: some writers
-            # (transformers' save_pretrained among them) write through private temporary files of mode 0600
-            os.chmod(file, _under_umask(0o777 if file.is_dir() else 0o666))
+            os.chmod(file, dir_mode if file.is_dir() else file_mode)
             if file.is_file():
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
