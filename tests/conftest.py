@@ -123,7 +123,7 @@ def tiny_config(tmp_path, tiny_models):
 
 
 def crash_then_resume(train, *, stop_at: int, checkpoints: Path, inspect=lambda checkpoint: None):
-    """``train(resume=...)`` killed after ``stop_at`` optimizer steps, ``inspect`` shown the one checkpoint left in
+    """``train(resume=...)`` killed after ``stop_at`` optimizer steps, ``inspect`` shown the newest checkpoint in
     ``checkpoints``, then resumed: returns what the resumed ``train`` returns."""
     from kdistill.train.loop import StopTraining, Trainer
 
@@ -136,7 +136,7 @@ def crash_then_resume(train, *, stop_at: int, checkpoints: Path, inspect=lambda 
     try:
         with pytest.raises(StopTraining):
             train(resume=False)
-        [checkpoint] = checkpoints.glob("step-*")
+        checkpoint = sorted(checkpoints.glob("step-*"))[-1]  # the newest of the steps kept
         inspect(checkpoint)
         return train(resume=True)
     finally:

@@ -86,8 +86,10 @@ class FakeOpenAI(_Server):
     """/v1/models, /v1/completions, /v1/chat/completions and llama.cpp's /tokenize, deterministic."""
 
     def __init__(self, *, api_key: str | None = None, legacy: bool = False, tokenize: bool = True,
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, model_ids: tuple[str, ...] = ("fake-lm",)) -> None:
+        """``model_ids``: what GET /v1/models lists (with several, a request must name one of them)."""
         self.api_key, self.legacy, self.tokenize, self.delay_s = api_key, legacy, tokenize, delay_s
+        self.model_ids = model_ids
         self.counts: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -118,8 +120,8 @@ class _FakeHandler(_Handler):
     def do_GET(self) -> None:
         if self.path == "/v1/models":
             self._send(200, json.dumps({"object": "list", "data": [
-                {"id": "fake-lm", "object": "model", "created": int(time.time()), "owned_by": "tests",
-                 "meta": {"n_params": 1234}}]}).encode())
+                {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "tests",
+                 "meta": {"n_params": 1234}} for model_id in self.owner.model_ids]}).encode())
         else:
             self._send(404, b'{"error": "not found"}')
 
@@ -148,11 +150,13 @@ class _FakeHandler(_Handler):
 
 
 FAULTS = ("timeout", "500", "429", "truncated", "not_json", "missing", "reset", "echo_key")
+# what asking again cannot fix: a refused key, a wrong route, a server that does not give log-probabilities
+REFUSALS = ("401", "403", "404", "no_logprobs")
 
 
 class FaultProxy(_Server):
     """Forwards to ``upstream`` (http://host:port), injecting ``plan(n, path)`` for the n-th request:
-    None forwards it untouched, else one of FAULTS. ``events`` records (n, path, fault, monotonic time)."""
+    None forwards it untouched, else one of FAULTS or REFUSALS. ``events`` records (n, path, fault, monotonic time)."""
 
     def __init__(self, upstream: str, plan: Callable[[int, str], str | None], *, stall_s: float = 1.0,
                  retry_after: str = "0") -> None:
@@ -205,6 +209,8 @@ class _ProxyHandler(_Handler):
         if fault == "echo_key":  # a careless server that repeats the credentials it was sent
             echoed = {"error": f"bad gateway for {self.headers.get('Authorization')}"}
             return self._send(502, json.dumps(echoed).encode())
+        if fault in ("401", "403", "404"):
+            return self._send(int(fault), b'{"error": "refused by the fault proxy"}')
         if fault == "429":
             return self._send(429, b'{"error": "rate limited"}', {"Retry-After": proxy.retry_after})
         if fault == "not_json":
@@ -215,4 +221,9 @@ class _ProxyHandler(_Handler):
         status, payload, _ = proxy.forward(method, self.path, body, headers)
         if fault == "truncated":
             payload = payload[: len(payload) // 2]
+        if fault == "no_logprobs":  # a server that ignores the request's logprobs
+            reply = json.loads(payload)
+            for choice in reply.get("choices", []):
+                choice.pop("logprobs", None)
+            payload = json.dumps(reply).encode()
         self._send(status, payload)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from kdistill.config import RunConfig, load_config
 from kdistill.errors import KdistillError
+from kdistill.recipes.preflight import preflight
 from kdistill.recipes.registry import recipe_for
 from kdistill.recipes.stages import report_stages, run_stages, stage_configs
 
@@ -26,6 +27,14 @@ ConfigLike = RunConfig | str | Path | None
 
 def _config(config: ConfigLike, overrides: dict[str, Any] | None = None) -> RunConfig:
     return config if isinstance(config, RunConfig) else load_config(config, overrides)
+
+
+def _checked(cfg: RunConfig, *, models: bool = True, student: bool = True) -> RunConfig:
+    """``cfg`` after the checks a command makes before any work or write (recipes.preflight): the output
+    folder, the device and each model's config and tokenizer, of every stage when it has stages."""
+    for one in stage_configs(cfg) if cfg.stages else [cfg]:
+        preflight(one, models=models, student=student)
+    return cfg
 
 
 def _single_run(cfg: RunConfig, command: str) -> RunConfig:
@@ -50,7 +59,7 @@ def elicit(config: ConfigLike = None, *, progress: bool = True, teachers: Any = 
     """The teacher's answers for the run's examples, from the cache or asked once: a label task's
     ``TeacherSignal`` (every teacher's label distributions, recalibrated and combined), a generation
     task's ``GenTargets`` (token rows, and the written targets where the teacher writes them)."""
-    cfg = _single_run(_config(config), "elicit")
+    cfg = _checked(_single_run(_config(config), "elicit"), student=False)
     return recipe_for(cfg.task).elicit(cfg, progress=progress, teachers=teachers)
 
 
@@ -59,7 +68,7 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
     """Train one student variant with one seed (default: the first of evaluation.seeds); returns the saved
     student folder. ``on_record`` sees each training-history record as it is made. ``options`` go to the
     recipe's train (the label recipe's `targets`, `teachers`, `data`, `init_from` ...)."""
-    cfg = _single_run(_config(config), "train")
+    cfg = _checked(_single_run(_config(config), "train"))
     return recipe_for(cfg.task).train(cfg, variant=variant, seed=seed, resume=resume, progress=progress,
                                       on_record=on_record, **options)
 
@@ -67,14 +76,14 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
 def evaluate(config: ConfigLike = None, *, progress: bool = True, teachers: Any = None) -> Path:
     """Score the teacher(s), the untrained student and every trained student on the test split, with the
     cost of each; returns eval/results.json's path."""
-    cfg = _single_run(_config(config), "eval")
+    cfg = _checked(_single_run(_config(config), "eval"))
     return recipe_for(cfg.task).evaluate(cfg, progress=progress, teachers=teachers)
 
 
 def report(config: ConfigLike = None) -> Path:
     """report.md, report.html and plots/ from eval/results.json; returns report.md's path. A config with
     stages: every stage's reports, then the run's combined ones."""
-    cfg = _config(config)
+    cfg = _checked(_config(config), models=False)
     return report_stages(cfg) if cfg.stages else recipe_for(cfg.task).report(cfg)
 
 
@@ -82,7 +91,7 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
         overrides: dict[str, Any] | None = None) -> Path:
     """The whole run: data, elicitation, every student variant and seed, evaluation, the exported student
     and the report card; returns the run directory. ``overrides``: dotted keys set on a YAML config."""
-    cfg = _config(config, overrides)
+    cfg = _checked(_config(config, overrides))
     if cfg.stages:
         return run_stages(cfg, resume=resume, progress=progress)
     return recipe_for(cfg.task).run(cfg, resume=resume, progress=progress)

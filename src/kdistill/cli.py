@@ -1,16 +1,23 @@
-"""The `kdistill` command: a thin table of sub-commands over the plain functions of kdistill.api."""
+"""The `kdistill` command: a thin table of sub-commands over the plain functions of kdistill.api.
+
+It is also the boundary where every failure becomes one line on stderr and a non-zero exit: a user error
+(KdistillError, exit 2), a fault of the machine such as a full disk (OSError, exit 2, naming the path),
+and, should one remain, a bug of kdistill (exit 1). `--debug` or KDISTILL_DEBUG=1 adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
-from typing import Any, Callable
+import traceback
+from typing import Any, Callable, NoReturn
 
 import yaml
 
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, describe_os_error
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -94,13 +101,35 @@ def cmd_cache(args):
     elif args.action == "verify":
         ok, text = cache_verify(args.path)
         print(text)
+        if not ok and args.repair:
+            ok = _repair_cache(args.path, args.config)
         if not ok:
-            raise KdistillError(f"{args.path}: damaged or incomplete entries (above); `kdistill elicit` asks the "
-                                "teacher again for exactly the damaged or missing shards.")
+            raise KdistillError(f"{args.path}: damaged or incomplete entries (above); `kdistill cache verify "
+                                f"{args.path} --repair` asks the teacher again for exactly the damaged shards.")
     else:
         if not args.out:
             raise KdistillError("cache export: give --out FILE.jsonl.")
         print(f"{cache_export(args.path, args.out)} examples written to {args.out}")
+
+
+def _repair_cache(path: str, config: str | None) -> bool:
+    """Delete the damaged shards, then elicit with the run's config (the cache's own run directory's, unless
+    --config names one): only those shards are asked again. True if the cache then verifies."""
+    from kdistill import api
+    from kdistill.cache import cache_repair, cache_verify
+    from kdistill.config import load_config
+    from kdistill.rundir import RunDir
+
+    removed = cache_repair(path)
+    run = RunDir.of_teacher_cache(path)
+    if config is None and (run is None or not run.config.exists()):
+        raise KdistillError(f"removed {len(removed)} damaged shards ({', '.join(removed) or 'none'}); this cache is not "
+                            "inside a run directory, so give the run's config with --config to ask for them again.")
+    where = {} if config is not None else {"output_dir": str(run.root.parent), "name": run.root.name}
+    api.elicit(load_config(config or run.config, where), progress=False)
+    ok, text = cache_verify(path)
+    print(f"repaired: {len(removed)} damaged shards asked again ({', '.join(removed) or 'none'})\n{text}")
+    return ok
 
 
 def cmd_shrink(args):
@@ -138,14 +167,25 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the one line every other error is (not a usage block and then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"kdistill: error: {self.prog}: {message}; see `{self.prog} --help`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdistill", description="Task-specific knowledge distillation with a report card.",
-                                     allow_abbrev=False)  # `--resum` is a typo, not --resume
+    parser = _Parser(prog="kdistill", description="Task-specific knowledge distillation with a report card.",
+                     allow_abbrev=False)  # `--resum` is a typo, not --resume
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also KDISTILL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         p.set_defaults(func=func)
+        # also after the command (`kdistill run x.yaml --debug`); SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
         if name in {"run", "elicit", "train", "search", "eval", "report", "validate"}:
             p.add_argument("config", nargs="?", default=None,
                            help="run config YAML (default: the built-in default job, see `kdistill ls configs`)")
@@ -167,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=["info", "verify", "export"])
     cache.add_argument("path", help="a teacher cache folder (runs/NAME/teacher_cache) or one entry in it")
     cache.add_argument("--out", help="export: the JSONL file to write (one example per line)")
+    cache.add_argument("--repair", action="store_true",
+                       help="verify: delete the damaged shards and ask the teacher again for exactly those")
+    cache.add_argument("--config", help="verify --repair: the run config to elicit with (default: the config.yaml "
+                                        "of the run directory the cache is in)")
     shrink = sub.choices["shrink"]
     shrink.add_argument("model", help="the model to copy layers from: built-in name, local folder or hub id")
     shrink.add_argument("--layers", required=True,
@@ -179,22 +223,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _again(command: str) -> str:
+    """How to carry on after the cause of a failure is fixed."""
+    if command in ("run", "train"):
+        return f"then run `kdistill {command}` again with --resume (nothing done so far is lost)"
+    if command in ("elicit", "search"):
+        return f"then run `kdistill {command}` again (it continues where it stopped)"
+    return f"then run `kdistill {command}` again"
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars a failure left open, so that the error starts a line of its own and no bar is
+    drawn after it."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # unknown flags are errors
+    debug = args.debug or os.environ.get("KDISTILL_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.func(args)
-    except KdistillError as err:
-        print(f"kdistill: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         hint = ("the same command resumes the search" if args.command == "search"
                 else "`--resume` continues from the last checkpoint")
         print(f"kdistill: interrupted; {hint}", file=sys.stderr)
         return 130
+    except Exception as err:  # the one place a failure becomes one line (the traceback only on request)
+        _close_progress_bars()
+        if debug:
+            traceback.print_exc()
+        if isinstance(err, KdistillError):
+            line, code = f"kdistill: error: {_one_line(err)}", 2
+        elif isinstance(err, OSError) and err.errno is None:  # a library's sentence (transformers: no such model)
+            line, code = f"kdistill: error: {_one_line(err)}", 2
+        elif isinstance(err, OSError):
+            where, fix = describe_os_error(err)
+            line, code = f"kdistill: error: {where}; {fix}, {_again(args.command)}.", 2
+        else:
+            line, code = (f"kdistill: internal error: {type(err).__name__}: {_one_line(err)[:300]}; this is a bug in "
+                          "kdistill: run the command again with --debug for the traceback, and report it."), 1
+        print(line, file=sys.stderr)
+        return code
     return 0
 
 

@@ -1,9 +1,16 @@
-"""Atomic writes: write to a temporary sibling, fsync, rename, so a crash never leaves half a file."""
+"""Atomic writes: write to a temporary sibling, fsync, rename, so a crash never leaves half a file.
+
+A write that fails (a full disk, a file-size limit, no permission) removes its temporary file and raises an
+OSError that names the file and carries the errno, whatever library did the writing: torch and safetensors
+report such failures as their own exceptions, without the path.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -42,8 +49,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        _raise_as_os_error(err, path, Path(tmp))
         raise
     _fsync_dir(path.parent)
 
@@ -86,9 +94,77 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_as_os_error(err, path, tmp)
         raise
+
+
+def remove_partial(folder: str | Path) -> list[Path]:
+    """Remove what killed atomic writes left in ``folder``: `.<name>.<random>.tmp` files and folders, and the
+    `.<name>.old` a replaced folder is moved to for a moment. Returns what was removed. Only for folders that
+    one run alone writes (a writer in progress elsewhere would lose its temporary file)."""
+    folder = Path(folder)
+    removed = [*folder.glob(".*.tmp"), *folder.glob(".*.old")]
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """torch.save into ``path`` (inside an atomic folder). torch turns a failed write into a RuntimeError
+    ("unexpected pos ..."); writing through `_WholeWrites` keeps the OSError, which is raised instead."""
+    import torch
+
+    with open(path, "wb") as f:
+        writer = _WholeWrites(f)
+        try:
+            torch.save(obj, writer)
+        except Exception as err:
+            if writer.error is not None:
+                raise OSError(writer.error.errno, writer.error.strerror, str(path)) from err
+            raise
+
+
+class _WholeWrites:
+    """A file's write() that writes every byte or raises (a short write is the first sign of a full disk)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.f.fileno(), view):]
+        except OSError as err:
+            self.error = err
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _raise_as_os_error(err: BaseException, path: Path, tmp: Path | None = None) -> None:
+    """Re-raise a failed write as an OSError that names a path: an OSError without a file name gets
+    ``path``, one inside the temporary folder ``tmp`` the file it was to become; a library's error that
+    carries an OS error number ("... (os error 28)") becomes that error."""
+    if isinstance(err, OSError) and err.errno is not None:
+        named = str(err.filename) if err.filename is not None else None
+        if named is None or (tmp is not None and named.startswith(str(tmp))):
+            final = str(path) if named is None else str(path) + named[len(str(tmp)):]
+            raise OSError(err.errno, err.strerror, final) from err
+        return
+    match = re.search(r"os error (\d+)", str(err))
+    if match and not isinstance(err, OSError):
+        number = int(match.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from err
+    if isinstance(err, RuntimeError) and "unexpected pos" in str(err):  # torch.save by path, disk full
+        raise OSError(errno.EIO, "writing failed (is the disk full?)", str(path)) from err
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

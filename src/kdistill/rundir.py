@@ -41,9 +41,22 @@ class RunDir:
     def teacher_cache(self) -> Path:
         return self.root / "teacher_cache"
 
+    @staticmethod
+    def of_teacher_cache(path: str | Path) -> "RunDir | None":
+        """The run directory whose teacher cache is ``path`` or holds the entry ``path``, by the names alone."""
+        path = Path(path).absolute()
+        for root in (path.parent, path.parent.parent):
+            if RunDir(root).teacher_cache in (path, path.parent):
+                return RunDir(root)
+        return None
+
     def finetuned_teacher(self, name: str, key: str) -> Path:
         """A teacher kdistill fine-tuned, keyed by what determined it."""
-        return self.teacher_cache / "finetuned" / f"{name}-{key[:16]}"
+        return self.finetuned_teachers / f"{name}-{key[:16]}"
+
+    @property
+    def finetuned_teachers(self) -> Path:
+        return self.teacher_cache / "finetuned"
 
     def endpoint_journal(self, name: str) -> Path:
         return self.teacher_cache / "endpoint-journals" / f"{name}.jsonl"
@@ -67,7 +80,19 @@ class RunDir:
         return student.parent / f"{student.name}.{what}"
 
     def checkpoints(self, variant: str, seed: int | str) -> Path:
-        return self.root / "checkpoints" / self.run_name(variant, seed)
+        return self.all_checkpoints / self.run_name(variant, seed)
+
+    @property
+    def all_checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def written_atomically(self) -> list[Path]:
+        """The folders whose files and sub-folders a run replaces atomically, where a kill can leave a
+        `.<name>.<random>.tmp` behind (besides each `checkpoints(...)` folder). Not the teacher cache: runs
+        may share it, and it cleans up after itself under its writer's lock."""
+        return [self.root, self.splits.parent, self.results.parent, self.root / "students", self.plots,
+                self.all_checkpoints]
 
     def tensorboard(self, variant: str, seed: int | str) -> Path:
         return self.root / "tensorboard" / self.run_name(variant, seed)

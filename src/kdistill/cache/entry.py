@@ -161,8 +161,29 @@ class CacheEntry:
     def _claim(self) -> None:
         """Write entry.json (key + fields) once, so the folder's owner is known before any shard exists."""
         if _read_json(self.folder / "entry.json") is None:
-            atomic_write_json(self.folder / "entry.json", {"format": MANIFEST_FORMAT, "key": self.key,
-                                                           "fields": self.fields})
+            atomic_write_json(self.folder / "entry.json", self._record())
+
+    def _record(self) -> dict[str, Any]:
+        return {"format": MANIFEST_FORMAT, "key": self.key, "fields": self.fields}
+
+    def record_problem(self) -> str | None:
+        """What is wrong with entry.json (None: it is this entry's key and fields, or there is no entry yet)."""
+        path = self.folder / "entry.json"
+        if not path.exists():
+            return f"{path} is missing" if self.shards_dir.exists() else None
+        if _read_json(path) != self._record():
+            return f"{path} is damaged (not this entry's key and fields)"
+        return None
+
+    def repair_record(self) -> bool:
+        """Write entry.json again if it is damaged or missing (the key and fields are known from the lookup or
+        the manifest); True if it was. Called by the one writer, under its lock."""
+        problem = self.record_problem()
+        if problem is None or not self.folder.exists():
+            return False
+        log.warning("%s; writing it again", problem)
+        atomic_write_json(self.folder / "entry.json", self._record())
+        return True
 
     def _next_index(self) -> int:
         numbers = [int(p.stem.split("-")[1]) for p in self.shards_dir.glob("shard-*.json")]

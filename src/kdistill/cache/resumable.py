@@ -38,8 +38,9 @@ def elicit_resumable(entry: CacheEntry, ids: list[str], compute_fn: Callable[[li
     if world_size > 1:
         return _elicit_together(entry, sorted_ids, compute_fn, shard_size=shard_size, progress=progress,
                                 rank=rank, world_size=world_size, barrier=barrier)
-    with _writer_lock(entry):
+    with writer_lock(entry):
         _remove_temporaries(entry)
+        entry.repair_record()
         shard_size = _planned_shard_size(entry, sorted_ids, shard_size)
         batches = [sorted_ids[start:start + shard_size] for start in range(0, len(sorted_ids), shard_size)]
         _remove_unplanned_shards(entry, len(batches))
@@ -63,8 +64,9 @@ def _elicit_together(entry: CacheEntry, sorted_ids: list[str], compute_fn: Calla
     if barrier is None:
         raise KdistillError("elicit_resumable: several processes need a barrier to wait for each other.")
     if rank == 0:
-        with _writer_lock(entry):
+        with writer_lock(entry):
             _remove_temporaries(entry)
+            entry.repair_record()
             batches = _planned_batches(entry, sorted_ids, shard_size)
             _remove_unplanned_shards(entry, len(batches))
     barrier()
@@ -78,7 +80,7 @@ def _elicit_together(entry: CacheEntry, sorted_ids: list[str], compute_fn: Calla
             bar.update(len(batches[i]))
     barrier()
     if rank == 0:
-        with _writer_lock(entry):
+        with writer_lock(entry):
             if not entry.manifest_is_current():
                 entry.finalize()
     barrier()
@@ -137,7 +139,7 @@ def _remove_temporaries(entry: CacheEntry) -> None:
 
 
 @contextmanager
-def _writer_lock(entry: CacheEntry) -> Iterator[None]:
+def writer_lock(entry: CacheEntry) -> Iterator[None]:
     """An exclusive flock on <entry>/.lock; the kernel releases it when the process dies, even by SIGKILL."""
     entry.folder.mkdir(parents=True, exist_ok=True)
     with open(entry.folder / ".lock", "a+b") as lock_file:

@@ -63,6 +63,23 @@ def cache_verify(path: str | Path) -> tuple[bool, str]:
     return all(r.ok for r in reports), "\n".join(r.text() for r in reports)
 
 
+def cache_repair(path: str | Path) -> list[str]:
+    """Delete the damaged shards of every entry under ``path`` and write a damaged entry.json again, so that the
+    next elicitation asks the teacher for exactly those shards; returns the shards removed (entry/shards/name)."""
+    from kdistill.cache.resumable import writer_lock
+
+    removed = []
+    for folder in entry_folders(path):
+        entry = open_entry(folder)
+        with writer_lock(entry):
+            report = verify_entry(entry)
+            entry.repair_record()
+            for name in report.damaged_shards:
+                entry.delete_shard(name)
+                removed.append(f"{folder.name}/shards/{name}")
+    return removed
+
+
 def cache_export(path: str | Path, out_jsonl: str | Path) -> int:
     """Write one JSON line per example id (OpenAI-like top_logprobs shape, see docs/cache-format.md).
 

@@ -31,6 +31,9 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    damaged_shards: list[str] = field(default_factory=list)
+    """The names of the shards that failed a check (what `kdistill cache verify --repair` asks again)."""
+
     @property
     def ok(self) -> bool:
         return self.complete and not self.problems
@@ -47,11 +50,15 @@ def verify_entry(entry: CacheEntry) -> VerifyReport:
     report = VerifyReport(entry.folder, complete=manifest is not None)
     if manifest is None:
         _explain_incomplete(entry, report)
+    record_problem = entry.record_problem()
+    if record_problem is not None:
+        report.problems.append(record_problem)
     listed = {s["name"]: s for s in manifest["shards"]} if manifest else {}
     owner: dict[str, str] = {}
     for name in entry.shard_names():
         reader = _check_shard(entry, name, listed.get(name), report)
         if reader is None:
+            report.damaged_shards.append(name)
             continue
         report.num_shards += 1
         report.num_tokens += reader.index["num_tokens"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -48,11 +49,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return {str(k): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if tp is float:
         try:  # YAML reads 2e-4 (no dot) as a string
-            if not isinstance(value, bool):
+            if not isinstance(value, bool) and math.isfinite(float(value)):
                 return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass
-        raise KdistillError(f"{where}: expected a number, found {type(value).__name__} {value!r}.")
+        raise KdistillError(f"{where}: expected a finite number, found {type(value).__name__} {value!r}.")
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if tp in (int, str, bool) and not (isinstance(value, tp) and (tp is bool or not isinstance(value, bool))):

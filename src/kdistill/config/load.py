@@ -19,10 +19,14 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise KdistillError(f"{path} is a folder; give the config's YAML file (e.g. {path}/config.yaml).")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise KdistillError(f"{path}: no such config file.") from None
+    except UnicodeDecodeError as err:
+        raise KdistillError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8 YAML.") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -63,8 +67,12 @@ def _blame_override(err: KdistillError, where: str, overrides: dict[str, Any]) -
     for key, value in overrides.items():
         parent, _, leaf = key.rpartition(".")
         section = f"{where}.{parent}" if parent else where
-        for prefix, keep in ((f"{where}.{key}", ""), (f"cannot set {key}", ""),
-                             (f"{section}: unknown field {leaf!r}", f": unknown field {leaf!r}")):
+        parts = key.split(".")
+        unknown = [(".".join([where, *parts[:i]]) + f": unknown field {part!r}", f": unknown field {part!r}")
+                   for i, part in enumerate(parts)]  # the key's own field, or a section above it
+        for prefix, keep in ((f"{where}.{key}", ""), (f"cannot set {key}", ""), *unknown,
+                             (f"{section}: {key} ", f": {key} "),  # a section's check that names the key
+                             (f"{section}: {leaf} ", f": {key} ")):  # ... or the field alone
             if text.startswith(prefix):
                 return KdistillError(f"--set {key}={_shown(value)}{keep}{text[len(prefix):]}")
     named = [f"--set {key}={_shown(value)}" for key, value in overrides.items() if key in text]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kdistill.config.checks import check_ranges
 from kdistill.errors import KdistillError
 
 
@@ -28,6 +29,9 @@ class ModelConfig:
     """Batch size for inference (elicitation, evaluation)."""
     input_template: str = "{text}"
     """Encoder students: how the text is given to the model (`{text}`)."""
+
+    def __post_init__(self) -> None:
+        check_ranges("", self, max_length=">= 1", batch_size=">= 1")
 
 
 @dataclass(kw_only=True)
@@ -125,6 +129,9 @@ class TeacherConfig(ModelConfig):
     name sent to the server (see `kdistill ls` for the fields). Causal-LM prompting only."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges("", self, finetune_epochs=">= 1", finetune_learning_rate="> 0", few_shot_per_label=">= 0",
+                     token_top_k=">= 1", sampling_temperature="> 0", top_p="in (0, 1]")
         if self.endpoint is not None:
             if self.kind == "encoder" or self.finetune:
                 raise KdistillError(f"teacher {self.display_name!r}: an endpoint teacher is a prompted LM on its "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kdistill.config.checks import check_ranges
 from kdistill.config.models import EnsembleConfig, ModelConfig, TeacherConfig
 from kdistill.config.objective import ObjectiveConfig
 from kdistill.config.search import SearchConfig, checked_space
@@ -79,8 +80,12 @@ class TrainingConfig:
     kept the weights that copy the article most."""
     checkpoint_every_steps: int = 50
     """Write a resumable checkpoint every N optimizer steps (and at every validation)."""
-    keep_checkpoints: int = 1
-    """How many of the newest checkpoints to keep while a student trains."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep while a student trains. Every checkpoint is verified
+    against the checksums it was written with before a resume loads it, and a damaged newest one (a bad
+    sector, a file truncated by a full disk) falls back to the one before; with 1 there is none to fall
+    back to, and the student trains again from its start. Each one costs the student's size on disk (and
+    its optimizer state's), until the student is saved."""
     keep_finished_checkpoints: bool = False
     """Keep a student's checkpoints once it is trained and saved (they hold its optimizer state, to train it on
     by hand). By default they are deleted then: a resumed run skips a saved student, so neither resume nor the
@@ -112,27 +117,24 @@ class TrainingConfig:
     Checkpoints and the saved student stay whole either way. One process ignores it."""
 
     def __post_init__(self) -> None:
+        check_ranges("training.", self, epochs=">= 1", batch_size=">= 1", grad_accum_steps=">= 1",
+                     learning_rate="> 0", weight_decay=">= 0", warmup_ratio="in [0, 1]", max_grad_norm=">= 0",
+                     eval_every_steps=">= 0", early_stopping_patience=">= 0", checkpoint_every_steps=">= 0",
+                     keep_checkpoints=">= 1", trainable_layers=">= 1", on_policy_fraction="in [0, 1]",
+                     on_policy_temperature=">= 0", novel_token_weight="> 0")
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", self.device):
+            raise KdistillError(f"training.device must be auto, cpu, cuda, cuda:N or mps; found {self.device!r}.")
         if self.batch_size % self.grad_accum_steps:
             raise KdistillError(
                 f"training.batch_size ({self.batch_size}) must be divisible by training.grad_accum_steps "
                 f"({self.grad_accum_steps})."
             )
-        if self.trainable_layers is not None and self.trainable_layers < 1:
-            raise KdistillError(f"training.trainable_layers must be >= 1 (or null for all); found {self.trainable_layers}.")
         if self.sharding == "fsdp" and self.mixed_precision == "fp16":
             raise KdistillError("training.sharding: fsdp does not train in fp16 (its loss scaler would have to agree "
                                 "across the processes): set training.mixed_precision to bf16, no or auto.")
-        if not 0.0 <= self.on_policy_fraction <= 1.0 or self.on_policy_temperature < 0:
-            raise KdistillError("training.on_policy_fraction must be in [0, 1] and training.on_policy_temperature "
-                                f">= 0; found {self.on_policy_fraction} and {self.on_policy_temperature}.")
-        if self.novel_token_weight <= 0:
-            raise KdistillError(f"training.novel_token_weight must be > 0 (1 weighs every target token alike); "
-                                f"found {self.novel_token_weight}.")
         if self.on_policy_fraction > 0 and self.sharding == "fsdp":
             raise KdistillError("training.on_policy_fraction needs the student whole in every process to generate; "
                                 "set training.sharding: none (DDP) or on_policy_fraction: 0.")
-        if self.epochs < 1 or self.learning_rate <= 0:
-            raise KdistillError("training.epochs must be >= 1 and training.learning_rate > 0.")
 
 
 @dataclass(kw_only=True)
@@ -162,6 +164,12 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise KdistillError("evaluation.seeds must list at least one seed.")
+        repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        if repeated or min(self.seeds) < 0:
+            raise KdistillError(f"evaluation.seeds must be distinct seeds >= 0 (each trains a student once); found "
+                                f"{self.seeds}.")
+        check_ranges("evaluation.", self, latency_examples=">= 1", throughput_batch_size=">= 1",
+                     throughput_batches=">= 1", warmup_batches=">= 0", num_examples_shown=">= 0")
 
 
 @dataclass(kw_only=True)
@@ -188,6 +196,12 @@ class RunConfig:
     stages: list[StageConfig] = field(default_factory=list)
     """Run these stages in order instead of one run (seed 001: Winogrande, then Social IQA); see StageConfig."""
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):  # no "..", "/" or "~": it stays in output_dir
+            raise KdistillError(f"name {self.name!r} must be a plain folder name of letters, digits, '.', '_' and '-' "
+                                f"(not starting with '.'): the run is written to <output_dir>/<name>/; to write "
+                                "elsewhere, set output_dir.")
+        if not self.output_dir.strip():
+            raise KdistillError("output_dir is empty: name the folder that holds run directories, e.g. runs.")
         self.search.space = checked_space(self.search.space, RunConfig)
         if self.task.kind == "generation":
             self._check_generation()

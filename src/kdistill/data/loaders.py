@@ -179,7 +179,10 @@ def _read_csv(path: Path, data: DataConfig) -> Iterator[_Record]:
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
-    """(line where the record starts, fields) for every non-blank record; quoted fields may span lines."""
+    """(line where the record starts, fields) for every non-blank record; quoted fields may span lines. No field
+    is longer than the file, so Python's field-size limit (128 KiB, whose error reads like bad quoting) is
+    raised to the file's length: a long text is then cut to data.max_chars like any other."""
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     while True:
         start = reader.line_num + 1

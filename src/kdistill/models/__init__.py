@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from kdistill.checksums import verify_student
 from kdistill.config import ModelConfig, TaskConfig
 from kdistill.errors import KdistillError
 from kdistill.models.base import LabelModel
@@ -158,6 +159,7 @@ def load_saved(path: str | Path, device: torch.device | None = None) -> LabelMod
     if not meta_path.exists():
         raise KdistillError(f"{path}: no kdistill.json here; point to a student folder saved by kdistill "
                             "(runs/<name>/student).")
+    verify_student(path)  # every file, before any is loaded
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if meta.get("choice_scoring") == "likelihood":

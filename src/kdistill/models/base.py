@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from kdistill.checksums import CHECKSUMS, write_checksums
 from kdistill.io import atomic_dir
 
 
@@ -81,7 +82,9 @@ class LabelModel(ABC):
         with atomic_dir(path) as tmp:
             self.module.save_pretrained(tmp, safe_serialization=True)
             self._save_tokenizer(tmp)
-            (tmp / "kdistill.json").write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
+            meta = {**self.metadata(), "checksums": CHECKSUMS}  # a folder that names them must have them
+            (tmp / "kdistill.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            write_checksums(tmp)
 
 
     def _save_tokenizer(self, folder: Path) -> None:

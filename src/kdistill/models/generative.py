@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdistill.checksums import CHECKSUMS, write_checksums
 from kdistill.config import ModelConfig
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, atomic_write_json
@@ -61,7 +62,8 @@ class GenStudent:
             self.module.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             atomic_write_json(tmp / "kdistill.json", {"kind": "causal_lm_generator", "max_length": self.max_length,
-                                                      "name": self.name})
+                                                      "name": self.name, "checksums": CHECKSUMS})
+            write_checksums(tmp)
 
 
 def freeze_lower_layers(module: nn.Module, trainable_layers: int | None) -> tuple[int, int]:

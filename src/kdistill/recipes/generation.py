@@ -33,6 +33,7 @@ from kdistill.models import pick_device, resolve_model_path
 from kdistill.models.generative import GenStudent, freeze_lower_layers, load_causal_lm
 from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, report, write_run_start
 from kdistill.recipes.generation_eval import GEN_VARIANTS, evaluate, variants
+from kdistill.recipes.preflight import check_output, load_tokenizers
 from kdistill.rundir import RunDir
 from kdistill.targets import TeacherTargets
 from kdistill.teachers.gen_hidden import generation_pool, hidden_inputs
@@ -48,20 +49,15 @@ __all__ = ["evaluate", "elicit", "report", "run", "train", "validate", "variants
 def validate(cfg: RunConfig, *, check_models: bool = True) -> str:
     """Check the data and that the teachers' and student's tokenizers load (an ensemble's teachers share the
     first one's); write nothing."""
-    text = format_generation_report(prepare_generation(cfg.data, cfg.task))
+    text = format_generation_report(prepare_generation(cfg.data, cfg.task)) + "\n" + check_output(cfg)
     if check_models:
-        from transformers import AutoTokenizer
-
-        first = None
-        members = [(f"teacher {t.display_name}", t) for t in cfg.teachers]
-        for role, model_cfg in [("teacher", cfg.teacher), *members, ("student", cfg.student)]:
-            path = resolve_model_path(model_cfg.model)
-            tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
-                                                      trust_remote_code=model_cfg.trust_remote_code)
-            if role.startswith("teacher "):  # an ensemble mixes its teachers token by token
-                check_same_tokenizer(first, tokenizer, model_cfg.display_name, teacher_name=cfg.teacher.display_name)
-            first = tokenizer if first is None else first
-            text += f"\n{role}: {model_cfg.model} -> {path} (tokenizer ok, {len(tokenizer)} tokens)"
+        loaded = load_tokenizers(cfg)
+        for other in loaded[1:]:
+            if other.key.startswith("teachers["):  # an ensemble mixes its teachers token by token
+                check_same_tokenizer(loaded[0].tokenizer, other.tokenizer, other.model.display_name,
+                                     teacher_name=cfg.teacher.display_name)
+        for one in loaded:
+            text += f"\n{one.role}: {one.model.model} -> {one.path} (tokenizer ok, {len(one.tokenizer)} tokens)"
     return text + "\nconfig ok"
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from kdistill.checksums import verify_student
 from kdistill.config import RunConfig
 from kdistill.data.gen_data import GenData, prepare_generation
 from kdistill.data.generative import prompt_text
@@ -18,7 +19,7 @@ from kdistill.io import atomic_write_json, atomic_write_text
 from kdistill.models import pick_device, resolve_model_path
 from kdistill.models.generate import generation_cost, greedy_texts, paired_fixed_length_cost
 from kdistill.models.generative import load_causal_lm
-from kdistill.rundir import RunDir
+from kdistill.recipes.common import read_training, verify_students
 from kdistill.teachers.generation import GenTargets, targets_for
 
 
@@ -105,6 +106,7 @@ def evaluate(cfg: RunConfig, *, progress: bool = True, teachers: Any = None, dat
     every output of every model and seed in outputs.jsonl. ``teachers``: the loaded teacher (module, tokenizer)."""
     from kdistill.eval.generation import comparison_rows, score_generations, summarize_seeds
 
+    verify_students(cfg, variants(cfg))  # a damaged student is found before the teacher is loaded
     data = data or prepare_generation(cfg.data, cfg.task)
     test = data.test
     prompts = [prompt_text(cfg.task.prompt_template, e) for e in test]
@@ -185,6 +187,7 @@ def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, o
         folder = cfg.paths.student(variant, seed)
         if not folder.exists():
             continue
+        verify_student(folder)  # every file, before any is loaded
         module = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(pick_device(cfg.training.device))
         tokenizer = AutoTokenizer.from_pretrained(folder)
         texts = _outputs(module, tokenizer, prompts, cfg, f"{variant} seed {seed}")
@@ -193,8 +196,7 @@ def _evaluate_variant(cfg: RunConfig, variant: str, prompts: list[str], score, o
             outputs[f"student_{variant}"] = texts
             cost = _cost(module, tokenizer, prompts, cfg, folder, teacher)
         per_seed[str(seed)] = score(texts)
-        training[str(seed)] = {k: v for k, v in json.loads(RunDir.beside(folder, "training.json")
-                                                          .read_text(encoding="utf-8")).items() if k != "history"}
+        training[str(seed)] = {k: v for k, v in read_training(folder).items() if k != "history"}
     if not per_seed:
         return None
     return {"name": cfg.student.model, "seeds": per_seed, "training": training, "cost": cost}

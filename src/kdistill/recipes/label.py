@@ -32,9 +32,10 @@ from kdistill.data.records import Example
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_write_bytes, atomic_write_json
 from kdistill.losses.objective import HiddenTarget, Objective, layer_pairs
-from kdistill.models import LabelModel, load_label_model, pick_device, resolve_model_path
+from kdistill.models import LabelModel, load_label_model, pick_device
 from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, report, write_run_start
 from kdistill.recipes.label_eval import VARIANTS, evaluate
+from kdistill.recipes.preflight import check_output, load_tokenizers
 from kdistill.rundir import RunDir
 from kdistill.targets import TeacherTargets
 from kdistill.teachers.elicit import cache_fields, elicit_hidden
@@ -58,21 +59,17 @@ def prepared_data(cfg: RunConfig) -> PreparedData:
 
 def validate(cfg: RunConfig, *, check_models: bool = True) -> str:
     """Check the data and the verbalizers against the tokenizers; write nothing."""
-    text = format_report(prepared_data(cfg))
+    text = format_report(prepared_data(cfg)) + "\n" + check_output(cfg)
     if check_models:
-        from transformers import AutoTokenizer
-
         from kdistill.models.causal_lm import verbalizer_token_ids
 
-        roles = [(f"teacher {t.display_name}", t) for t in cfg.members if not t.finetune and not t.is_endpoint]
-        roles.append(("student", cfg.student))
-        for role, model_cfg in roles:
-            path = resolve_model_path(model_cfg.model)
-            tokenizer = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
-                                                      trust_remote_code=model_cfg.trust_remote_code)
-            if model_cfg.kind != "encoder" and cfg.task.verbalizers and cfg.task.choice_scoring != "likelihood":
-                verbalizer_token_ids(tokenizer, [cfg.task.verbalizers[label] for label in cfg.task.labels], model_cfg.model)
-            text += f"\n{role}: {model_cfg.model} -> {path} (tokenizer ok, {len(tokenizer)} tokens)"
+        for loaded in load_tokenizers(cfg):
+            model_cfg, fine_tuned = loaded.model, getattr(loaded.model, "finetune", False)  # then a classifier
+            if (model_cfg.kind != "encoder" and not fine_tuned and cfg.task.verbalizers
+                    and cfg.task.choice_scoring != "likelihood"):
+                verbalizer_token_ids(loaded.tokenizer, [cfg.task.verbalizers[label] for label in cfg.task.labels],
+                                     model_cfg.model)
+            text += f"\n{loaded.role}: {model_cfg.model} -> {loaded.path} (tokenizer ok, {len(loaded.tokenizer)} tokens)"
         for t in cfg.members:
             if t.is_endpoint:
                 text += f"\nteacher {t.display_name}: {t.model} at {t.endpoint.base_url} (not contacted by validate)"

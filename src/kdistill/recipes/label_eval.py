@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import statistics
 from pathlib import Path
@@ -20,7 +19,7 @@ from kdistill.eval.labels import label_metrics, measure_cost
 from kdistill.eval.labels import predict as predict_logits
 from kdistill.io import atomic_write_json
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
-from kdistill.rundir import RunDir
+from kdistill.recipes.common import read_training, verify_students
 from kdistill.teachers.signal import TeacherSignal, load_teachers, member_path, teacher_signal
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,7 @@ def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def evaluate(cfg: RunConfig, *, progress: bool = True, teachers: dict[str, LabelModel] | None = None) -> Path:
     """Score every teacher (and their ensemble), the untrained student and every trained student on the
     test split; cost of each."""
+    verify_students(cfg, list(VARIANTS))  # a damaged student is found before the teachers are asked
     data = prepare_data(cfg.data, cfg.task)
     test = data.test
     teachers = teachers or load_teachers(cfg, data, progress=progress)
@@ -116,8 +116,7 @@ def _trained_entry(cfg: RunConfig, variant: str, test: list[Example], teacher_pr
             continue
         student = load_saved(folder, device=pick_device(cfg.training.device))
         per_seed[seed] = _metrics_for(student, test, cfg, teacher_pred, progress, f"{variant} seed {seed}")
-        training[seed] = {k: v for k, v in json.loads(RunDir.beside(folder, "training.json")
-                                                      .read_text()).items() if k != "history"}
+        training[seed] = {k: v for k, v in read_training(folder).items() if k != "history"}
         if cost is None:
             cost = _cost(student, test, cfg, folder)
     if not per_seed:

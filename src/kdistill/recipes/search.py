@@ -31,6 +31,7 @@ from kdistill.data.prepare import stratified_sample
 from kdistill.errors import KdistillError
 from kdistill.models import LabelModel
 from kdistill.recipes import label as pipeline
+from kdistill.recipes.preflight import preflight
 from kdistill.recipes.search_results import best_trial, write_best_config, write_results
 from kdistill.rundir import RunDir
 from kdistill.targets import TeacherTargets
@@ -251,13 +252,14 @@ def search(config: RunConfig | str | Path | None = None, *, trials: int | None =
     num_trials = cfg.search.trials if trials is None else trials
     if num_trials < 1:
         raise KdistillError(f"--trials must be at least 1; found {num_trials}.")
+    preflight(cfg)
+    data = prepare_data(cfg.data, cfg.task)  # a bad row stops the search before anything is written
+    if not data.validation:
+        raise KdistillError("kdistill search scores trials on the validation split, which is empty here: set "
+                            "data.validation_fraction above 0 (e.g. 0.1).")
     out = cfg.paths.search
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out / ".lock"):
-        data = prepare_data(cfg.data, cfg.task)
-        if not data.validation:
-            raise KdistillError("kdistill search scores trials on the validation split, which is empty here: set "
-                                "data.validation_fraction above 0 (e.g. 0.1).")
         targets, teachers = _teacher_side(cfg, data, progress)
         trial_data = subsample(data, cfg.search.subsample, cfg.search.seed)
         storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.sqlite3').resolve()}")

@@ -39,7 +39,8 @@ import torch
 from kdistill.config import EndpointConfig
 from kdistill.errors import KdistillError
 from kdistill.models.base import LabelModel
-from kdistill.teachers.http import Journal, RequestFailed, RetryableError, Transport
+from kdistill.teachers import http
+from kdistill.teachers.http import Journal, RequestFailed, RetryableError, Transport, retry_hint
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,10 @@ def parse_top_logprobs(reply: Any) -> list[Candidate]:
 
     Chat layout (also llama.cpp's /v1/completions): ``logprobs.content[0].top_logprobs`` = a list
     of {token, logprob, id?}. Legacy completions layout (OpenAI, vLLM): ``logprobs.top_logprobs[0]``
-    = {token: logprob}. Anything else is a malformed reply, worth asking again.
+    = {token: logprob}. A completion without any log-probabilities is a server that does not give them,
+    which asking again cannot change; anything else is a malformed reply, worth asking again.
     """
+    _refuse_plain_completion(reply)
     try:
         logprobs = reply["choices"][0]["logprobs"]
         if isinstance(logprobs.get("content"), list):
@@ -88,6 +91,15 @@ def parse_top_logprobs(reply: Any) -> list[Candidate]:
     if not top or any(math.isnan(c.logprob) or c.logprob > 1e-4 for c in top):
         raise RetryableError("a reply whose top log-probabilities are empty, NaN or above 0")
     return top
+
+
+def _refuse_plain_completion(reply: Any) -> None:
+    choice = (reply.get("choices") or [None])[0] if isinstance(reply, dict) else None
+    answered = isinstance(choice, dict) and ("text" in choice or "message" in choice)
+    if answered and not choice.get("logprobs"):
+        raise KdistillError("the server answers without log-probabilities (its reply has no choices[0].logprobs); "
+                            "kdistill needs the top log-probabilities of the first answer token: use a server that "
+                            "returns them (llama-server, vLLM), or endpoint.api: chat for a chat API that does.")
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -147,8 +159,11 @@ class EndpointLabelModel(LabelModel):
     tokenizer = None
 
     def __init__(self, settings: EndpointConfig, *, model: str, labels: list[str], verbalizers: list[str],
-                 prompt_template: str, prefix: str = "", journal_path: str | Path | None = None) -> None:
+                 prompt_template: str, prefix: str = "", journal_path: str | Path | None = None,
+                 config_key: str = "teacher") -> None:
+        """``config_key``: where the run's config holds this teacher (teacher, teachers[0] ...), for the hints."""
         self.settings, self.model_name, self.labels, self.verbalizers = settings, model, labels, verbalizers
+        self.config_key = config_key
         self.prompt_template, self.prefix = prompt_template, prefix
         self.transport = Transport(settings)
         self.journal = Journal(journal_path or default_journal_path(model))
@@ -169,15 +184,20 @@ class EndpointLabelModel(LabelModel):
         """The server's own description of the model (GET /models: id, owner, llama.cpp's meta),
         part of every journal key so that another model's answers are never reused."""
         if self._served is None:
-            reply = self.transport.ask(self.settings.base_url + "/models", None, check=_check_models)
+            try:
+                reply = self.transport.ask(self.settings.base_url + "/models", None, check=http.check_models_reply)
+            except RequestFailed as err:  # down, slow or failing at start-up, after every retry and back-off
+                raise KdistillError(f"the teacher's server did not answer: {self.transport.redact(str(err))}; start "
+                                    f"it or check {self.config_key}.endpoint.base_url ({retry_hint(self.config_key)})."
+                                    ) from None
             entries = reply["data"]
             entry = next((e for e in entries if e.get("id") == self.model_name), None)
             if entry is None and len(entries) == 1:
                 entry = entries[0]  # llama-server: one model, whatever name is asked for
             if entry is None:
                 names = [e.get("id") for e in entries]
-                raise KdistillError(f"{self.settings.base_url} does not serve teacher.model "
-                                    f"{self.model_name!r}; it serves {names}.")
+                raise KdistillError(f"{self.settings.base_url} does not serve {self.config_key}.model "
+                                    f"{self.model_name!r}; it serves {names}: set {self.config_key}.model to one of them.")
             self._served = {k: entry[k] for k in ("id", "owned_by") if k in entry}
             if isinstance(entry.get("meta"), dict):  # llama.cpp: the model's shape; n_ctx is a server flag
                 self._served["meta"] = {k: v for k, v in entry["meta"].items() if k != "n_ctx"}
@@ -199,7 +219,7 @@ class EndpointLabelModel(LabelModel):
         url = self.settings.server_root + "/tokenize"
         try:
             reply = self.transport.ask(url, {"content": word, "add_special": False, "with_pieces": True},
-                                       check=_check_tokenize)
+                                       check=http.check_tokenize_reply)
         except (KdistillError, RequestFailed):
             return LabelToken(word)  # no /tokenize here (an OpenAI-style API without it)
         first = reply["tokens"][0]
@@ -253,10 +273,15 @@ class EndpointLabelModel(LabelModel):
 
     def _ask_fresh(self, bodies: list[dict[str, Any]]) -> list[Any]:
         url = self._completion_url()
-        if len(bodies) == 1:
-            return [self.transport.ask(url, bodies[0], check=parse_top_logprobs)]
-        with ThreadPoolExecutor(max_workers=self.settings.max_concurrency) as pool:
-            return list(pool.map(lambda body: self.transport.ask(url, body, check=parse_top_logprobs), bodies))
+        try:
+            if len(bodies) == 1:  # timed at batch 1: no thread in between
+                return [self.transport.ask(url, bodies[0], check=parse_top_logprobs)]
+            with ThreadPoolExecutor(max_workers=self.settings.max_concurrency) as pool:
+                return list(pool.map(lambda body: self.transport.ask(url, body, check=parse_top_logprobs), bodies))
+        except RequestFailed as err:
+            raise KdistillError(f"timing the endpoint teacher failed: {self.transport.redact(str(err))}; its answers "
+                                f"are kept in {self.journal.path}, so running the command again once the server "
+                                f"answers costs only the timing ({retry_hint(self.config_key)}).") from None
 
     def _completion_url(self) -> str:
         return self.settings.base_url + ("/chat/completions" if self.settings.api == "chat" else "/completions")
@@ -273,20 +298,26 @@ class EndpointLabelModel(LabelModel):
                     future.result()
                 except (RequestFailed, KdistillError) as err:  # the others finish and are kept
                     stop.set()
-                    failures.append(str(err))
+                    failures.append(err)
         except BaseException:
             stop.set()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         if failures:
-            real = [f for f in failures if not f.startswith("stopped")] or failures
-            answered = sum(self.journal.get(key) is not None for key in todo)
-            raise KdistillError(
-                f"the endpoint teacher could not get an answer: {self.transport.redact(real[0]).rstrip('.')}. "
-                f"{num_wanted - len(todo) + answered} of {num_wanted} requests are answered and kept in "
-                f"{self.journal.path}; once the cause is fixed, a re-run asks only for the other "
-                f"{len(todo) - answered} (for an outage, raise teacher.max_retries or teacher.timeout_s).")
+            raise self._failure(failures)
+
+    def _failure(self, failures: list[Exception]) -> KdistillError:
+        """One error for a batch that failed: the first real cause, what is kept, and what to do: for an outage,
+        wait longer (the retry settings); for a refusal, change what was refused (retrying cannot help)."""
+        real = [f for f in failures if not str(f).startswith("stopped")] or failures
+        kept = (f"{len(self.journal)} answers are kept in {self.journal.path} ({self.num_asked} of them asked by "
+                "this run), and a re-run asks only for the rest")
+        cause = self.transport.redact(str(real[0])).rstrip(".")
+        if isinstance(real[0], KdistillError):
+            return KdistillError(f"the endpoint teacher cannot go on: {cause}. {kept}.")
+        return KdistillError(f"the endpoint teacher could not get an answer after retrying: {cause}. {kept}, once the "
+                             f"server answers again ({retry_hint(self.config_key)}).")
 
     def _ask_and_keep(self, url: str, key: str, body: dict[str, Any], example_id: str | None,
                       stop: threading.Event) -> None:
@@ -352,17 +383,6 @@ class EndpointLabelModel(LabelModel):
         return {"asked": self.num_asked, "from_journal": self.num_from_journal,
                 "attempts": self.transport.num_attempts, "retries": self.transport.num_retries,
                 "examples_with_missing_label": self.num_missing_examples, "journal": str(self.journal.path)}
-
-
-def _check_models(reply: Any) -> None:
-    if not isinstance(reply, dict) or not isinstance(reply.get("data"), list) or not reply["data"]:
-        raise RetryableError("a /models reply without a list of models")
-
-
-def _check_tokenize(reply: Any) -> None:
-    tokens = reply.get("tokens") if isinstance(reply, dict) else None
-    if not tokens or not isinstance(tokens[0], dict):
-        raise RetryableError("a /tokenize reply without token pieces")
 
 
 def default_journal_path(model: str) -> Path:

@@ -42,6 +42,23 @@ class RequestFailed(Exception):
     """A request that still failed after every retry."""
 
 
+def check_models_reply(reply: Any) -> None:
+    if not isinstance(reply, dict) or not isinstance(reply.get("data"), list) or not reply["data"]:
+        raise RetryableError("a /models reply without a list of models")
+
+
+def check_tokenize_reply(reply: Any) -> None:
+    tokens = reply.get("tokens") if isinstance(reply, dict) else None
+    if not tokens or not isinstance(tokens[0], dict):
+        raise RetryableError("a /tokenize reply without token pieces")
+
+
+def retry_hint(config_key: str) -> str:
+    """How to make the endpoint teacher wait longer for its server, in the config's own keys."""
+    return (f"to wait longer, raise {config_key}.endpoint.max_retries or max_backoff_s, or timeout_s for a slow "
+            "answer")
+
+
 # ------------------------------------------------------------------------------------------------
 # The journal: every answered request, kept before it is used
 
@@ -164,8 +181,9 @@ class Transport:
         if status == 429 or status == 408 or status >= 500:
             raise RetryableError(f"HTTP {status} ({said})", _retry_after_s(response.headers.get("Retry-After")))
         if status in (401, 403):
-            raise KdistillError(f"{url} refused the request (HTTP {status}); put a valid API key in the "
-                                f"environment variable {self.settings.api_key_env}.")
+            raise KdistillError(f"{url} refused the request (HTTP {status}: {said}); put a valid API key in the "
+                                f"environment variable {self.settings.api_key_env} (the endpoint's api_key_env), "
+                                "one this server accepts for this model.")
         if status in (404, 405):
             raise KdistillError(f"{url} answered HTTP {status} ({said}); check teacher.endpoint.base_url, "
                                 "teacher.model and teacher.endpoint.api.")

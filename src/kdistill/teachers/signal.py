@@ -110,8 +110,14 @@ def load_member(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *, pr
         return EndpointLabelModel(member.endpoint, model=member.model, labels=cfg.task.labels,
                                   verbalizers=[cfg.task.verbalizers[label] for label in cfg.task.labels],
                                   prompt_template=cfg.task.prompt_template, prefix=prefix,
-                                  journal_path=journal_path(cfg, member))
+                                  journal_path=journal_path(cfg, member), config_key=_config_key(cfg, member))
     return load_label_model(member, cfg.task, prefix=prefix, device=device)
+
+
+def _config_key(cfg: RunConfig, member: TeacherConfig) -> str:
+    """Where the config holds ``member``: teacher, or teachers[i]."""
+    index = next(i for i, m in enumerate(cfg.members) if m is member)
+    return "teacher" if index == 0 else f"teachers[{index - 1}]"
 
 
 # ------------------------------------------------------------------ targets

@@ -1,7 +1,9 @@
 """A trainer's checkpoint: everything a bit-identical resume needs, written atomically.
 
 Weights (safetensors), the best weights so far, the hidden term's projections, optimizer, scheduler,
-grad scaler, RNG states and the loop state (epoch, step, early stopping, history). Loaded with
+grad scaler, RNG states and the loop state (epoch, step, early stopping, history), and last the size and
+sha256 of each of them (kdistill.checksums). A resume loads the newest step whose files all match, and
+says which file of a newer step is damaged; nothing is loaded unchecked. Loaded with
 `torch.load(weights_only=True)` only.
 
 One format, whoever wrote it: whole tensors and the optimizer state keyed by parameter index as
@@ -13,7 +15,9 @@ checkpoint by parameter name, so a run resumes on any number of processes, shard
 from __future__ import annotations
 
 import json
+import logging
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +25,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from kdistill.io import atomic_dir
+from kdistill.checksums import damage, write_checksums
+from kdistill.errors import KdistillError
+from kdistill.io import atomic_dir, save_torch
 
 if TYPE_CHECKING:
     from kdistill.train.loop import Trainer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,17 +100,51 @@ def write_checkpoint(trainer: "Trainer", path: Path, gathered: dict[str, Any] | 
             save_file(gathered["objective"], str(tmp / "objective.safetensors"))
         if t.best_weights is not None:
             save_file(t.best_weights, str(tmp / "best.safetensors"))
-        torch.save(gathered["optimizer"], tmp / "optimizer.pt")
-        torch.save({"scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()}, tmp / "scheduler.pt")
+        save_torch(gathered["optimizer"], tmp / "optimizer.pt")
+        save_torch({"scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict()}, tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng.pt")
+        save_torch(rng, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(t.state), indent=1), encoding="utf-8")
+        write_checksums(tmp)  # last: a step is whole if and only if its files match it
+
+
+def newest_intact_step(checkpoint_dir: Path, *, remove_damaged: bool) -> Path | None:
+    """The newest step-* of ``checkpoint_dir`` whose files match their checksums; None if there is no step.
+    Each damaged newer step is reported (naming the file) and, with ``remove_damaged``, deleted, since it can
+    only mislead; a folder of steps that are all damaged is an error, not a silent restart."""
+    steps = sorted(p for p in checkpoint_dir.glob("step-*") if p.is_dir()) if checkpoint_dir.is_dir() else []
+    problems = []
+    for step in reversed(steps):
+        problem = damage(step)
+        if problem is None:
+            return step
+        problems.append(problem)
+        log.warning("checkpoint %s is damaged and not loaded: %s; falling back to the step before", step.name, problem)
+        if remove_damaged:
+            shutil.rmtree(step, ignore_errors=True)
+    if problems:
+        raise KdistillError(f"{checkpoint_dir}: no intact checkpoint to resume from ({problems[0]}); run without "
+                            "--resume to train this student from its start.")
+    return None
 
 
 def load_checkpoint(trainer: "Trainer", path: Path) -> None:
-    """Load ``path`` into ``trainer``; every process loads it (sharded, each keeps its own shards)."""
+    """Load ``path`` (a step `newest_intact_step` verified) into ``trainer``; every process loads it (sharded,
+    each keeps its own shards). A step that still does not load (it does not fit this student) is an error
+    that names it."""
+    try:
+        _load_checkpoint(trainer, path)
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as err:
+        if isinstance(err, KdistillError):
+            raise
+        raise KdistillError(f"checkpoint {path} does not load into this student ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:200]}); it was written for another config. Run without "
+                            "--resume to train from the start.") from err
+
+
+def _load_checkpoint(trainer: "Trainer", path: Path) -> None:
     t = trainer
     device = "cpu" if t.device.type == "cpu" else str(t.device)  # safetensors refuses "cpu:0" (a launch's CPU)
     _load_module(t, t.model.module, load_file(str(path / "model.safetensors"), device=device))

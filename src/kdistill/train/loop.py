@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from kdistill import distributed
 from kdistill.config import TrainingConfig
 from kdistill.errors import KdistillError
+from kdistill.io import remove_partial
 from kdistill.losses.objective import Objective
 from kdistill.models import LabelModel, pick_device
 from kdistill.targets import TeacherTargets
@@ -37,6 +38,7 @@ from kdistill.train.checkpoints import (
     gather_checkpoint,
     load_checkpoint,
     load_state,
+    newest_intact_step,
     write_checkpoint,
 )
 from kdistill.train.label_steps import LabelSteps
@@ -376,7 +378,12 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def _load_latest(self) -> None:
-        found = sorted(self.checkpoint_dir.glob("step-*")) if self.checkpoint_dir.exists() else []
-        if found:
-            log.info("resuming from %s", found[-1])
-            load_checkpoint(self, found[-1])
+        """The newest intact checkpoint, after removing what a killed write left (`.step-*.tmp`)."""
+        main = not self.together or distributed.is_main()
+        if main and self.checkpoint_dir.is_dir():
+            for partial in remove_partial(self.checkpoint_dir):
+                log.info("removed %s, a checkpoint a kill interrupted", partial)
+        step = newest_intact_step(self.checkpoint_dir, remove_damaged=main)
+        if step is not None:
+            log.info("resuming from %s", step)
+            load_checkpoint(self, step)
