@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+
+# the tests never reach a hub, however pytest is started (.ci/run exports this too): huggingface_hub reads it
+# once, at import, so a test that sets it later (bad_inputs.yaml's "a hub id while offline") would be too late
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 POSITIVE = ["great", "wonderful", "fun", "moving", "brilliant", "charming", "superb", "delightful"]
 NEGATIVE = ["dull", "awful", "boring", "tedious", "clumsy", "bland", "painful", "lifeless"]
