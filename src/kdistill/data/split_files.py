@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 """File extension -> how the file is read (.json means JSON lines, one object per line, as for data.path)."""
-SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json")
-"""Files that make a folder a saved 🤗 dataset (`Dataset.save_to_disk` writes both)."""
+SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+"""Files that make a folder a saved 🤗 dataset (`Dataset.save_to_disk` writes the first two; a DatasetDict's
+folder has the third, and the reader then names one of its splits to give instead)."""
 PRECEDENCE = ("test", "validation", "train", "unlabeled")
 """Where a text found in several files stays: in the first of these; it is dropped from the others."""
 CHOICE_FILE_SOURCES = ("winogrande", "aqua_rat")
