@@ -84,17 +84,23 @@ def _shown(value: Any) -> str:
 
 
 def _resolve_data_path(data: DataConfig, config_dir: Path) -> None:
-    """Make a relative data path absolute, so the resolved config.yaml runs from anywhere."""
+    """Make relative data paths (data.path and the split files) absolute, so the resolved config.yaml runs
+    from anywhere."""
+    for key, path in data.split_files.items():  # always files or folders, never a 🤗 hub name
+        setattr(data, key, _absolute(path, config_dir))
     if data.source == "hf" or not data.path or data.path.startswith("asset:"):
         return
-    if not Path(data.path).is_absolute():
-        data.path = str((config_dir / data.path).resolve())
+    data.path = _absolute(data.path, config_dir)
+
+
+def _absolute(path: str, config_dir: Path) -> str:
+    return path if Path(path).is_absolute() else str((config_dir / path).resolve())
 
 
 def expand_builtin_task(data: dict[str, Any]) -> None:
     """``task: NAME`` in plain config data -> the built-in task's section, and the task's own data with
-    the data settings already there (e.g. --set data.num_labelled=300) on top, unless they name a path
-    or source of their own."""
+    the data settings already there (e.g. --set data.num_labelled=300) on top, unless they name a path,
+    a source or a training file (data.train) of their own."""
     from kdistill.config.builtin import load_builtin_task  # tasks imports this module
 
     task = data.get("task")
@@ -103,7 +109,7 @@ def expand_builtin_task(data: dict[str, Any]) -> None:
     builtin = load_builtin_task(task)
     data["task"] = builtin["task"]
     user_data = data.get("data") or {}
-    if "data" in builtin and not {"path", "source"} & set(user_data):
+    if "data" in builtin and not {"path", "source", "train"} & set(user_data):
         data["data"] = {**builtin["data"], **user_data}
 
 

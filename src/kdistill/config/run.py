@@ -246,6 +246,10 @@ class RunConfig:
                                     "objective.hidden.weight to 0.")
 
     def _check_generation(self) -> None:
+        if self.data.split_files:
+            keys = ", ".join(f"data.{key}" for key in self.data.split_files)
+            raise KdistillError(f"{keys}: your own split files are for label tasks (classification, multiple choice) "
+                                "for now; a generation task reads data.path and splits it. Remove them.")
         unsupported = [name for name, on in [("objective.balance", self.objective.balance.weight > 0),
                                              ("data.num_labelled", self.data.num_labelled is not None)] if on]
         for i, member in enumerate(self.members):  # every teacher of an ensemble is loaded and asked in-process

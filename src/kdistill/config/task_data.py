@@ -82,19 +82,37 @@ class TaskConfig:
         self.verbalizers = self.verbalizers or {n: f" {n}" for n in numbers}
 
 
+SPLIT_FILE_KEYS = ("train", "validation", "test", "unlabeled")
+"""The data keys that name a user's own split files (and the unlabelled pool)."""
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the examples come from and how they are cleaned and split."""
 
-    source: Literal["csv", "jsonl", "parquet", "folder", "hf", "winogrande", "social_iqa", "aqua_rat",
+    source: Literal["csv", "jsonl", "parquet", "folder", "hf", "hf_disk", "winogrande", "social_iqa", "aqua_rat",
                     "triviaqa", "chatterbot", "bbc_articles"] = "csv"
-    """File format: csv, jsonl, parquet, folder (`<label>/*.txt`) or hf (a 🤗 datasets name);
+    """File format: csv, jsonl, parquet, folder (`<label>/*.txt`), hf (a 🤗 datasets name) or hf_disk (a folder
+    written by 🤗 `Dataset.save_to_disk`);
     multiple choice: winogrande, social_iqa, aqua_rat (their public jsonl files); generation:
     jsonl (`text_field` the prompt, `target_field` the target), triviaqa (its json), chatterbot
     (chatterbot-corpus YAML question/answer pairs), bbc_articles (a folder of <topic>/*.txt)."""
     path: str = ""
     """File or folder path (relative paths are relative to the config file), `asset:NAME` for a
     built-in data asset, or the 🤗 datasets name when `source: hf`."""
+    train: str = ""
+    """Your own training file, instead of `path`: csv, jsonl, parquet (by its extension) or a saved 🤗 dataset
+    folder, relative to the config file. Splits not given (validation, test) are carved from it."""
+    validation: str = ""
+    """With `train`: your own validation file (early stopping, model selection); empty = `validation_fraction`
+    of the training file, stratified."""
+    test: str = ""
+    """With `train`: your own test file, used as it is for the report card (texts also in it are dropped from
+    the other splits); empty = `test_fraction` of the training file, stratified."""
+    unlabeled: str = ""
+    """A file of texts without labels (a label column is not read), added to the training split as a transfer
+    set that only the teacher labels: the distilled student learns from it, the labels-only one does not.
+    Works with `path` or `train`; texts also in another split are dropped from it."""
     text_field: str = "text"
     """Column holding the input text."""
     label_field: str = "label"
@@ -133,7 +151,19 @@ class DataConfig:
     split_seed: int = 0
     """Seed of the stratified split and of the `max_examples` sample."""
 
+    @property
+    def split_files(self) -> dict[str, str]:
+        """Each of data.train / validation / test / unlabeled that is given -> its path."""
+        return {key: getattr(self, key) for key in SPLIT_FILE_KEYS if getattr(self, key)}
+
     def __post_init__(self) -> None:
+        if self.path and self.train:
+            raise KdistillError("data.path and data.train are both given: use data.path for one source that kdistill "
+                                "splits, or data.train (with data.validation / data.test) for your own split files.")
+        for key in ("validation", "test"):
+            if getattr(self, key) and not self.train:
+                raise KdistillError(f"data.{key} needs data.train: give your training file as data.train (with "
+                                    f"data.path, kdistill carves the {key} split itself).")
         if not 0 < self.test_fraction < 1 or not 0 <= self.validation_fraction < 1:
             raise KdistillError("data.test_fraction must be in (0, 1) and data.validation_fraction in [0, 1).")
         if self.test_fraction + self.validation_fraction >= 0.9:

@@ -1,4 +1,5 @@
-"""Read a data source (csv, jsonl, parquet, a folder of .txt files, 🤗 datasets) into validated Examples.
+"""Read a data source (csv, jsonl, parquet, a folder of .txt files, 🤗 datasets, a saved 🤗 dataset) into
+validated Examples, or, for the unlabelled pool (data.unlabeled), into texts without labels.
 
 A bad row stops loading with a KdistillError naming the file, the line and the field, what was
 expected and how to fix it, so nothing downstream ever sees a half-valid dataset.
@@ -17,6 +18,7 @@ from kdistill.config import DataConfig, TaskConfig
 from kdistill.data.choice import read_choice_examples
 from kdistill.data.records import (
     CHOICE_SOURCES,
+    NO_LABEL,
     Example,
     LoadedExamples,
     cut_at_word,
@@ -63,6 +65,20 @@ def read_examples(data: DataConfig, task: TaskConfig) -> LoadedExamples:
         cut = cut_at_word(text, data.max_chars)
         loaded.truncated += cut != text
         loaded.examples.append(Example(id=text_id(cut), text=cut, label=label, origin=record.origin))
+    return loaded
+
+
+def read_texts(data: DataConfig) -> LoadedExamples:
+    """The texts of ``data.path`` as Examples with NO_LABEL: a pool the teacher labels. A label column, if the
+    file has one, is not read: the pool is text only, whatever else the file holds."""
+    text_name, _ = _field_names(data)
+    loaded = LoadedExamples()
+    for record in _read_records(data, labelled=False):
+        loaded.rows_read += 1
+        text = _normalized_text(record, text_name, data)
+        cut = cut_at_word(text, data.max_chars)
+        loaded.truncated += cut != text
+        loaded.examples.append(Example(id=text_id(cut), text=cut, label=NO_LABEL, origin=record.origin))
     return loaded
 
 
@@ -114,16 +130,18 @@ def _normalized_text(record: _Record, text_name: str, data: DataConfig) -> str:
 # Readers: each yields _Records in file order and names the file and line of every problem
 
 
-def _read_records(data: DataConfig) -> Iterator[_Record]:
+def _read_records(data: DataConfig, *, labelled: bool = True) -> Iterator[_Record]:
+    """Every row of ``data.path``; without ``labelled``, the label column is neither required nor read."""
     if not data.path:
         raise KdistillError(
             "data.path is empty: give a file, a folder, asset:NAME, or a 🤗 datasets name (source: hf)."
         )
     if data.source == "hf":
-        return _read_hf(data)
+        return _read_hf(data, labelled)
     path = source_path(data)
-    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet, "folder": _read_folder}
-    return readers[data.source](path, data)
+    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet, "folder": _read_folder,
+               "hf_disk": _read_hf_disk}
+    return readers[data.source](path, data, labelled)
 
 
 def _decode(path: Path, encoding: str) -> str:
@@ -151,8 +169,13 @@ def _decode(path: Path, encoding: str) -> str:
     raise KdistillError("data.encoding is empty; name the files' encoding, e.g. utf-8.")
 
 
-def _require_columns(found: list[str], data: DataConfig, where: str) -> None:
-    for key, name in (("text_field", data.text_field), ("label_field", data.label_field)):
+def _wanted_columns(data: DataConfig, labelled: bool) -> list[str]:
+    return [data.text_field, data.label_field] if labelled else [data.text_field]
+
+
+def _require_columns(found: list[str], data: DataConfig, where: str, labelled: bool = True) -> None:
+    keys = ("text_field", "label_field") if labelled else ("text_field",)
+    for key, name in ((key, getattr(data, key)) for key in keys):
         if name not in found:
             raise KdistillError(
                 f"{where}: column '{name}' (data.{key}) not found; columns found: {', '.join(found)}. "
@@ -160,22 +183,23 @@ def _require_columns(found: list[str], data: DataConfig, where: str) -> None:
             )
 
 
-def _read_csv(path: Path, data: DataConfig) -> Iterator[_Record]:
+def _read_csv(path: Path, data: DataConfig, labelled: bool) -> Iterator[_Record]:
     rows = _csv_rows(path, _decode(path, data.encoding))
     if data.columns:
         columns = data.columns
-        _require_columns(columns, data, f"{path}: data.columns")
+        _require_columns(columns, data, f"{path}: data.columns", labelled)
     else:
         line, header = next(rows, (1, None))
         if header is None:
             raise KdistillError(f"{path}: the file is empty; expected a header row and one row per example.")
         columns = [name.strip() for name in header]
-        _require_columns(columns, data, f"{path}:{line}: header")
-    text_at, label_at = columns.index(data.text_field), columns.index(data.label_field)
+        _require_columns(columns, data, f"{path}:{line}: header", labelled)
+    text_at = columns.index(data.text_field)
+    label_at = columns.index(data.label_field) if labelled else None
     for line, row in rows:
         origin = f"{path}:{line}"
         _check_row_width(row, columns, origin)
-        yield _Record(row[text_at], row[label_at], origin)
+        yield _Record(row[text_at], None if label_at is None else row[label_at], origin)
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
@@ -209,10 +233,10 @@ def _check_row_width(row: list[str], columns: list[str], origin: str) -> None:
         )
 
 
-def _read_jsonl(path: Path, data: DataConfig) -> Iterator[_Record]:
+def _read_jsonl(path: Path, data: DataConfig, labelled: bool) -> Iterator[_Record]:
     for origin, obj in jsonl_objects(path, _decode(path, data.encoding)):
-        text, label = _json_field(obj, "text_field", origin, data), _json_field(obj, "label_field", origin, data)
-        yield _Record(text, label, origin)
+        text = _json_field(obj, "text_field", origin, data)
+        yield _Record(text, _json_field(obj, "label_field", origin, data) if labelled else None, origin)
 
 
 def _json_field(obj: dict[str, Any], key: str, origin: str, data: DataConfig) -> Any:
@@ -225,21 +249,27 @@ def _json_field(obj: dict[str, Any], key: str, origin: str, data: DataConfig) ->
     return obj[name]
 
 
-def _read_parquet(path: Path, data: DataConfig) -> Iterator[_Record]:
+def _read_parquet(path: Path, data: DataConfig, labelled: bool) -> Iterator[_Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        _require_columns(pq.read_schema(path).names, data, str(path))
-        table = pq.read_table(path, columns=[data.text_field, data.label_field])
+        _require_columns(pq.read_schema(path).names, data, str(path), labelled)
+        table = pq.read_table(path, columns=_wanted_columns(data, labelled))
     except (pa.ArrowInvalid, OSError) as err:
         raise KdistillError(f"{path}: not a readable parquet file ({err}); check data.source and data.path.") from None
-    texts, labels = table.column(data.text_field).to_pylist(), table.column(data.label_field).to_pylist()
+    yield from _table_records({name: table.column(name).to_pylist() for name in table.column_names}, data, str(path))
+
+
+def _table_records(columns: dict[str, list[Any]], data: DataConfig, where: str) -> Iterator[_Record]:
+    """The rows of column-wise data (parquet, 🤗 datasets), named 'where:row N' (N from 0, as in ``ds[N]``)."""
+    texts = columns[data.text_field]
+    labels = columns.get(data.label_field, [None] * len(texts))  # absent: a pool read without labels
     for row, (text, label) in enumerate(zip(texts, labels)):
-        yield _Record(text, label, f"{path}:row {row}")
+        yield _Record(text, label, f"{where}:row {row}")
 
 
-def _read_folder(path: Path, data: DataConfig) -> Iterator[_Record]:
+def _read_folder(path: Path, data: DataConfig, labelled: bool) -> Iterator[_Record]:
     files = sorted(file for file in path.glob("*/*.txt") if file.is_file())
     if not files:
         raise KdistillError(
@@ -249,7 +279,7 @@ def _read_folder(path: Path, data: DataConfig) -> Iterator[_Record]:
         yield _Record(_decode(file, data.encoding), file.parent.name, str(file))
 
 
-def _read_hf(data: DataConfig) -> Iterator[_Record]:
+def _read_hf(data: DataConfig, labelled: bool) -> Iterator[_Record]:
     import datasets  # heavy import; only this source needs it
 
     where = f"🤗 dataset '{data.path}' (config {data.hf_config!r}, split {data.hf_split!r})"
@@ -259,6 +289,21 @@ def _read_hf(data: DataConfig) -> Iterator[_Record]:
         raise KdistillError(
             f"{where} could not be loaded ({err}); check data.path, data.hf_config and data.hf_split."
         ) from None
-    _require_columns(dataset.column_names, data, where)
-    for row, (text, label) in enumerate(zip(dataset[data.text_field], dataset[data.label_field])):
-        yield _Record(text, label, f"{data.path}:row {row}")
+    _require_columns(dataset.column_names, data, where, labelled)
+    yield from _table_records({name: dataset[name] for name in _wanted_columns(data, labelled)}, data, data.path)
+
+
+def _read_hf_disk(path: Path, data: DataConfig, labelled: bool) -> Iterator[_Record]:
+    """A folder written by 🤗 ``Dataset.save_to_disk``: one split (a DatasetDict's folder holds several)."""
+    import datasets  # heavy import; only this source needs it
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as err:  # a damaged or foreign folder raises many types; each means "not a saved dataset"
+        raise KdistillError(f"{path}: not a readable saved 🤗 dataset ({type(err).__name__}: {err}); give a folder "
+                            "written by Dataset.save_to_disk.") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise KdistillError(f"{path}: a saved 🤗 DatasetDict with splits {', '.join(dataset)}; give the folder of one "
+                            f"split, e.g. {path / next(iter(dataset))}.")
+    _require_columns(dataset.column_names, data, str(path), labelled)
+    yield from _table_records({name: dataset[name] for name in _wanted_columns(data, labelled)}, data, str(path))

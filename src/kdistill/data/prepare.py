@@ -2,14 +2,16 @@
 
 The order matters: deduplicate on the casefolded text first, so one text (in any casing or spacing)
 can land in one split only; then sample; then split, stratified by label. The same config gives the
-same splits, bit for bit.
+same splits, bit for bit. With the user's own split files (data.train ...), the splits they give are kept
+and only the missing ones are carved from the training file; the unlabelled pool (data.unlabeled) joins
+the training split as texts without gold labels, like the rest of a data.num_labelled split.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from sklearn.model_selection import train_test_split
 from kdistill.config import DataConfig, TaskConfig
 from kdistill.data.loaders import read_examples
 from kdistill.data.records import Example, LoadedExamples, deduplicate
+from kdistill.data.split_files import combined, drop_shared_texts, read_split_files, unique_texts
 from kdistill.errors import KdistillError
 
 SPLITS = ("train", "validation", "test")
@@ -44,8 +47,40 @@ class PreparedData:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
+@dataclass
+class _Cleaning:
+    """What reading and deduplication found, for the data report."""
+
+    loaded: LoadedExamples
+    duplicates_removed: int
+    conflicts: list[list[Example]]
+    num_unique: int
+    shared_dropped: dict[str, int] = field(default_factory=dict)
+    """Texts dropped from a split because another split (the test file first) has them: split -> count."""
+
+
 def prepare_data(data: DataConfig, task: TaskConfig) -> PreparedData:
-    """Load, deduplicate, sample (if data.max_examples) and split, stratified by label."""
+    """Load, deduplicate, sample (if data.max_examples) and split, stratified by label: one source (data.path)
+    or the user's own split files (data.train ...); then add the unlabelled pool (data.unlabeled), if any."""
+    files = read_split_files(data, task)  # a missing or malformed file stops here, before any splitting
+    train, validation, test, cleaning = _split_files(files, data) if data.train else _split_source(data, task)
+    ids = [{example.id for example in split} for split in (train, validation, test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2]), "a text is in two splits"
+    prepared = PreparedData(train=train, validation=validation, test=test, report={})
+    if data.num_labelled is not None and data.num_labelled < len(train):
+        # the rest of the training split is a transfer set: text only the teacher labels
+        prepared.labelled_train = stratified_sample(train, data.num_labelled, data.split_seed + 1)
+    pool = _add_pool(prepared, files["unlabeled"], cleaning) if "unlabeled" in files else None
+    prepared.report = _build_report(data, task, cleaning, prepared)
+    prepared.report["labelled_train"] = len(prepared.labelled)
+    if data.split_files:  # only then: an existing config's report stays as it was
+        prepared.report.update(files=data.split_files, shared_texts_dropped=cleaning.shared_dropped,
+                               unlabeled_pool=None if pool is None else len(pool))
+    return prepared
+
+
+def _split_source(data: DataConfig, task: TaskConfig) -> tuple[list[Example], list[Example], list[Example], _Cleaning]:
+    """(train, validation, test) of the single source data.path, and what cleaning it found."""
     loaded = read_examples(data, task)
     unique, duplicates_removed, conflicts = deduplicate(loaded.examples)
     if not unique:
@@ -54,16 +89,61 @@ def prepare_data(data: DataConfig, task: TaskConfig) -> PreparedData:
             f"{sum(loaded.ignored_by_label.values())} ignored, {len(conflicts)} texts with conflicting labels)."
         )
     sampled = stratified_sample(unique, data.max_examples, data.split_seed)
-    train, validation, test = stratified_split(sampled, data)
-    ids = [{example.id for example in split} for split in (train, validation, test)]
-    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2]), "a text is in two splits"
-    prepared = PreparedData(train=train, validation=validation, test=test, report={})
-    if data.num_labelled is not None and data.num_labelled < len(train):
-        # the rest of the training split is a transfer set: text only the teacher labels
-        prepared.labelled_train = stratified_sample(train, data.num_labelled, data.split_seed + 1)
-    prepared.report = _build_report(data, task, loaded, prepared, duplicates_removed, conflicts, len(unique))
-    prepared.report["labelled_train"] = len(prepared.labelled)
-    return prepared
+    return *stratified_split(sampled, data), _Cleaning(loaded, duplicates_removed, conflicts, len(unique))
+
+
+def _split_files(files: dict[str, LoadedExamples],
+                 data: DataConfig) -> tuple[list[Example], list[Example], list[Example], _Cleaning]:
+    """(train, validation, test) from the user's files: the ones given as they are (less texts a split of higher
+    PRECEDENCE has), the missing ones carved from the training file, stratified."""
+    given = [key for key in SPLITS if key in files]
+    deduplicated = {key: deduplicate(files[key].examples) for key in given}
+    splits = {key: kept for key, (kept, _, _) in deduplicated.items()}
+    shared_dropped = drop_shared_texts(splits)
+    if not splits["train"]:
+        raise KdistillError(f"{data.train} (data.train): no examples left once the texts also in data.validation / "
+                            "data.test and those with conflicting labels are dropped; give more training examples.")
+    cleaning = _Cleaning(combined([files[key] for key in given]), sum(d[1] for d in deduplicated.values()),
+                         [group for d in deduplicated.values() for group in d[2]],
+                         sum(len(kept) for kept in splits.values()), shared_dropped)
+    train = stratified_sample(splits["train"], data.max_examples, data.split_seed)
+    validation, test = splits.get("validation"), splits.get("test")
+    if validation is None and test is None:
+        return *stratified_split(train, data), cleaning  # as a single source would be split
+    if test is None:
+        train, test = carve(train, data.test_fraction, data, "test")
+    elif validation is None:
+        train, validation = carve(train, data.validation_fraction, data, "validation")
+    return train, validation, test, cleaning
+
+
+def carve(examples: list[Example], fraction: float, data: DataConfig, split: str) -> tuple[list[Example], list[Example]]:
+    """(the rest, ``fraction`` of ``examples``), stratified by label: a split the user's files do not give."""
+    if fraction == 0:
+        return examples, []
+    labels = [example.label for example in examples]
+    try:
+        rest, carved = train_test_split(list(range(len(examples))), test_size=fraction, stratify=labels,
+                                        random_state=data.split_seed)
+    except ValueError as err:  # sklearn's word for "too few examples to stratify"
+        raise KdistillError(
+            f"{data.train} (data.train): cannot carve a stratified {split} split ({fraction} of {len(examples)} "
+            f"examples, {dict(Counter(labels))}): {err}; add examples, give data.{split} as a file, or change "
+            f"data.{split}_fraction."
+        ) from None
+    return [examples[i] for i in rest], [examples[i] for i in carved]
+
+
+def _add_pool(prepared: PreparedData, loaded: LoadedExamples, cleaning: _Cleaning) -> list[Example]:
+    """Append the unlabelled pool to the training split as texts without gold labels (the labelled part stays
+    prepared.labelled), less the texts another split has; returns the pool as added."""
+    splits = {**prepared.splits(), "unlabeled": unique_texts(loaded.examples)}
+    cleaning.shared_dropped.update(drop_shared_texts(splits))
+    prepared.labelled_train = list(prepared.labelled)  # before the pool joins the training split
+    prepared.train = prepared.train + splits["unlabeled"]
+    cleaning.loaded.rows_read += loaded.rows_read
+    cleaning.loaded.truncated += loaded.truncated
+    return splits["unlabeled"]
 
 
 def stratified_sample(examples: list[Example], max_examples: int | None, seed: int) -> list[Example]:
@@ -131,28 +211,21 @@ def _check_class_sizes(labels: list[str], data: DataConfig) -> None:
 # The data report
 
 
-def _build_report(
-    data: DataConfig,
-    task: TaskConfig,
-    loaded: LoadedExamples,
-    prepared: PreparedData,
-    duplicates_removed: int,
-    conflicts: list[list[Example]],
-    num_unique: int,
-) -> dict[str, Any]:
+def _build_report(data: DataConfig, task: TaskConfig, cleaning: _Cleaning, prepared: PreparedData) -> dict[str, Any]:
+    loaded, conflicts = cleaning.loaded, cleaning.conflicts
     splits = prepared.splits()
     counts = {name: _label_counts(split, task.labels) for name, split in splits.items()}
     overall = {label: sum(counts[name][label] for name in SPLITS) for label in task.labels}
     return {
-        "source": data.source,
-        "path": data.path,
+        "source": "files" if data.train else data.source,
+        "path": data.path or data.train,
         "rows_read": loaded.rows_read,
         "ignored_rows": sum(loaded.ignored_by_label.values()),
         "ignored_by_label": dict(loaded.ignored_by_label),
         "truncated": loaded.truncated,
-        "duplicates_removed": duplicates_removed,
+        "duplicates_removed": cleaning.duplicates_removed,
         "label_conflicts": _conflict_summary(conflicts),
-        "examples_before_sampling": num_unique,
+        "examples_before_sampling": cleaning.num_unique,
         "counts": counts,
         "totals": {**{name: len(split) for name, split in splits.items()}, "all": sum(overall.values())},
         "text_chars": {name: _length_stats(split) for name, split in splits.items()},
@@ -211,8 +284,9 @@ def format_report(prepared: PreparedData, num_samples: int = 3) -> str:
     """The data report as text: counts per split and label, dropped rows, warnings, sample rows."""
     report = prepared.report
     conflicts = report["label_conflicts"]
+    files = report.get("files") or {"path": report["path"]}
     lines = [
-        f"data: {report['source']} {report['path']}",
+        *(f"data: {report['source']} {path}" if key == "path" else f"data.{key}: {path}" for key, path in files.items()),
         f"rows read {report['rows_read']}, ignored {report['ignored_rows']}, "
         f"truncated to data.max_chars {report['truncated']}",
         f"duplicates removed {report['duplicates_removed']}, label conflicts {conflicts['count']} "
@@ -223,6 +297,12 @@ def format_report(prepared: PreparedData, num_samples: int = 3) -> str:
     for conflict in conflicts["examples"]:
         where = ", ".join(f"{row['label']} at {row['origin']}" for row in conflict["rows"])
         lines.append(f"conflict: {conflict['text']!r}: {where}")
+    if report.get("unlabeled_pool") is not None:
+        lines.append(f"unlabeled pool: {report['unlabeled_pool']} texts in the training split, labelled by the teacher "
+                     "alone (the labels-only student does not see them)")
+    for split, count in report.get("shared_texts_dropped", {}).items():
+        lines.append(f"warning: {count} {split} text(s) are also in another split: dropped from {split} (a text stays "
+                     "in the first of test, validation, train, unlabeled that has it)")
     if report["imbalance_warning"]:
         lines.append(f"warning: {report['imbalance_warning']}")
     for name, split in prepared.splits().items():

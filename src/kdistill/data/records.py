@@ -27,7 +27,7 @@ class Example:
     text: str
     """NFKC-normalized, whitespace runs collapsed to one space, stripped, cut to data.max_chars."""
     label: str
-    """A task label (after data.label_map)."""
+    """A task label (after data.label_map), or NO_LABEL for a text of the unlabelled pool (data.unlabeled)."""
     origin: str
     """Where the row came from: 'path:line' (csv, jsonl), 'path:row N' (parquet, hf; N counts
     from 0, as in ``ds[N]``) or the .txt file's path (folder)."""
@@ -44,6 +44,10 @@ class LoadedExamples:
 
 
 CHOICE_SOURCES = ("winogrande", "social_iqa", "aqua_rat")
+
+NO_LABEL = ""
+"""The label of a text that has none (data.unlabeled): only the teacher labels it, and no gold-label use
+(CE, recalibration, few-shot examples, the labels-only student) ever sees it."""
 
 
 def text_id(text: str) -> str:
@@ -71,14 +75,15 @@ def source_path(data: DataConfig) -> Path:
 
         return fetch_data_asset(data.path.removeprefix("asset:"))
     path = Path(data.path)
-    want_folder = data.source in ("folder", "bbc_articles")
+    want_folder = data.source in ("folder", "bbc_articles", "hf_disk")
     if not path.exists():
         kind = "folder" if want_folder else f"{data.source} file"
         raise KdistillError(
             f"{path}: no such {kind} (data.path); check the path (relative paths are relative to the config file)."
         )
     if path.is_dir() != want_folder:
-        expected = "a folder of <label>/*.txt files" if want_folder else f"a {data.source} file"
+        expected = ("a saved 🤗 dataset folder" if data.source == "hf_disk" else
+                    "a folder of <label>/*.txt files" if want_folder else f"a {data.source} file")
         raise KdistillError(f"{path}: data.source is {data.source!r}, so data.path must be {expected}.")
     return path
 

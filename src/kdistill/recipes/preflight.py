@@ -1,5 +1,6 @@
-"""What a command checks before it does any work or writes anything: that the run directory can be made and
-written, that each model a run loads is there (its config and tokenizer load), and the device.
+"""What a command checks before it does any work or writes anything: that the user's own split files are there,
+that the run directory can be made and written, that each model a run loads is there (its config and tokenizer
+load), and the device.
 
 A wrong student path used to be found after the teacher had been asked about every example; here it costs
 the seconds a tokenizer takes to load. An endpoint teacher is contacted when it is first asked (with retries),
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.config import ModelConfig, RunConfig
+from kdistill.data.split_files import checked_split_files
 from kdistill.errors import KdistillError
 from kdistill.models import resolve_model_path
 
@@ -108,6 +110,8 @@ def _check_weights(key: str, model: ModelConfig, path: Path) -> None:
 
 def preflight(cfg: RunConfig, *, models: bool = True, student: bool = True) -> None:
     """Every check above, for a command about to work on ``cfg`` (one run; a config with stages checks each)."""
+    # the user's own split files exist and have a known format: a typo costs no tokenizer loads
+    checked_split_files(cfg.data, cfg.task)
     check_output(cfg)
     check_device(cfg)
     if models:

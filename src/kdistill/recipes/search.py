@@ -54,7 +54,7 @@ def subsample(data: PreparedData, fraction: float, seed: int) -> PreparedData:
     for part in parts:
         kept |= {e.id for e in stratified_sample(part, max(1, round(fraction * len(part))), seed)}
     train = [e for e in data.train if e.id in kept]
-    lost = sorted({e.label for e in data.train} - {e.label for e in train})
+    lost = sorted({e.label for e in data.train if e.label} - {e.label for e in train})  # "": the unlabelled pool
     if lost:
         raise KdistillError(f"search.subsample {fraction} keeps {len(train)} of {len(data.train)} training examples "
                             f"and none labelled {lost[0]!r}; raise search.subsample.")

@@ -212,7 +212,7 @@ def _combine(cfg: RunConfig, data: PreparedData,
     else:  # gold_agreement: only the labelled training examples' gold labels may be looked at
         labelled = {e.id for e in data.labelled}
         examples = elicited_examples(data)
-        gold_n = torch.tensor([label_index[e.label] for e in examples])
+        gold_n = torch.tensor([label_index[e.label] if e.id in labelled else 0 for e in examples])  # 0: never read
         has_gold_n = torch.tensor([e.id in labelled for e in examples])
         weights_nk = gold_agreement_weights(logprobs_knl, gold_n, has_gold_n)
     if "weights" not in info:

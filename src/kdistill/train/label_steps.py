@@ -125,7 +125,8 @@ class LabelSteps:
     def _targets(self, chunk: list["Example"], **balance: torch.Tensor) -> StepTargets:
         ids = [e.id for e in chunk]
         return StepTargets(
-            labels_b=torch.tensor([self.label_ids[e.label] for e in chunk], device=self.trainer.device),
+            # a pool text (data.unlabeled) has no gold label: -100, cross-entropy's ignore index; labelled_b masks it too
+            labels_b=torch.tensor([self.label_ids[e.label] if e.label else -100 for e in chunk], device=self.trainer.device),
             teacher_logprobs_bl=self.targets.rows(ids).to(self.trainer.device) if self.targets else None,
             teacher_hidden=[t.rows(ids).to(self.trainer.device) for t in self.teacher_hidden] if self.trainer.objective.uses_hidden
             else None,
