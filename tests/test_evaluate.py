@@ -13,6 +13,18 @@ def test_collapse_is_flagged_and_a_healthy_model_is_not():
     assert label_metrics(gold, gold, labels)["collapse_warning"] is None
 
 
+def test_a_skewed_set_flags_a_collapse_the_absolute_excess_would_miss():
+    """Issue 23's user: 65/35 test labels, 85 % of answers to the majority: half the minority's answers taken."""
+    from kdistill.eval.labels import label_metrics
+
+    labels = ["negative", "positive"]
+    gold = [1] * 65 + [0] * 35
+    skewed = label_metrics(gold, [1] * 85 + [0] * 15, labels)
+    assert "85 % of predictions are 'positive', which is 65 % of the test labels" in skewed["collapse_warning"]
+    assert label_metrics(gold, [1] * 72 + [0] * 28, labels)["collapse_warning"] is None  # a mild lean is not
+    assert label_metrics([0] * 50 + [1] * 50, [0] * 70 + [1] * 30, labels)["collapse_warning"] is None  # as before
+
+
 def test_recalibration_recovers_a_timid_biased_teacher():
     """A teacher whose log-probs were squashed 5x and shifted towards label 1 is fitted back."""
     import torch

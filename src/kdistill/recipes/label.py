@@ -144,7 +144,7 @@ def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None
         return cfg.paths.student(variant, seed)
     data = data or prepared_data(cfg)
     objective_cfg = cfg.objective.labels_only() if variant == "labels_only" else cfg.objective
-    cfg, train_examples, labelled_ids = _training_set(cfg, data, variant)
+    cfg, train_examples, labelled_ids, max_steps = _training_set(cfg, data, variant)
     needs_targets = objective_cfg.needs_teacher or labelled_ids is not None
     if needs_targets and targets is None:
         if teachers is None:
@@ -170,7 +170,7 @@ def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None
                           teacher_hidden=[h.subset(ids) for h in hidden] if hidden else None,
                           label_prior=label_prior(cfg, data), cfg=cfg.training, seed=seed, labelled_ids=labelled_ids,
                           checkpoint_dir=cfg.paths.checkpoints(variant, seed), progress=progress,
-                          on_record=record, desc=f"training {variant} seed {seed}")
+                          on_record=record, desc=f"training {variant} seed {seed}", max_steps=max_steps)
         if optimizer_from is not None and not resume:
             carried, total = trainer.carry_optimizer_state(load_file(optimizer_from))
             log.info("carried the optimizer state of %d of %d parameters from %s", carried, total, optimizer_from)
@@ -184,16 +184,20 @@ def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None
     return out
 
 
-def _training_set(cfg: RunConfig, data: PreparedData, variant: str) -> tuple[RunConfig, list[Example], set[str] | None]:
-    """What ``variant`` trains on, and which of it has gold labels (None: all). With a transfer set
-    (data.num_labelled), only the distilled student sees the teacher-only texts; the labels-only baseline gets
-    as many optimizer steps as the distilled student, over its smaller set (its cfg's epochs, returned)."""
+def _training_set(cfg: RunConfig, data: PreparedData,
+                  variant: str) -> tuple[RunConfig, list[Example], set[str] | None, int | None]:
+    """What ``variant`` trains on, which of it has gold labels (None: all), and its optimizer-step cap. With a
+    transfer set (data.num_labelled, data.unlabeled), only the distilled student sees the teacher-only texts;
+    the labels-only baseline cycles its smaller set for exactly as many optimizer steps as the distilled
+    student takes (its cfg's epochs, rounded up, then capped), so neither side wins by training longer."""
     if data.labelled_train is None:
-        return cfg, data.train, None
+        return cfg, data.train, None, None
     if variant != "labels_only":
-        return cfg, data.train, {e.id for e in data.labelled_train}
-    epochs = math.ceil(cfg.training.epochs * len(data.train) / len(data.labelled_train))
-    return replace(cfg, training=replace(cfg.training, epochs=epochs)), data.labelled_train, None
+        return cfg, data.train, {e.id for e in data.labelled_train}, None
+    training = cfg.training
+    distilled_steps = math.ceil(len(data.train) / training.batch_size) * training.epochs
+    epochs = math.ceil(distilled_steps / math.ceil(len(data.labelled_train) / training.batch_size))
+    return replace(cfg, training=replace(training, epochs=epochs)), data.labelled_train, None, distilled_steps
 
 
 def _save_student(out: Path, student: LabelModel, objective: Objective, trainer: Trainer, result: Any, *,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.io import atomic_write_bytes
-from kdistill.report.label_markdown import _fmt_bytes, _row_name, _verdict
+from kdistill.report.label_markdown import _fmt_bytes, _row_name, _verdict, warnings_of
 from kdistill.report.plots import KIND_COLOURS, Plot, report_plots
 from kdistill.rundir import RunDir
 
@@ -51,14 +51,6 @@ def _inline(markdown: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def _warnings_of(entry: Record) -> list[str]:
-    """A model's collapse warnings: its own, or each seed's."""
-    if "metrics" in entry:
-        return [entry["metrics"]["collapse_warning"]] if entry["metrics"].get("collapse_warning") else []
-    return [f"seed {seed}: {metrics['collapse_warning']}"
-            for seed, metrics in entry["seeds"].items() if metrics.get("collapse_warning")]
-
-
 CARD_COLUMNS = ("model", "macro-F1", "accuracy", "% of teacher", "params", "size on disk",
                 "latency p50 / p95 (ms, batch 1)", "throughput (ex/s)", "speed-up (latency / throughput)")
 
@@ -69,7 +61,7 @@ def _card(results: Record, names: dict[str, str]) -> str:
     for row in results["comparison"]:
         entry = results["models"][row["model"]]
         cost = entry["cost"]
-        flag = ' <span title="collapse warning">⚠</span>' if _warnings_of(entry) else ""
+        flag = ' <span title="collapse warning">⚠</span>' if warnings_of(entry) else ""
         colour = KIND_COLOURS.get("teacher" if row["model"].startswith("teacher") else row["model"], "#333")
         f1 = f"{row['macro_f1']:.3f}" + (f" ± {row['macro_f1_std']:.3f} ({row['seeds']} seeds)" if row["seeds"] else "")
         retained = "—" if row["retained_pct"] is None else f"{row['retained_pct']:.1f} %"
@@ -107,7 +99,7 @@ def _cost_note(results: Record) -> str:
 
 
 def _warnings(results: Record, names: dict[str, str]) -> str:
-    items = [f"{names[key]}: {w}" for key, entry in results["models"].items() for w in _warnings_of(entry)]
+    items = [f"{names[key]}: {w}" for key, entry in results["models"].items() for w in warnings_of(entry)]
     if results["data"].get("imbalance_warning"):
         items.append(f"data: {results['data']['imbalance_warning']}")
     return "".join(f'<div class="warn">⚠ {_e(item)}</div>' for item in items)

@@ -71,6 +71,19 @@ def _model_metrics(key: str, entry: dict[str, Any], labels: list[str]) -> list[s
     return lines + [""]
 
 
+def warnings_of(entry: dict[str, Any]) -> list[str]:
+    """A model's collapse warnings: its own, or each seed's (a collapse in one seed of three is still news)."""
+    if "metrics" in entry:
+        return [entry["metrics"]["collapse_warning"]] if entry["metrics"].get("collapse_warning") else []
+    return [f"seed {seed}: {metrics['collapse_warning']}"
+            for seed, metrics in entry["seeds"].items() if metrics.get("collapse_warning")]
+
+
+def _warning_lines(results: dict[str, Any]) -> list[str]:
+    """Every collapse, of every model and seed, at the top of the card: the detail shows the first seed only."""
+    return [f"⚠ {_row_name(key, entry)}: {w}" for key, entry in results["models"].items() for w in warnings_of(entry)]
+
+
 def _verdict(rows: list[dict[str, Any]]) -> list[str]:
     by = {r["model"]: r for r in rows}
     if "student_distilled" not in by:
@@ -85,6 +98,10 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
         word = "better than" if delta > 0 else "worse than" if delta < 0 else "the same as"
         lines.append(f"Against the same student trained on the labels alone ({lo['macro_f1']:.3f} ± "
                      f"{lo['macro_f1_std']:.3f}), distillation is {word} it by {abs(delta):.3f} macro-F1.")
+        if delta < 0:  # the teacher's signal cost quality: a user must not ship this student believing otherwise
+            lines.append("⚠ **The distilled student trails the labels-only baseline**: here the teacher's labels hurt. "
+                         "Compare the teacher's own macro-F1 and most-predicted share above; a weak or skewed teacher "
+                         "wants a lower `objective.kd.weight` or a better teacher.")
     return lines
 
 
@@ -93,6 +110,8 @@ def render_markdown(results: dict[str, Any], config_yaml: str) -> str:
     data = results["data"]
     lines = [f"# Report card: `{results['run']}` ({results['task']})", ""]
     lines += _verdict(results["comparison"]) + [""]
+    if _warning_lines(results):
+        lines += _warning_lines(results) + [""]
     num_train, num_labelled = data["totals"]["train"], data.get("labelled_train", data["totals"]["train"])
     if num_labelled < num_train:
         lines += [f"Setting: gold labels for **{num_labelled}** of the {num_train} training examples. The labels-only "

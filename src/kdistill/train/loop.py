@@ -130,12 +130,13 @@ class Trainer:
                  targets: TeacherTargets | None = None, teacher_hidden: list[TeacherTargets] | None = None,
                  label_prior: torch.Tensor | None = None, labelled_ids: set[str] | None = None,
                  progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None,
-                 steps: "Steps | None" = None, desc: str = "training") -> None:
+                 steps: "Steps | None" = None, desc: str = "training", max_steps: int | None = None) -> None:
         """``targets``, ``teacher_hidden``, ``label_prior``, ``labelled_ids``: the label-space steps' inputs (see
         `label_steps.LabelSteps`); ``steps``: another kind of training in their place (a generative student's
         `token_steps.TokenSteps`). ``on_record``: called with each record as it joins the history (training
         terms every 10 steps, each validation), for loggers such as TensorBoard, or a search that prunes a bad
-        trial by raising. ``desc``: what the progress bar says it trains."""
+        trial by raising. ``desc``: what the progress bar says it trains. ``max_steps``: stop after this many
+        optimizer steps even within an epoch (a baseline given the distilled student's step count)."""
         self.model, self.train_examples, self.val_examples = model, train_examples, val_examples
         self.objective, self.cfg, self.seed = objective, cfg, seed
         self.checkpoint_dir, self.progress = Path(checkpoint_dir), progress
@@ -150,6 +151,8 @@ class Trainer:
                        distributed.device() if self.sharded else pick_device(cfg.device))
         self.steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        if max_steps:
+            self.total_steps = min(self.total_steps, max_steps)
         _seed_everything(seed)
         self.whole = (model, objective)  # what the caller holds: whole again at the end of `run()`
         if self.sharded:  # FSDP2 shards in place, so it shards copies; the caller's wait on the CPU (`_copy_back`)
@@ -178,6 +181,9 @@ class Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------- the loop
+    def _done(self) -> bool:
+        return self.state.stopped_early or self.state.global_step >= self.total_steps
+
     def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
         start = time.perf_counter()
         if resume:
@@ -188,9 +194,9 @@ class Trainer:
             distributed.barrier()
         bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc=self.desc, unit="step",
                    disable=not self.progress)
-        while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
+        while self.state.epoch < self.cfg.epochs and not self._done():
             order = self._epoch_order(self.state.epoch)
-            while self.state.step_in_epoch < self.steps_per_epoch and not self.state.stopped_early:
+            while self.state.step_in_epoch < self.steps_per_epoch and not self._done():
                 s = self.state.step_in_epoch * self.cfg.batch_size
                 terms = self._step([self.train_examples[i] for i in order[s:s + self.cfg.batch_size]])
                 self.state.step_in_epoch += 1
