@@ -180,3 +180,20 @@ def test_stages_page_renders_in_headless_chromium(tmp_path):
         assert {f"stage-{stage}", *(f"stage{stage}-{s}" for s in ("card", "comparison", "training", "confusion")),
                 f"stage{stage}-comparison.png"} <= set(seen["sections"])
     assert seen["title"] == "Report card: x (2 stages)"
+
+
+def test_the_card_flags_a_later_seeds_collapse_and_a_distilled_student_behind_labels_only():
+    """Issue 23: the detail shows the first seed only, so a collapse in seed 1 is named at the top of the card;
+    and a distilled student that trails the labels-only baseline is flagged, in report.md and report.html."""
+    results = made_up_results()
+    markdown = render_markdown(results, "name: made-up\n")
+    assert "⚠ student, distilled: seed 1: predicts 'negative' for 80 %" in markdown
+    assert "trails the labels-only baseline" not in markdown  # no labels-only row: nothing to trail
+    results["models"]["student_labels_only"] = {
+        "name": "mini", "seeds": {"0": _metrics(0.82, [[8, 2], [1, 9]]), "1": _metrics(0.80, [[8, 2], [2, 8]])},
+        "cost": _cost(12.5, 80.0, 22_000_000),
+        "summary": {"macro_f1": {"mean": 0.81, "std": 0.01}, "accuracy": {"mean": 0.82, "std": 0.01}}}
+    results["comparison"] = _comparison(results["models"])
+    markdown = render_markdown(results, "name: made-up\n")
+    assert "⚠ **The distilled student trails the labels-only baseline**" in markdown
+    assert "The distilled student trails the labels-only baseline" in render_html(results, HISTORIES, "name: x\n")
