@@ -127,6 +127,9 @@ def test_transfer_set_hides_labels_and_keeps_the_baseline_fair(tiny_config):
     # the labels-only student sees only its 20 labelled examples, for exactly as many steps as the distilled one
     # (2 epochs of the whole training split; the rounded-up epochs of 20 examples would give more)
     assert logs["labels_only"]["steps"] == logs["distilled"]["steps"] == 2 * -(-len(data.train) // 8)
+    # and is validated at the same steps, so early stopping weighs the same evidence for both
+    validated = {v: [r["step"] for r in log["history"] if "val_macro_f1" in r] for v, log in logs.items()}
+    assert validated["labels_only"] == validated["distilled"] == [-(-len(data.train) // 8), logs["distilled"]["steps"]]
 
 
 def test_a_head_with_other_labels_is_refused(tmp_path, tiny_models, tiny_config):

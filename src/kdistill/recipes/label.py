@@ -195,9 +195,14 @@ def _training_set(cfg: RunConfig, data: PreparedData,
     if variant != "labels_only":
         return cfg, data.train, {e.id for e in data.labelled_train}, None
     training = cfg.training
-    distilled_steps = math.ceil(len(data.train) / training.batch_size) * training.epochs
+    distilled_epoch = math.ceil(len(data.train) / training.batch_size)  # optimizer steps
+    distilled_steps = distilled_epoch * training.epochs
     epochs = math.ceil(distilled_steps / math.ceil(len(data.labelled_train) / training.batch_size))
-    return replace(cfg, training=replace(training, epochs=epochs)), data.labelled_train, None, distilled_steps
+    # validated at the distilled student's epoch ends, not after each of its own short epochs: the same
+    # validations at the same steps, so early stopping's patience means the same for both
+    eval_every = training.eval_every_steps or distilled_epoch
+    training = replace(training, epochs=epochs, eval_every_steps=eval_every)
+    return replace(cfg, training=training), data.labelled_train, None, distilled_steps
 
 
 def _save_student(out: Path, student: LabelModel, objective: Objective, trainer: Trainer, result: Any, *,
