@@ -5,8 +5,14 @@ The names a user or another stage needs are re-exported here: `from kdistill.con
 
 from kdistill.config.convert import field_docs, from_dict, to_dict
 from kdistill.config.load import apply_overrides, dump_yaml, load_config
-from kdistill.config.models import (EndpointConfig, EnsembleConfig, ModelConfig, SelectionConfig, TeacherConfig,
-                                   hide_userinfo)
+from kdistill.config.models import (
+                                   EndpointConfig,
+                                   EnsembleConfig,
+                                   ModelConfig,
+                                   SelectionConfig,
+                                   TeacherConfig,
+                                   hide_userinfo,
+)
 from kdistill.config.objective import DIVERGENCE_KINDS, BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveConfig
 from kdistill.config.run import EvaluationConfig, RunConfig, StageConfig, TrainingConfig
 from kdistill.config.search import SearchConfig
