@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from conftest import tiny_config_dict
+from fault_proxy import FakeOpenAI
 from kdistill import api
 from kdistill.cache.entry import open_entry
-from kdistill.config import RunConfig, from_dict
+from kdistill.config import EndpointConfig, RunConfig, TeacherConfig, from_dict
 from kdistill.recipes import selection as selection_recipe
 from kdistill.recipes.label import prepared_data
+from kdistill.teachers.cost import prompt_tokens
+from kdistill.teachers.endpoint import EndpointLabelModel
 from kdistill.teachers.signal import load_teachers
 from kdistill.train.selection import pick_active, pick_random, predictive_entropy, round_sizes
 
@@ -146,3 +149,17 @@ def test_without_a_budget_below_the_pool_nothing_changes(tmp_path, tiny_models):
         assert "selection" not in json.loads(cfg.paths.results.read_text())
         assert len([p for p in cfg.paths.teacher_cache.iterdir() if (p / "manifest.json").exists()]) == 1
     assert student_weights(plain.run_dir) == student_weights(covering.run_dir)
+
+
+@pytest.mark.parametrize("usage", [True, False])
+def test_an_endpoint_teachers_prompt_tokens_are_the_servers_usage_or_unknown(tmp_path, usage):
+    texts = [f"review {i}: a {'great' if i % 2 else 'dull'} film" for i in range(6)]
+    with FakeOpenAI(usage=usage) as server:
+        model = EndpointLabelModel(EndpointConfig(base_url=server.url, top_logprobs=4), model="fake-lm",
+                                   labels=["negative", "positive"], verbalizers=[" negative", " positive"],
+                                   prompt_template="Review: {text}\nSentiment:", journal_path=tmp_path / "j.jsonl")
+        before = model.stats()
+        model.label_logprobs(texts)
+        counted = prompt_tokens(model, TeacherConfig(model="fake-lm"), texts, before)
+    words = sum(len(model.prompt(text).split()) for text in texts)
+    assert counted == ((words, "endpoint usage") if usage else (None, None))

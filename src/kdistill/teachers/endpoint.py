@@ -170,8 +170,7 @@ class EndpointLabelModel(LabelModel):
         self.num_from_journal = 0
         self.num_asked = 0
         self.num_missing_examples = 0
-        self.num_prompt_tokens = 0  # as the server's `usage` reports them, for the card's teacher cost
-        self.num_without_usage = 0
+        self.num_prompt_tokens = self.num_without_usage = 0  # the server's `usage`, for the card's teacher cost
         self._served: dict[str, Any] | None = None
         self._label_tokens: list[LabelToken] | None = None
         self._fresh = False
@@ -326,10 +325,9 @@ class EndpointLabelModel(LabelModel):
         reply = self.transport.ask(url, body, check=parse_top_logprobs, stop=stop)
         self.journal.append({"key": key, "id": example_id, "reply": reply})
         usage = reply.get("usage") if isinstance(reply, dict) else None
-        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-            self.num_prompt_tokens += usage["prompt_tokens"]
-        else:
-            self.num_without_usage += 1
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        self.num_prompt_tokens += tokens if isinstance(tokens, int) else 0
+        self.num_without_usage += not isinstance(tokens, int)
         self.num_asked += 1
 
     # -- the LabelModel contract
