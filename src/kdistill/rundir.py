@@ -76,8 +76,10 @@ class RunDir:
     def selection_rounds(self) -> Path:
         return self.root / "selection" / "rounds.json"
 
-    def selection_checkpoints(self, round_number: int) -> Path:
-        return self.root / "selection" / "checkpoints" / f"round-{round_number}"
+    def selection_checkpoints(self, round_number: int | None = None) -> Path:
+        """A selection round's student's checkpoints; without a round, the folder of them all."""
+        folder = self.root / "selection" / "checkpoints"
+        return folder if round_number is None else folder / f"round-{round_number}"
 
     @staticmethod
     def run_name(variant: str, seed: int | str) -> str:

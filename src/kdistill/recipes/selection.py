@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from typing import Any
 
@@ -81,6 +82,8 @@ def select_pool(cfg: RunConfig, data: PreparedData, teachers: dict[str, LabelMod
     if record is not None and record.get("key") != key:
         log.warning("%s was chosen under another config; choosing again", cfg.paths.selection_rounds)
         record = None
+    if record is None and distributed.is_main():  # a round student's checkpoint of another choice must not resume
+        shutil.rmtree(cfg.paths.selection_checkpoints(), ignore_errors=True)
     record = record or {"key": key, "strategy": selection.strategy, "budget": cfg.teacher.budget,
                         "pool": len(data.pool), "rounds": []}
     sizes = round_sizes(cfg.teacher.budget, selection.rounds)
@@ -89,6 +92,8 @@ def select_pool(cfg: RunConfig, data: PreparedData, teachers: dict[str, LabelMod
                                        number, sizes[number - 1], resume=resume, progress=progress))
         if distributed.is_main():
             atomic_write_json(cfg.paths.selection_rounds, record)
+            if not cfg.training.keep_finished_checkpoints:  # the round is recorded: its student is not needed again
+                shutil.rmtree(cfg.paths.selection_checkpoints(number), ignore_errors=True)
         log.info("selection round %d of %d: %d texts chosen (%s)", number, selection.rounds, sizes[number - 1],
                  selection.strategy)
     return data.with_selection([r["chosen"] for r in record["rounds"]])
