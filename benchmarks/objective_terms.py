@@ -16,10 +16,10 @@ from pathlib import Path
 import yaml
 
 from _variants import fmt, run_all
-from kdistill import api
 from kdistill.config import load_config
 from kdistill.data.prepare import prepare_data
 from kdistill.io import atomic_write_json, atomic_write_text
+from kdistill.recipes.common import label_prior
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {
@@ -73,7 +73,7 @@ def main() -> None:
     done = run_all(args.config, variants, Path(args.out), args.only)
     cfg = load_config(args.config, settings)
     data = prepare_data(cfg.data, cfg.task)
-    prior = api.label_prior(cfg, data)
+    prior = label_prior(cfg, data)
     summary = {"config": args.config, "settings": settings, "seeds": args.seeds, "labels": cfg.task.labels,
                "prior": {label: round(float(p), 3) for label, p in zip(cfg.task.labels, prior)},
                "test_examples": len(data.test), "variants": done}

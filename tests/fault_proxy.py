@@ -86,9 +86,11 @@ class FakeOpenAI(_Server):
     """/v1/models, /v1/completions, /v1/chat/completions and llama.cpp's /tokenize, deterministic."""
 
     def __init__(self, *, api_key: str | None = None, legacy: bool = False, tokenize: bool = True,
-                 delay_s: float = 0.0, model_ids: tuple[str, ...] = ("fake-lm",)) -> None:
-        """``model_ids``: what GET /v1/models lists (with several, a request must name one of them)."""
+                 delay_s: float = 0.0, model_ids: tuple[str, ...] = ("fake-lm",), usage: bool = False) -> None:
+        """``model_ids``: what GET /v1/models lists (with several, a request must name one of them); ``usage``:
+        replies carry OpenAI's `usage`, one prompt token per whitespace-separated word."""
         self.api_key, self.legacy, self.tokenize, self.delay_s = api_key, legacy, tokenize, delay_s
+        self.usage = usage
         self.model_ids = model_ids
         self.counts: Counter[str] = Counter()
         self.in_flight = 0
@@ -112,8 +114,11 @@ class FakeOpenAI(_Server):
             logprobs = {"content": [{**entries[0], "top_logprobs": entries}]}
         text_key = "message" if chat else "text"
         text = {"role": "assistant", "content": top[0][0]} if chat else top[0][0]
-        return {"id": "x", "object": "text_completion", "model": request["model"],
-                "choices": [{"index": 0, text_key: text, "logprobs": logprobs, "finish_reason": "length"}]}
+        reply = {"id": "x", "object": "text_completion", "model": request["model"],
+                 "choices": [{"index": 0, text_key: text, "logprobs": logprobs, "finish_reason": "length"}]}
+        if self.usage:
+            reply["usage"] = {"prompt_tokens": len(prompt.split()), "completion_tokens": 1}
+        return reply
 
 
 class _FakeHandler(_Handler):

@@ -122,7 +122,7 @@ def test_the_configuration_reference_lists_every_config_field():
     from kdistill import config
 
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    sections = [config.RunConfig, config.TaskConfig, config.DataConfig, config.TeacherConfig, config.EndpointConfig,
+    sections = [config.RunConfig, config.TaskConfig, config.DataConfig, config.TeacherConfig, config.SelectionConfig, config.EndpointConfig,
                 config.ModelConfig, config.EnsembleConfig, config.CETerm, config.KDTerm, config.HiddenTerm,
                 config.BalanceTerm, config.TrainingConfig, config.EvaluationConfig, config.SearchConfig,
                 config.StageConfig]

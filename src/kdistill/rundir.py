@@ -3,6 +3,9 @@
     config.yaml                          the resolved config that ran
     data/splits.json                     which example ids went to train / validation / test
     teacher_cache/                       the teacher's answers (kdistill.cache), fine-tuned teachers, endpoint journals
+    teacher_calls.json                   what asking the teachers cost this run: calls, prompt tokens, seconds
+    selection/rounds.json                with teacher.budget: the pool texts each selection round chose
+    selection/checkpoints/round-<r>/     resumable training state of a selection round's student
     checkpoints/<variant>-seed<s>/       resumable training state of each student
     students/<variant>-seed<s>/          each trained student (a plain 🤗 folder) ...
     students/<variant>-seed<s>.*.json    ... and its training record (and objective / optimizer state)
@@ -64,6 +67,20 @@ class RunDir:
     def elicitation_speed(self, name: str) -> Path:
         return self.teacher_cache / f"last_elicitation-{name}.json"
 
+    @property
+    def teacher_calls(self) -> Path:
+        """The run's own record of its teachers' calls (not in the teacher cache, which runs may share)."""
+        return self.root / "teacher_calls.json"
+
+    @property
+    def selection_rounds(self) -> Path:
+        return self.root / "selection" / "rounds.json"
+
+    def selection_checkpoints(self, round_number: int | None = None) -> Path:
+        """A selection round's student's checkpoints; without a round, the folder of them all."""
+        folder = self.root / "selection" / "checkpoints"
+        return folder if round_number is None else folder / f"round-{round_number}"
+
     @staticmethod
     def run_name(variant: str, seed: int | str) -> str:
         return f"{variant}-seed{seed}"
@@ -92,7 +109,7 @@ class RunDir:
         `.<name>.<random>.tmp` behind (besides each `checkpoints(...)` folder). Not the teacher cache: runs
         may share it, and it cleans up after itself under its writer's lock."""
         return [self.root, self.splits.parent, self.results.parent, self.root / "students", self.plots,
-                self.all_checkpoints]
+                self.all_checkpoints, self.selection_rounds.parent]
 
     def tensorboard(self, variant: str, seed: int | str) -> Path:
         return self.root / "tensorboard" / self.run_name(variant, seed)

@@ -5,7 +5,14 @@ The names a user or another stage needs are re-exported here: `from kdistill.con
 
 from kdistill.config.convert import field_docs, from_dict, to_dict
 from kdistill.config.load import apply_overrides, dump_yaml, load_config
-from kdistill.config.models import EndpointConfig, EnsembleConfig, ModelConfig, TeacherConfig, hide_userinfo
+from kdistill.config.models import (
+                                   EndpointConfig,
+                                   EnsembleConfig,
+                                   ModelConfig,
+                                   SelectionConfig,
+                                   TeacherConfig,
+                                   hide_userinfo,
+)
 from kdistill.config.objective import DIVERGENCE_KINDS, BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveConfig
 from kdistill.config.run import EvaluationConfig, RunConfig, StageConfig, TrainingConfig
 from kdistill.config.search import SearchConfig
@@ -13,5 +20,5 @@ from kdistill.config.task_data import DataConfig, TaskConfig
 
 __all__ = ["DIVERGENCE_KINDS", "BalanceTerm", "CETerm", "DataConfig", "EndpointConfig", "EnsembleConfig",
            "EvaluationConfig", "HiddenTerm", "KDTerm", "ModelConfig", "ObjectiveConfig", "RunConfig", "SearchConfig",
-           "StageConfig", "TaskConfig", "TeacherConfig", "TrainingConfig", "apply_overrides", "dump_yaml",
+           "SelectionConfig", "StageConfig", "TaskConfig", "TeacherConfig", "TrainingConfig", "apply_overrides", "dump_yaml",
            "field_docs", "from_dict", "hide_userinfo", "load_config", "to_dict"]

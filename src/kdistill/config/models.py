@@ -89,6 +89,24 @@ def hide_userinfo(url: str) -> str:
 
 
 @dataclass(kw_only=True)
+class SelectionConfig:
+    """How `teacher.budget` pool texts are chosen: in rounds, each scored by a student trained on what the teacher
+    has answered so far."""
+
+    strategy: Literal["active", "random"] = "active"
+    """active: the texts the current student is least sure of (predictive entropy), spread over k-means clusters of
+    its embeddings; random: a seeded random draw each round (the baseline to compare active selection with)."""
+    rounds: int = 4
+    """Rounds of selection; each trains one student and asks the teacher about budget / rounds new texts."""
+    diversity: Literal["kmeans", "none"] = "kmeans"
+    """active: kmeans picks the most uncertain text of each of budget / rounds clusters of the student's pooled
+    embeddings (of the 10x most uncertain candidates); none takes the most uncertain texts as they come."""
+
+    def __post_init__(self) -> None:
+        check_ranges("", self, rounds=">= 1")
+
+
+@dataclass(kw_only=True)
 class TeacherConfig(ModelConfig):
     """A teacher and how its knowledge is elicited."""
 
@@ -127,11 +145,18 @@ class TeacherConfig(ModelConfig):
     endpoint: EndpointConfig | None = None
     """Ask this teacher over an OpenAI-compatible API instead of loading it: `model` is then the
     name sent to the server (see `kdistill ls` for the fields). Causal-LM prompting only."""
+    budget: int | None = None
+    """Label tasks: the most training texts without gold labels (the transfer set of data.num_labelled, the
+    data.unlabeled pool) the teacher is asked about, chosen in rounds (`selection`); null asks about all of them.
+    The labelled training texts, validation and test are always asked besides. With `teachers`, set it here only:
+    it is the ensemble's, and every member is asked about each chosen text."""
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    """With `budget`: how the pool texts are chosen (ignored without one)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ranges("", self, finetune_epochs=">= 1", finetune_learning_rate="> 0", few_shot_per_label=">= 0",
-                     token_top_k=">= 1", sampling_temperature="> 0", top_p="in (0, 1]")
+                     token_top_k=">= 1", sampling_temperature="> 0", top_p="in (0, 1]", budget=">= 1")
         if self.endpoint is not None:
             if self.kind == "encoder" or self.finetune:
                 raise KdistillError(f"teacher {self.display_name!r}: an endpoint teacher is a prompted LM on its "

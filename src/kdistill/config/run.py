@@ -226,6 +226,7 @@ class RunConfig:
         for i, member in enumerate(self.teachers):
             if not member.model:
                 raise KdistillError(f"teachers[{i}].model is empty: name a built-in model, a local folder or a hub id.")
+        self._check_budget()
         names = [t.display_name for t in self.members]
         if len(set(names)) < len(names):
             raise KdistillError(f"teacher names must differ; found {names}. Give each one a `name`.")
@@ -244,6 +245,19 @@ class RunConfig:
                 raise KdistillError(f"objective.hidden: teacher {remote[0]!r} is behind an endpoint, which exposes no "
                                     "hidden states; list in-process teachers in objective.hidden.teachers, or set "
                                     "objective.hidden.weight to 0.")
+
+    def _check_budget(self) -> None:
+        """teacher.budget is the ensemble's, and a label task's: one place to set it, one family that reads it."""
+        for i, member in enumerate(self.teachers):
+            if member.budget is not None:
+                raise KdistillError(f"teachers[{i}].budget: the teacher budget is the whole ensemble's (each chosen "
+                                    "text is asked of every teacher); set teacher.budget instead.")
+        if self.teacher.budget is not None and self.task.kind == "generation":
+            raise KdistillError("teacher.budget is for label tasks (classification, multiple choice); a generation "
+                                "task asks the teacher about every prompt. Remove teacher.budget.")
+        if self.teacher.budget is not None and self.teacher.selection.rounds > self.teacher.budget:
+            raise KdistillError(f"teacher.selection.rounds ({self.teacher.selection.rounds}) must be at most "
+                                f"teacher.budget ({self.teacher.budget}): each round asks about at least one new text.")
 
     def _check_generation(self) -> None:
         if self.data.split_files:

@@ -37,11 +37,35 @@ class PreparedData:
     report: dict[str, Any]
     labelled_train: list[Example] | None = None
     """The training examples whose gold label training may use (data.num_labelled); None = all."""
+    selection_rounds: list[list[str]] | None = None
+    """With teacher.budget: the ids of the pool texts chosen in each selection round (all in `train`); the
+    teacher is asked about each round's texts together (one cache entry each). None: no selection."""
 
     @property
     def labelled(self) -> list[Example]:
         """The training examples whose gold labels may be used (all of them without data.num_labelled)."""
         return self.labelled_train if self.labelled_train is not None else self.train
+
+    @property
+    def pool(self) -> list[Example]:
+        """The training texts without gold labels (the transfer set, the unlabelled pool), in training order."""
+        labelled = {e.id for e in self.labelled}
+        return [e for e in self.train if e.id not in labelled]
+
+    def with_selection(self, rounds: list[list[str]]) -> "PreparedData":
+        """These splits with the pool cut to the texts ``rounds`` chose: what training sees under a teacher budget.
+        The data report's training counts follow, so the card's setting line counts the texts trained on."""
+        chosen = {i for ids in rounds for i in ids}
+        labelled = {e.id for e in self.labelled}
+        train = [e for e in self.train if e.id in labelled or e.id in chosen]
+        assert len(train) == len(labelled) + len(chosen) and not chosen & labelled, "a chosen id is not in the pool"
+        report = {**self.report, "totals": {**self.report["totals"], "train": len(train)},
+                  "teacher_budget": {"pool": len(self.pool), "selected": len(chosen)}}
+        if "counts" in report:
+            labels = list(report["counts"]["train"])
+            report["counts"] = {**report["counts"], "train": _label_counts(train, labels)}
+        return PreparedData(train=train, validation=self.validation, test=self.test, report=report,
+                            labelled_train=list(self.labelled), selection_rounds=[list(ids) for ids in rounds])
 
     def splits(self) -> dict[str, list[Example]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}

@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from kdistill import distributed
 from kdistill.checksums import read_json, student_damage, verify_student
 from kdistill.config import RunConfig, dump_yaml
+from kdistill.data import PreparedData
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, atomic_write_json, atomic_write_text, remove_partial
 from kdistill.rundir import RunDir
@@ -40,6 +43,14 @@ def remove_partial_writes(cfg: RunConfig) -> None:
     for folder in paths.written_atomically + steps + cache:
         for partial in remove_partial(folder):
             log.info("removed %s, left half-written by an interrupted run", partial)
+
+
+def label_prior(cfg: RunConfig, data: PreparedData) -> torch.Tensor:
+    """(L,) label shares among the labelled training examples: the balance term's default target."""
+    counts = torch.zeros(len(cfg.task.labels))
+    for e in data.labelled:
+        counts[cfg.task.labels.index(e.label)] += 1
+    return counts / counts.sum()
 
 
 def finish_run(cfg: RunConfig, timings: dict[str, float], start: float, *, evaluate_fn: Callable[[], Path],

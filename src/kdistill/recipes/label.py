@@ -33,9 +33,18 @@ from kdistill.errors import KdistillError
 from kdistill.io import atomic_write_bytes, atomic_write_json
 from kdistill.losses.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.models import LabelModel, load_label_model, pick_device
-from kdistill.recipes.common import drop_checkpoints, export_best_student, finish_run, finished, report, write_run_start
+from kdistill.recipes.common import (
+    drop_checkpoints,
+    export_best_student,
+    finish_run,
+    finished,
+    label_prior,
+    report,
+    write_run_start,
+)
 from kdistill.recipes.label_eval import VARIANTS, evaluate
 from kdistill.recipes.preflight import check_output, load_tokenizers
+from kdistill.recipes.selection import needs_selection, select_pool, selected_data
 from kdistill.rundir import RunDir
 from kdistill.targets import TeacherTargets
 from kdistill.teachers.elicit import cache_fields, elicit_hidden
@@ -55,6 +64,11 @@ def variants(cfg: RunConfig) -> list[str]:
 
 def prepared_data(cfg: RunConfig) -> PreparedData:
     return prepare_data(cfg.data, cfg.task)
+
+
+def run_data(cfg: RunConfig) -> PreparedData:
+    """The splits the students train on: under a teacher budget, the pool cut to the texts selection chose."""
+    return selected_data(cfg, prepared_data(cfg))
 
 
 def validate(cfg: RunConfig, *, check_models: bool = True) -> str:
@@ -79,7 +93,7 @@ def validate(cfg: RunConfig, *, check_models: bool = True) -> str:
 def elicit(cfg: RunConfig, *, progress: bool = True, teachers: dict[str, LabelModel] | None = None) -> TeacherSignal:
     """Every teacher's label distributions for the train, validation and test splits, from the store or
     computed once, recalibrated, and combined when there are several."""
-    return teacher_signal(cfg, prepared_data(cfg), progress=progress, models=teachers)
+    return teacher_signal(cfg, run_data(cfg), progress=progress, models=teachers)
 
 
 def _teacher_shape(cfg: RunConfig, data: PreparedData, member: TeacherConfig) -> tuple[int, int]:
@@ -118,14 +132,6 @@ def hidden_term_inputs(cfg: RunConfig, data: PreparedData, student: LabelModel, 
     return targets, states
 
 
-def label_prior(cfg: RunConfig, data: PreparedData) -> torch.Tensor:
-    """(L,) label shares among the labelled training examples: the balance term's default target."""
-    counts = torch.zeros(len(cfg.task.labels))
-    for e in data.labelled:
-        counts[cfg.task.labels.index(e.label)] += 1
-    return counts / counts.sum()
-
-
 def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None, resume: bool = False,
           progress: bool = True, targets: TeacherTargets | None = None,
           teachers: dict[str, LabelModel] | None = None,
@@ -142,7 +148,7 @@ def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None
     seed = cfg.evaluation.seeds[0] if seed is None else seed
     if resume and finished(cfg, variant, seed):
         return cfg.paths.student(variant, seed)
-    data = data or prepared_data(cfg)
+    data = data or run_data(cfg)
     objective_cfg = cfg.objective.labels_only() if variant == "labels_only" else cfg.objective
     cfg, train_examples, labelled_ids, max_steps = _training_set(cfg, data, variant)
     needs_targets = objective_cfg.needs_teacher or labelled_ids is not None
@@ -234,14 +240,17 @@ def run(cfg: RunConfig, *, resume: bool = False, progress: bool = True, init_dir
     t = time.perf_counter()
     with distributed.main_first():  # a teacher kdistill fine-tunes is fine-tuned once, by the main process
         teachers = load_teachers(cfg, data, progress=progress)
+    if needs_selection(cfg, data):  # a teacher budget: the pool texts to ask about are chosen first
+        data = select_pool(cfg, data, teachers, resume=resume, progress=progress)
+        timings["select_s"] = time.perf_counter() - t
     targets = teacher_signal(cfg, data, progress=progress, models=teachers).targets  # shards split over processes
-    timings["elicit_s"] = time.perf_counter() - t
+    timings["elicit_s"] = time.perf_counter() - t - timings.get("select_s", 0.0)
     t = time.perf_counter()
     for seed in cfg.evaluation.seeds:
         for variant in variants(cfg):
             init_from = check_stage_dirs(init_dir, variant, seed) if init_dir is not None else None
             train(cfg, variant=variant, seed=seed, resume=resume, progress=progress, targets=targets,
-                  teachers=teachers, init_from=init_from, save_optimizer=save_optimizer,
+                  teachers=teachers, init_from=init_from, save_optimizer=save_optimizer, data=data,
                   optimizer_from=RunDir.beside(init_from, "optimizer.safetensors") if carry_optimizer and init_from else None)
     timings["train_s"] = time.perf_counter() - t
     held = {"teachers": teachers}  # evaluation takes the teachers, so they are freed once it is done

@@ -20,7 +20,9 @@ from kdistill.eval.labels import predict as predict_logits
 from kdistill.io import atomic_write_json
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
 from kdistill.recipes.common import read_training, verify_students
-from kdistill.teachers.signal import TeacherSignal, load_teachers, member_path, teacher_signal
+from kdistill.recipes.selection import selected_data, selection_results
+from kdistill.teachers.cost import teacher_cost
+from kdistill.teachers.signal import TeacherSignal, elicited_examples, load_teachers, member_path, teacher_signal
 
 log = logging.getLogger(__name__)
 # the label recipe's student variants, in the order they are trained, evaluated and shown
@@ -58,6 +60,8 @@ def evaluate(cfg: RunConfig, *, progress: bool = True, teachers: dict[str, Label
     test split; cost of each."""
     verify_students(cfg, list(VARIANTS))  # a damaged student is found before the teachers are asked
     data = prepare_data(cfg.data, cfg.task)
+    selection = selection_results(cfg, data)
+    data = selected_data(cfg, data)  # under a teacher budget: the texts the teacher was asked about
     test = data.test
     teachers = teachers or load_teachers(cfg, data, progress=progress)
     signal = teacher_signal(cfg, data, progress=progress, models=teachers)
@@ -75,9 +79,13 @@ def evaluate(cfg: RunConfig, *, progress: bool = True, teachers: dict[str, Label
         entry = _trained_entry(cfg, variant, test, teacher_pred, progress)
         if entry:
             models[f"student_{variant}"] = entry
+    answered = len(elicited_examples(data))
     results = {"run": cfg.name, "task": cfg.task.name, "labels": cfg.task.labels,
                "test_examples": len(test), "data": data.report, "models": models,
-               "comparison": _comparison(models)}
+               "comparison": _comparison(models),
+               "teacher_cost": teacher_cost(cfg.paths.teacher_calls, {m.display_name: answered for m in cfg.members})}
+    if selection is not None:
+        results["selection"] = selection
     path = cfg.paths.results
     atomic_write_json(path, results)
     return path

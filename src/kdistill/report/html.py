@@ -12,7 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.io import atomic_write_bytes
-from kdistill.report.label_markdown import _fmt_bytes, _row_name, _verdict, warnings_of
+from kdistill.report.label_markdown import (
+    SELECTION_COLUMNS,
+    TEACHER_COST_COLUMNS,
+    _fmt_bytes,
+    _row_name,
+    _verdict,
+    selection_rows,
+    selection_sentence,
+    teacher_cost_rows,
+    teacher_cost_sentence,
+    warnings_of,
+)
 from kdistill.report.plots import KIND_COLOURS, Plot, report_plots
 from kdistill.rundir import RunDir
 
@@ -98,6 +109,22 @@ def _cost_note(results: Record) -> str:
     return f'<p class="note">{note}</p>'
 
 
+def _table(columns: list[str], rows: list[list[str]]) -> str:
+    head = "<tr>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    return "<table>" + head + "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows) + \
+        "</table>"
+
+
+def _teacher_cost(results: Record) -> list[str]:
+    """The teachers' calls, tokens and seconds, per teacher of an ensemble; under a budget, the selection rounds."""
+    parts = [f'<p class="note">{_inline(teacher_cost_sentence(results))}</p>'] if teacher_cost_sentence(results) else []
+    if teacher_cost_rows(results):
+        parts.append(_table(TEACHER_COST_COLUMNS, teacher_cost_rows(results)))
+    if selection_sentence(results):
+        parts += [f"<p>{_inline(selection_sentence(results))}</p>", _table(SELECTION_COLUMNS, selection_rows(results))]
+    return parts
+
+
 def _warnings(results: Record, names: dict[str, str]) -> str:
     items = [f"{names[key]}: {w}" for key, entry in results["models"].items() for w in warnings_of(entry)]
     if results["data"].get("imbalance_warning"):
@@ -145,13 +172,14 @@ def render_section(results: Record, plots: list[Plot], *, level: int = 2, prefix
     parts: the body of a single run's page and each stage's section of a multi-stage page. ``level``:
     the heading level of its sections; ``prefix``: put before every id so that ids stay unique."""
     names = _names(results)
-    by_kind = {kind: [p for p in plots if p.name.startswith(kind)] for kind in ("comparison", "training", "confusion")}
+    by_kind = {kind: [p for p in plots if p.name.startswith(kind)]
+               for kind in ("comparison", "selection", "training", "confusion")}
     figure = partial(_figure, prefix=prefix)  # a multi-stage page holds each plot name once per stage
     card = f"Teacher vs students (held-out test split, {results['test_examples']} examples)"
     parts = [*(f"<p>{_inline(line)}</p>" for line in _verdict(results["comparison"])), _setting(results),
              _heading(level, prefix + "card", card), _card(results, names), _cost_note(results),
-             _warnings(results, names), _heading(level, prefix + "comparison", "Comparison"),
-             *map(figure, by_kind["comparison"])]
+             *_teacher_cost(results), _warnings(results, names), _heading(level, prefix + "comparison", "Comparison"),
+             *map(figure, by_kind["comparison"]), *map(figure, by_kind["selection"])]
     if by_kind["training"]:
         parts += [_heading(level, prefix + "training", "Training curves"), *map(figure, by_kind["training"])]
     parts += [_heading(level, prefix + "confusion", "Confusion matrices (test split)"),

@@ -105,6 +105,74 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def teacher_cost_sentence(results: dict[str, Any]) -> str | None:
+    """What asking the teachers cost this run, in one sentence (results.json's `teacher_cost`; absent in older runs)."""
+    if "teacher_cost" not in results:
+        return None
+    total = results["teacher_cost"]["total"]
+    tokens = ("prompt tokens unknown (the server reported no usage)" if total["prompt_tokens"] is None
+              else f"{total['prompt_tokens']:,} prompt tokens")
+    return (f"Teacher cost: **{total['calls']:,} calls** (texts a teacher computed an answer for, for this run, every "
+            f"ensemble member counted; {total['from_cache']:,} of the {total['texts_answered']:,} answers used came "
+            f"from the teacher cache and are not calls), {tokens}, {total['seconds']:.1f} s of elicitation.")
+
+
+def teacher_cost_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per teacher of an ensemble: name, calls, from the cache, prompt tokens, seconds."""
+    members = results.get("teacher_cost", {}).get("teachers", {})
+    if len(members) < 2:
+        return []
+    return [[name, f"{m['calls']:,}", f"{m['from_cache']:,}",
+             "—" if m["prompt_tokens"] is None else f"{m['prompt_tokens']:,}", f"{m['seconds']:.1f}"]
+            for name, m in members.items()]
+
+
+TEACHER_COST_COLUMNS = ["teacher", "calls", "from the cache", "prompt tokens", "seconds"]
+SELECTION_COLUMNS = ["student", "trained on (texts)", "teacher calls so far", "validation macro-F1", "then chose"]
+
+
+def selection_sentence(results: dict[str, Any]) -> str | None:
+    """Under a teacher budget: how many pool texts the teacher was asked about, and how they were chosen."""
+    selection = results.get("selection")
+    if selection is None:
+        return None
+    how = ("the student's most uncertain texts (predictive entropy)"
+           + (", spread over k-means clusters of its embeddings" if selection["diversity"] == "kmeans" else "")
+           if selection["strategy"] == "active" else "a seeded random draw")
+    return (f"Teacher budget: the teacher was asked about **{selection['budget']:,}** of the {selection['pool']:,} "
+            f"texts without gold labels, chosen in {len(selection['rounds'])} rounds by {how}; each round's student "
+            "trains on the labelled texts and the texts chosen before it.")
+
+
+def selection_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per selection round's student, then the distilled student (first seed) on every chosen text."""
+    def f1(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    selection = results["selection"]
+    rows = [[f"round {r['round']}", f"{r['trained_on']:,}", f"{r['teacher_calls']:,}", f1(r["val_macro_f1"]),
+             f"{r['chosen']:,}"] for r in selection["rounds"]]
+    final = selection["final"]
+    trained_on = results["data"]["totals"]["train"]
+    return rows + [["distilled (first seed)", f"{trained_on:,}", f"{final['teacher_calls']:,}",
+                    f1(final["val_macro_f1"]), "—"]]
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _teacher_cost_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    if teacher_cost_sentence(results):
+        lines += [teacher_cost_sentence(results), ""]
+    if teacher_cost_rows(results):
+        lines += _table(TEACHER_COST_COLUMNS, teacher_cost_rows(results)) + [""]
+    if selection_sentence(results):
+        lines += [selection_sentence(results), "", *_table(SELECTION_COLUMNS, selection_rows(results)), ""]
+    return lines
+
+
 def render_markdown(results: dict[str, Any], config_yaml: str) -> str:
     models, labels = results["models"], results["labels"]
     data = results["data"]
@@ -129,6 +197,7 @@ def render_markdown(results: dict[str, Any], config_yaml: str) -> str:
     if "timings" in results:
         t = results["timings"]
         lines += ["Wall time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items()), ""]
+    lines += _teacher_cost_lines(results)
     lines += ["## Per-model detail", ""]
     for key, entry in models.items():
         lines += _model_metrics(key, entry, labels)

@@ -149,6 +149,26 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str) -> 
     return _png(fig)
 
 
+def selection_curve(selection: Record) -> bytes:
+    """Under a teacher budget: each selection round's student (and the distilled student trained on every chosen
+    text) by its validation macro-F1 against the teacher calls its training data cost."""
+    fig = _figure(6.5, 3.6)
+    ax = fig.subplots()
+    points = [(r["teacher_calls"], r["val_macro_f1"]) for r in selection["rounds"] if r["val_macro_f1"] is not None]
+    final = selection["final"]
+    if points:
+        ax.plot(*zip(*points), "-o", color=KIND_COLOURS["student_labels_only"], label="selection round's student")
+    if final["val_macro_f1"] is not None:
+        ax.plot([final["teacher_calls"]], [final["val_macro_f1"]], "*", markersize=12,
+                color=KIND_COLOURS["student_distilled"], label="distilled student (first seed)")
+    ax.set(title=f"Student quality against teacher calls ({selection['strategy']} selection)",
+           xlabel="teacher calls (texts asked, every teacher counted)", ylabel="validation macro-F1")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def _first_seed_metrics(entry: Record) -> tuple[Record, str]:
     """A model's metrics, and which seed they are (the report's per-model detail shows the first seed too)."""
     if "metrics" in entry:
@@ -163,6 +183,9 @@ def report_plots(results: Record, histories: dict[str, dict[int, list[Record]]],
     ``row_names``: model key → the name the report card gives it."""
     plots = [Plot("comparison.png", "Macro-F1 of every model (bars: ± std over seeds; dashed: the teacher)",
                   comparison_chart(results["comparison"], row_names))]
+    if results.get("selection"):
+        plots.append(Plot("selection.png", "Validation macro-F1 against teacher calls: each selection round's student "
+                          "and the distilled student", selection_curve(results["selection"])))
     for variant, by_seed in histories.items():
         name = variant.replace("_", " ")
         plots.append(Plot(f"training_{_slug(variant)}.png", f"Training curves: {name} student, every seed",

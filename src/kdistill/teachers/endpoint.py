@@ -170,6 +170,7 @@ class EndpointLabelModel(LabelModel):
         self.num_from_journal = 0
         self.num_asked = 0
         self.num_missing_examples = 0
+        self.num_prompt_tokens = self.num_without_usage = 0  # the server's `usage`, for the card's teacher cost
         self._served: dict[str, Any] | None = None
         self._label_tokens: list[LabelToken] | None = None
         self._fresh = False
@@ -323,6 +324,10 @@ class EndpointLabelModel(LabelModel):
                       stop: threading.Event) -> None:
         reply = self.transport.ask(url, body, check=parse_top_logprobs, stop=stop)
         self.journal.append({"key": key, "id": example_id, "reply": reply})
+        usage = reply.get("usage") if isinstance(reply, dict) else None
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        self.num_prompt_tokens += tokens if isinstance(tokens, int) else 0
+        self.num_without_usage += not isinstance(tokens, int)
         self.num_asked += 1
 
     # -- the LabelModel contract
@@ -382,7 +387,8 @@ class EndpointLabelModel(LabelModel):
         """Counts for a run's log or report (how much the journal saved, how flaky the server was)."""
         return {"asked": self.num_asked, "from_journal": self.num_from_journal,
                 "attempts": self.transport.num_attempts, "retries": self.transport.num_retries,
-                "examples_with_missing_label": self.num_missing_examples, "journal": str(self.journal.path)}
+                "examples_with_missing_label": self.num_missing_examples, "prompt_tokens": self.num_prompt_tokens,
+                "replies_without_usage": self.num_without_usage, "journal": str(self.journal.path)}
 
 
 def default_journal_path(model: str) -> Path:

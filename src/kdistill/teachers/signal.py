@@ -25,6 +25,7 @@ from kdistill.io import atomic_write_json
 from kdistill.losses.objective import Objective
 from kdistill.models import LabelModel, load_label_model, load_saved, pick_device, resolve_model_path
 from kdistill.targets import TeacherTargets
+from kdistill.teachers.cost import prompt_tokens, record_calls
 from kdistill.teachers.elicit import cache_fields, few_shot_prefix, fit_recalibration, weights_fingerprint
 from kdistill.teachers.elicit import elicit as elicit_targets
 from kdistill.teachers.ensemble import confidence_weights, fit_weights, gold_agreement_weights, mixture
@@ -49,6 +50,16 @@ class TeacherSignal:
 def elicited_examples(data: PreparedData) -> list:
     """Every example a teacher is asked about: train (targets), validation (ensemble weights), test (report)."""
     return data.train + data.validation + data.test
+
+
+def elicited_parts(data: PreparedData) -> list[list]:
+    """`elicited_examples` in the groups a teacher is asked about together, one cache entry each: all at once;
+    or, under a teacher budget, the texts always asked (labelled training, validation, test) and then each
+    selection round's pool texts, so a later round adds an entry and never re-keys (re-asks) an earlier one."""
+    if data.selection_rounds is None:
+        return [elicited_examples(data)]
+    by_id = {e.id: e for e in data.train}
+    return [data.labelled + data.validation + data.test, *([by_id[i] for i in ids] for ids in data.selection_rounds)]
 
 
 # ------------------------------------------------------------------ fine-tuned teachers
@@ -124,14 +135,24 @@ def _config_key(cfg: RunConfig, member: TeacherConfig) -> str:
 def member_targets(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *, model: LabelModel | None = None,
                    progress: bool = True) -> TeacherTargets:
     """The member's raw label log-probs for every elicited example: from the store, or asked once."""
-    examples = elicited_examples(data)
     model = model or load_member(cfg, data, member, progress=progress)
+    parts = [_entry_targets(cfg, data, member, model, examples, progress=progress)
+             for examples in elicited_parts(data)]
+    if len(parts) == 1:
+        return parts[0]
+    return TeacherTargets([i for part in parts for i in part.ids], torch.cat([part.values for part in parts]))
+
+
+def _entry_targets(cfg: RunConfig, data: PreparedData, member: TeacherConfig, model: LabelModel, examples: list, *,
+                   progress: bool) -> TeacherTargets:
+    """The member's label log-probs for ``examples``, one cache entry: read back, or the missing ones asked."""
     entry = TeacherCache(cfg.paths.teacher_cache).entry(
         cache_fields(member, model, member_path(cfg, data, member), examples))
     # every shard is checked against its sha256 here; a missing or damaged one is asked again
     missing = set(entry.missing([e.id for e in examples]))
     if not missing:
         log.info("teacher %s: targets found in the cache (%d examples)", member.display_name, len(examples))
+    usage_before = model.stats() if model.kind == "endpoint" else None
     start = time.perf_counter()
     if not distributed.launched():
         targets = elicit_targets(model, examples, member, entry, progress=progress)
@@ -142,7 +163,11 @@ def member_targets(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *,
         targets = elicit_targets(model, examples, member, entry, progress=progress,
                                  share=distributed.elicitation_share())
     if missing and distributed.is_main():
-        _log_speed(cfg, member, model, [e.text for e in examples if e.id in missing], time.perf_counter() - start)
+        asked, seconds = [e.text for e in examples if e.id in missing], time.perf_counter() - start
+        _log_speed(cfg, member, model, asked, seconds)
+        tokens, source = prompt_tokens(model, member, asked, usage_before)
+        record_calls(cfg.paths.teacher_calls, member.display_name, calls=len(asked), tokens=tokens,
+                     tokens_source=source, seconds=seconds)
     return targets
 
 

@@ -1,0 +1,79 @@
+"""Which pool texts to ask the teacher about next: scores of a student's uncertainty and a diverse pick.
+
+Pure functions of tensors (and one read-only pass of a student over texts); the rounds, the teacher and
+the record live in `kdistill.recipes.selection`.
+
+Active selection takes the texts the current student is least sure of: the predictive entropy of its
+label distribution. The most uncertain texts of a pool are often near-copies of one another (one
+confusing phrasing, many times), so a batch of them teaches the student one thing; clustering the
+candidates' embeddings and taking the most uncertain text of each cluster spreads the batch over the
+pool (Zhdanov, 2019, "Diverse mini-batch active learning").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdistill.models import LabelModel
+
+# k-means runs over this many times the batch's most uncertain candidates: enough choice for every cluster to
+# hold an uncertain text, few enough that a certain text never wins a cluster of its own (Zhdanov's beta)
+PREFILTER_FACTOR = 10
+
+
+def round_sizes(budget: int, rounds: int) -> list[int]:
+    """New texts asked each round: the budget split as evenly as it goes, the earlier rounds taking the rest."""
+    return [budget // rounds + (1 if r < budget % rounds else 0) for r in range(rounds)]
+
+
+def predictive_entropy(logits_nl: torch.Tensor) -> torch.Tensor:
+    """(N,) entropy of each row's label distribution, in nats (0: sure; log L: no idea)."""
+    logp_nl = F.log_softmax(logits_nl.float(), dim=-1)
+    return -(logp_nl.exp() * logp_nl).sum(-1)
+
+
+@torch.no_grad()
+def student_view(model: LabelModel, texts: list[str], *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L) label logits and (N, D) pooled last-layer embeddings of ``texts``, in input order; length-sorted
+    batches, as elicitation does, so padding costs little."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    logits_nl = torch.empty(len(texts), len(model.labels))
+    embeddings_nd = torch.empty(len(texts), model.hidden_size)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        logits_bl, pooled_b1d = model.predict_logits_and_hidden([texts[i] for i in idx], [model.num_layers],
+                                                                model.default_pool)
+        logits_nl[idx], embeddings_nd[idx] = logits_bl, pooled_b1d[:, 0]
+    return logits_nl, embeddings_nd
+
+
+def pick_random(num_candidates: int, size: int, seed: int | tuple[int, ...]) -> list[int]:
+    """``size`` distinct candidate indices, a seeded uniform draw (the baseline), in ascending order."""
+    return sorted(np.random.default_rng(seed).choice(num_candidates, size=size, replace=False).tolist())
+
+
+def pick_active(entropy_n: torch.Tensor, embeddings_nd: torch.Tensor, size: int, *, diversity: str,
+                seed: int) -> list[int]:
+    """``size`` candidate indices, in ascending order: the most uncertain (``diversity`` none), or the most
+    uncertain of each of ``size`` k-means clusters of the most uncertain PREFILTER_FACTOR × size candidates."""
+    # ties broken by index, so the same scores give the same pick on any machine
+    by_uncertainty = sorted(range(len(entropy_n)), key=lambda i: (-float(entropy_n[i]), i))
+    if diversity == "none" or size == 1:
+        return sorted(by_uncertainty[:size])
+    shortlist = by_uncertainty[:PREFILTER_FACTOR * size]
+    if len(shortlist) == size:
+        return sorted(shortlist)
+    from sklearn.cluster import KMeans
+
+    # unit vectors: a cluster is a direction of meaning, not a text's length or norm
+    points_nd = F.normalize(embeddings_nd[shortlist].double(), dim=-1).numpy()
+    clusters = KMeans(n_clusters=size, n_init=4, random_state=seed).fit_predict(points_nd)
+    best: dict[int, int] = {}
+    for rank, cluster in enumerate(clusters):  # the shortlist runs most uncertain first: the first seen wins
+        best.setdefault(int(cluster), shortlist[rank])
+    picked = list(best.values())
+    if len(picked) < size:  # identical embeddings can leave a cluster empty: fill with the next most uncertain
+        picked += [i for i in shortlist if i not in best.values()][:size - len(picked)]
+    return sorted(picked)
