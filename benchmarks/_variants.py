@@ -22,15 +22,22 @@ def fmt(stat: dict[str, float]) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def run_variant(config: str, name: str, overrides: dict[str, Any], out: Path, store: Path) -> dict[str, Any]:
-    """`kdistill run` of ``config`` with ``overrides``, in ``out/<name>``, with the shared ``store``."""
-    cfg = load_config(config, {**overrides, "output_dir": str(out / name.replace("+", "_"))})
+def run_linked(config: str, overrides: dict[str, Any], output_dir: Path, store: Path, *,
+               resume: bool = False) -> Path:
+    """`kdistill run` of ``config`` with ``overrides`` under ``output_dir``, its teacher cache a link to the
+    shared ``store`` (so each teacher is asked about a text once over every run); returns the run directory."""
+    cfg = load_config(config, {**overrides, "output_dir": str(output_dir)})
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     link = cfg.run_dir / "teacher_cache"
     if not link.exists():
         link.symlink_to(store.resolve(), target_is_directory=True)
+    return api.run(cfg, resume=resume, progress=False)
+
+
+def run_variant(config: str, name: str, overrides: dict[str, Any], out: Path, store: Path) -> dict[str, Any]:
+    """`kdistill run` of ``config`` with ``overrides``, in ``out/<name>``, with the shared ``store``."""
     start = time.perf_counter()
-    run_dir = api.run(cfg, progress=False)
+    run_dir = run_linked(config, overrides, out / name.replace("+", "_"), store)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     labels = results["labels"]
     entry: dict[str, Any] = {"overrides": overrides, "seconds": time.perf_counter() - start, "models": {}}
