@@ -11,7 +11,7 @@ user's own config. Each variant changes one thing, and all run in the same run o
 
 - the teacher: zero-shot, no calibration, no recalibration (weak and skewed), or kdistill's default
   recalibration, or 2-shot and calibrated;
-- the training budget (learning rate, epochs), the KD weight and the temperature;
+- the training budget (learning rate, epochs), the KD weight and temperature, the balance term;
 - a forced collapse: a teacher that (almost) always answers the majority, with the KD term alone.
 
 Variant names: weak = zero-shot, uncalibrated, not recalibrated; recalibrated = zero-shot with kdistill's
@@ -42,12 +42,13 @@ USER_DEFAULTS = {"training.learning_rate": 5.0e-5, "training.epochs": 3}  # the 
 VARIANTS: dict[str, dict[str, Any]] = {
     "weak-defaults": {**WEAK_TEACHER},
     "weak-lr2e-4-2ep": {**WEAK_TEACHER, "training.learning_rate": 2.0e-4, "training.epochs": 2},
-    "weak-kd0.2": {**WEAK_TEACHER, "objective.kd.weight": 0.2, "objective.ce.weight": 0.8},
-    "weak-T1": {**WEAK_TEACHER, "objective.kd.temperature": 1.0},
     "recalibrated-defaults": {"teacher.few_shot_per_label": 0, "teacher.calibrate": False},
-    "2shot-calibrated-defaults": {"teacher.few_shot_per_label": 2, "teacher.calibrate": True},
+    "weak-T1": {**WEAK_TEACHER, "objective.kd.temperature": 1.0},
     "forced-collapse-kd-only": {**WEAK_TEACHER, "task.verbalizers": {"negative": " zebra", "positive": " positive"},
-                                  "objective.kd.weight": 1.0, "objective.ce.weight": 0.0},
+                                "objective.kd.weight": 1.0, "objective.ce.weight": 0.0},
+    "weak-kd0.2": {**WEAK_TEACHER, "objective.kd.weight": 0.2, "objective.ce.weight": 0.8},
+    "weak-balance": {**WEAK_TEACHER, "objective.balance.weight": 1.0},
+    "2shot-calibrated-defaults": {"teacher.few_shot_per_label": 2, "teacher.calibrate": True},
 }
 
 
