@@ -44,6 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "weak-lr2e-4-2ep": {**WEAK_TEACHER, "training.learning_rate": 2.0e-4, "training.epochs": 2},
     "recalibrated-defaults": {"teacher.few_shot_per_label": 0, "teacher.calibrate": False},
     "weak-T1": {**WEAK_TEACHER, "objective.kd.temperature": 1.0},
+    "recalibrated-T1": {"teacher.few_shot_per_label": 0, "teacher.calibrate": False, "objective.kd.temperature": 1.0},
     "forced-collapse-kd-only": {**WEAK_TEACHER, "task.verbalizers": {"negative": " zebra", "positive": " positive"},
                                 "objective.kd.weight": 1.0, "objective.ce.weight": 0.0},
     "weak-kd0.2": {**WEAK_TEACHER, "objective.kd.weight": 0.2, "objective.ce.weight": 0.8},
