@@ -238,3 +238,29 @@ def test_shrink_command_makes_a_student_that_trains(tiny_models, tiny_config, tm
     folder = api.train(cfg, variant="distilled", seed=0, progress=False)
     assert json.loads((folder / "kdistill.json").read_text())["kind"] == "causal_lm"
     assert main(["shrink", str(tiny_models["lm"]), "--layers", "every-0", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_an_unset_learning_rate_is_the_students_own_default(tiny_config, tiny_models):
+    """Issue 23: 5e-5 left a MiniLM classifier undertrained and collapsing; an encoder student now starts at 2e-4
+    unless the config says otherwise, and a causal LM keeps 5e-5."""
+    from dataclasses import replace
+
+    from kdistill.data import prepare_data
+    from kdistill.losses.objective import Objective
+    from kdistill.models import load_label_model
+    from kdistill.train.loop import Trainer
+
+    cfg = tiny_config(training={"learning_rate": None})
+    data = prepare_data(cfg.data, cfg.task)
+    peaks = {}
+    for kind, path in (("encoder", tiny_models["encoder"]), ("causal_lm", tiny_models["lm"])):
+        student = load_label_model(replace(cfg.student, model=str(path)), cfg.task)
+        trainer = Trainer(student, train_examples=data.train, val_examples=data.validation,
+                          objective=Objective(cfg.objective.labels_only()), cfg=cfg.training, seed=0,
+                          checkpoint_dir=cfg.run_dir / kind, progress=False)
+        peaks[kind] = trainer.optimizer.param_groups[0]["initial_lr"]
+    assert peaks == {"encoder": 2e-4, "causal_lm": 5e-5}
+    explicit = Trainer(student, train_examples=data.train, val_examples=data.validation,
+                       objective=Objective(cfg.objective.labels_only()), cfg=replace(cfg.training, learning_rate=1e-3),
+                       seed=0, checkpoint_dir=cfg.run_dir / "explicit", progress=False)
+    assert explicit.optimizer.param_groups[0]["initial_lr"] == 1e-3

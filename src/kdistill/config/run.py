@@ -52,8 +52,10 @@ class TrainingConfig:
     """Examples per optimizer step (split into `grad_accum_steps` micro-batches)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; the result does not depend on it."""
-    learning_rate: float = 5e-5
-    """Peak AdamW learning rate."""
+    learning_rate: float | None = None
+    """Peak AdamW learning rate. Not set: the student's own default, 2e-4 for an encoder classifier (a new head on
+    a small encoder: 5e-5 left MiniLM undertrained and collapsing onto one class, benchmarks/results/collapse.md)
+    and 5e-5 for a causal LM student."""
     weight_decay: float = 0.01
     """AdamW weight decay (not applied to biases and norms)."""
     warmup_ratio: float = 0.1

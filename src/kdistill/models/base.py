@@ -47,6 +47,12 @@ class LabelModel(ABC):
         return int(self.module.config.hidden_size)
 
     @property
+    def default_learning_rate(self) -> float:
+        """training.learning_rate when the config leaves it unset: a new head on a small encoder needs a higher rate
+        than a pretrained causal LM tolerates (benchmarks/results/collapse.md)."""
+        return 2e-4 if self.kind == "encoder" else 5e-5
+
+    @property
     def default_pool(self) -> str:
         """How one vector stands for a sequence: the last token for a causal LM, the mean for an encoder."""
         return "last" if self.kind == "causal_lm" else "mean"

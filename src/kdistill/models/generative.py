@@ -51,6 +51,7 @@ class GenStudent:
     name: str = ""
     labels: tuple = ()  # no label space: the Trainer's label lookup stays empty
     kind: str = "causal_lm"
+    default_learning_rate: float = 5e-5  # training.learning_rate when the config leaves it unset
 
     @property
     def device(self) -> torch.device:

@@ -86,13 +86,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _optimizer(module: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+def _optimizer(module: torch.nn.Module, cfg: TrainingConfig, default_lr: float) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in module.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate or default_lr)
 
 
 def _accelerator():
@@ -168,7 +168,7 @@ class Trainer:
         self.trainable = self.steps.module
         if self.sharded:
             distributed.fully_shard_step(self.trainable, model.module)
-        self.optimizer = _optimizer(self.trainable, cfg)
+        self.optimizer = _optimizer(self.trainable, cfg, model.default_learning_rate)
         self.forward_step: nn.Module = self.trainable
         if self.accelerator is not None:  # the scheduler is ours: it counts global steps, not per-process ones
             self.forward_step, self.optimizer = self.accelerator.prepare(self.trainable, self.optimizer)
