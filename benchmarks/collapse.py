@@ -7,7 +7,8 @@ skewed prompted teacher; the distilled student gave 85 % of its answers to the m
 card did not say so. This rebuilds that setting from the built-in Rotten Tomatoes sentences (650
 positive, 350 negative; 100 gold labels, the rest of the training split teacher-only) with a config that
 names only the task, the data and the models, so every other setting is kdistill's default, as in a
-user's own config. Each variant changes one thing, and all run in the same run on the same splits:
+user's own config, except the learning rate: 5e-5, the default the user had (see FORMER_DEFAULTS).
+Each variant changes one thing, and all run in the same run on the same splits:
 
 - the teacher: zero-shot, no calibration, no recalibration (weak and skewed), or kdistill's default
   recalibration, or 2-shot and calibrated;
@@ -38,7 +39,9 @@ from kdistill.io import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 WEAK_TEACHER = {"teacher.few_shot_per_label": 0, "teacher.calibrate": False, "teacher.recalibrate": "none"}
-USER_DEFAULTS = {"training.learning_rate": 5.0e-5, "training.epochs": 3}  # the dataclass defaults, spelled out
+# the learning rate a config without one got when the user met the collapse; kdistill's default for an
+# encoder student is 2e-4 since this benchmark (measured at 5e-5 before that change: the same runs as these)
+FORMER_DEFAULTS = {"training.learning_rate": 5.0e-5}
 VARIANTS: dict[str, dict[str, Any]] = {
     "weak-defaults": {**WEAK_TEACHER},
     "weak-lr2e-4-2ep": {**WEAK_TEACHER, "training.learning_rate": 2.0e-4, "training.epochs": 2},
@@ -99,7 +102,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = ["# Collapse on a skewed 2-class set (65/35, 100 labels, real Gemma-3-270m teacher and MiniLM student)", "",
              f"{len(summary['seeds'])} seeds; every variant in the same run on the same splits; test set "
              f"{summary['test_examples']} examples, {summary['test_majority_share']:.0%} positive. The config sets only "
-             "the task, data and models, so everything else is kdistill's default (see `benchmarks/collapse.py`).", "",
+             "the task, data and models, so everything else is kdistill's default, at the former default learning rate "
+             "5e-5 unless a variant says otherwise (see `benchmarks/collapse.py`).", "",
              "| variant | teacher macro-F1 | teacher majority share | labels-only macro-F1 | labels-only majority share "
              "| distilled macro-F1 | distilled majority share | distilled − labels-only | collapse flags (distilled) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -125,7 +129,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     config = str(user_config(out))
-    variants = {name: {**overrides, "evaluation.seeds": args.seeds} for name, overrides in VARIANTS.items()}
+    variants = {name: {**FORMER_DEFAULTS, **overrides, "evaluation.seeds": args.seeds}
+                for name, overrides in VARIANTS.items()}
     done = run_all(config, variants, out, args.only)
     for name, v in done.items():
         run_dir = out / name.replace("+", "_") / "skewed"
