@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,9 @@ def _space_field_type(key: str, root: type) -> Any:
     if parts[0] not in _SEARCHABLE:
         raise KdistillError(f"search.space: {key!r} cannot vary between trials: a search asks the teacher once and "
                             "keeps the data fixed, so only objective.*, training.* and student.* keys are searchable.")
+    not_none = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(not_none) == 1:
+        return not_none[0]  # an optional field (learning_rate: float | None): a trial always sets a value
     return tp
 
 
