@@ -98,6 +98,25 @@ def _warnings(run_dir: Path, key: str) -> list[str]:
     return [f"seed {s}: {m['collapse_warning']}" for s, m in seeds.items() if m.get("collapse_warning")]
 
 
+def teacher_confidence(run_dir: Path) -> dict[str, Any]:
+    """How sure a run's teacher is on the training texts (read from its cache): p(positive) percentiles, and how
+    far from 0.5 its KD targets are at temperature 1 and 2 — a timid teacher's targets carry little argmax."""
+    import torch
+
+    from kdistill import api
+    from kdistill.config import load_config
+    from kdistill.data.prepare import prepare_data
+
+    cfg = load_config(str(run_dir / "config.yaml"))
+    data = prepare_data(cfg.data, cfg.task)
+    logprobs_nl = api.elicit(cfg, progress=False).targets.rows([e.id for e in data.train])
+    positive = cfg.task.labels.index("positive")
+    percentiles = torch.quantile(logprobs_nl.exp()[:, positive], torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95]))
+    return {"p_positive_percentiles_5_25_50_75_95": [round(float(x), 3) for x in percentiles],
+            "mean_distance_from_half": {f"T={t:g}": round(float((torch.softmax(logprobs_nl / t, -1)[:, positive] - 0.5)
+                                                                  .abs().mean()), 3) for t in (1.0, 2.0)}}
+
+
 def markdown(summary: dict[str, Any]) -> str:
     lines = ["# Collapse on a skewed 2-class set (65/35, 100 labels, real Gemma-3-270m teacher and MiniLM student)", "",
              f"{len(summary['seeds'])} seeds; every variant in the same run on the same splits; test set "
@@ -115,6 +134,11 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"| {fmt(lo['macro_f1']) if lo else '—'} | {fmt(lo['majority_prediction_share']) if lo else '—'} "
                      f"| {fmt(d['macro_f1'])} | {fmt(d['majority_prediction_share'])} | {delta:+.3f} "
                      f"| {len(v['distilled_warnings'])} of {d['seeds']} |")
+    if "weak_teacher_confidence" in summary:
+        c = summary["weak_teacher_confidence"]
+        lines += ["", "The weak teacher on the training texts: p(positive) at the 5th, 25th, 50th, 75th and 95th "
+                  f"percentiles {c['p_positive_percentiles_5_25_50_75_95']}; its KD targets lie on average "
+                  + ", ".join(f"{v} from 0.5 at {k}" for k, v in c["mean_distance_from_half"].items()) + "."]
     lines += ["", "Per-seed macro-F1 of the distilled students: " + "; ".join(
         f"{name}: {', '.join(f'{x:.3f}' for x in v['models']['student_distilled']['per_seed_macro_f1'])}"
         for name, v in summary["variants"].items()), ""]
@@ -140,6 +164,8 @@ def main() -> None:
     test_counts = results["data"]["counts"]["test"]
     summary = {"seeds": args.seeds, "test_examples": results["test_examples"],
                "test_majority_share": test_counts["positive"] / sum(test_counts.values()), "variants": done}
+    if "weak-defaults" in done:
+        summary["weak_teacher_confidence"] = teacher_confidence(out / "weak-defaults" / "skewed")
     atomic_write_json(HERE / "results" / "collapse.json", summary)
     atomic_write_text(HERE / "results" / "collapse.md", markdown(summary))
 
