@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.config import BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveConfig
+from kdistill.config.convert import from_dict
 from kdistill.errors import KdistillError
 from kdistill.losses.objective import HiddenTarget, Objective, StepTargets, layer_pairs, schedule_factor
 from kdistill.losses.terms import balance_surrogate, balance_value, cross_entropy, hidden_alignment, soft_label_loss
@@ -61,6 +62,21 @@ def test_unlabelled_examples_are_taught_by_the_teacher_alone():
     full, _ = objective(student, StepTargets(labels_b=labels, teacher_logprobs_bl=teacher))
     torch.testing.assert_close(total[labelled], full[labelled])
     torch.testing.assert_close(total[~labelled], terms["kd"][~labelled])  # CE's weight moved to KD: 0.7 + 0.3
+
+
+def test_ce_averaged_over_labelled_examples_gives_the_labels_only_gold_signal():
+    # a step of 4 with 1 gold label: averaged over the batch its CE counts 1/4; over the labelled, in full
+    student, labels, teacher = _batch(4, 3)
+    labelled = torch.tensor([True, False, False, False])
+    objective = Objective(ObjectiveConfig(ce=CETerm(weight=0.5, average="labelled"), kd=KDTerm(weight=0.5)))
+    plain, terms = objective(student, StepTargets(labels_b=labels, teacher_logprobs_bl=teacher, labelled_b=labelled))
+    scaled, _ = objective(student, StepTargets(labels_b=labels, teacher_logprobs_bl=teacher, labelled_b=labelled,
+                                               ce_scale=4.0))
+    torch.testing.assert_close(scaled.sum() / 4, (0.5 * terms["ce"][0] + 0.5 * terms["kd"][0]) / 4
+                               + 0.5 * 0.75 * terms["ce"][0] + plain[1:].sum() / 4)
+    torch.testing.assert_close(scaled[1:], plain[1:])  # the teacher's share is unchanged
+    with pytest.raises(KdistillError, match="ce.average"):
+        from_dict(ObjectiveConfig, {"ce": {"average": "examples"}}, "objective")
 
 
 @pytest.mark.parametrize("schedule,expected", [("constant", [1, 1, 1]), ("linear_warmup", [0, 0.5, 1]),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kdistill.config import BalanceTerm, HiddenTerm, KDTerm, ObjectiveConfig, TrainingConfig
+from kdistill.config import BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveConfig, TrainingConfig
 from kdistill.data import prepare_data
 from kdistill.losses.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.models import load_label_model
@@ -20,7 +20,7 @@ def _setup(tiny_config, student_key="encoder", **training):
     return cfg, data, targets
 
 
-def _trainer(cfg, data, targets, model_path, tmp_path, name, objective_cfg=None, **training):
+def _trainer(cfg, data, targets, model_path, tmp_path, name, objective_cfg=None, labelled_ids=None, **training):
     from dataclasses import replace
 
     torch.manual_seed(0)
@@ -37,7 +37,7 @@ def _trainer(cfg, data, targets, model_path, tmp_path, name, objective_cfg=None,
     objective = Objective(objective_cfg, hidden_targets=hidden_targets, student_width=student.hidden_size)
     return student, Trainer(student, train_examples=data.train, val_examples=data.validation, targets=targets,
                             teacher_hidden=hidden, label_prior=torch.tensor([0.7, 0.3]), objective=objective,
-                            cfg=train_cfg, seed=3, checkpoint_dir=tmp_path / name, progress=False)
+                            labelled_ids=labelled_ids, cfg=train_cfg, seed=3, checkpoint_dir=tmp_path / name, progress=False)
 
 
 ALL_TERMS = ObjectiveConfig(hidden=HiddenTerm(weight=0.5), balance=BalanceTerm(weight=0.3),
@@ -69,6 +69,23 @@ def test_accumulation_1x8_equals_8x1(tiny_config, tiny_models, tmp_path, objecti
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(results[0][n], _weights(load_label_model(cfg.student, cfg.task))[n])
                for n in results[0] if "classifier" not in n)  # the step really moved the weights
+
+
+def test_ce_averaged_over_the_labelled_examples_is_accumulation_invariant(tiny_config, tiny_models, tmp_path):
+    # the scale is the whole step's (size / labelled), so splitting the step into micro-batches changes nothing
+    cfg, data, targets = _setup(tiny_config)
+    data.train = data.train[:8]
+    labelled = {e.id for e in data.train[:3]}
+    objective_cfg = ObjectiveConfig(ce=CETerm(weight=0.5, average="labelled"))
+    results = []
+    for accum in (1, 8):
+        student, trainer = _trainer(cfg, data, targets, tiny_models["encoder_nodrop"], tmp_path, f"lab{accum}",
+                                    objective_cfg, labelled_ids=labelled, epochs=1, grad_accum_steps=accum,
+                                    warmup_ratio=0.0, max_grad_norm=0.0)
+        trainer.run()
+        results.append(_weights(student))
+    for name in results[0]:
+        torch.testing.assert_close(results[1][name], results[0][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("crash_at,objective_cfg", [(3, None), (9, None), (5, ALL_TERMS)])

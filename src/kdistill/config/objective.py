@@ -26,6 +26,10 @@ class CETerm:
 
     weight: float = 0.5
     """Weight of the term; on examples without a gold label (a transfer set) it moves to `kd`."""
+    average: Literal["batch", "labelled"] = "batch"
+    """Label tasks: what the CE of a step is averaged over. batch: every example of the step (an example
+    without a gold label adds 0), so with 100 labels in a pool of 600 the gold signal per step is 1/6 of a
+    labels-only student's; labelled: only the step's examples with a gold label, as labels-only averages it."""
 
     def __post_init__(self) -> None:
         _check_weight("ce", self.weight)

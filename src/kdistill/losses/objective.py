@@ -83,6 +83,7 @@ class StepTargets:
     labelled_b: torch.Tensor | None = None  # False: the gold label must not be used (transfer set)
     balance_mean_probs_l: torch.Tensor | None = None  # the whole step's mean student prediction
     balance_target_l: torch.Tensor | None = None
+    ce_scale: float = 1.0  # objective.ce.average = labelled: step size / labelled examples in the step
 
 
 class Objective(nn.Module):
@@ -144,7 +145,7 @@ class Objective(nn.Module):
         kd_weight = self.kd_weight(progress)
         terms = {"ce": cross_entropy(logits_bl, targets.labels_b)}
         labelled_b = targets.labelled_b
-        total_b = cfg.ce.weight * terms["ce"]
+        total_b = cfg.ce.weight * targets.ce_scale * terms["ce"]
         if labelled_b is not None:
             total_b = torch.where(labelled_b, total_b, 0.0)
         if kd_weight > 0 or (labelled_b is not None and not bool(labelled_b.all())):

@@ -86,6 +86,7 @@ class LabelSteps:
         self.label_ids = {label: i for i, label in enumerate(trainer.model.labels)}
         self.module = TrainStep(trainer.model, trainer.objective, mixed_precision=trainer.cfg.mixed_precision)
         self._balance: dict[str, torch.Tensor] = {}
+        self._ce_scale = 1.0
 
     @staticmethod
     def _check_inputs(objective: Objective, targets, teacher_hidden, label_prior, labelled_ids) -> None:
@@ -101,6 +102,16 @@ class LabelSteps:
 
     def begin_step(self, batch: list["Example"], chunks: list[list["Example"]], *, counts: bool) -> None:
         self._balance = self._balance_inputs(batch, chunks, counts) if self.trainer.objective.uses_balance else {}
+        self._ce_scale = self._labelled_ce_scale(batch)
+
+    def _labelled_ce_scale(self, batch: list["Example"]) -> float:
+        """objective.ce.average = labelled: the loop divides a step's summed loss by the step's size, so the CE of
+        its labelled examples is multiplied by size / labelled to become their mean. ``batch`` is the whole step
+        (every process's share), so every process scales alike."""
+        if self.trainer.objective.cfg.ce.average != "labelled":
+            return 1.0
+        labelled = sum(bool(e.label) and (self.labelled_ids is None or e.id in self.labelled_ids) for e in batch)
+        return len(batch) / labelled if labelled else 1.0
 
     def arguments(self, chunk: list["Example"], device: torch.device, step: int) -> tuple:
         return self._label_arguments(chunk, self._balance)
@@ -132,7 +143,7 @@ class LabelSteps:
             else None,
             labelled_b=None if self.labelled_ids is None else
             torch.tensor([i in self.labelled_ids for i in ids], device=self.trainer.device),
-            **balance)
+            ce_scale=self._ce_scale, **balance)
 
     def _balance_inputs(self, batch: list["Example"], chunks: list[list["Example"]],
                         counts: bool = True) -> dict[str, torch.Tensor]:
