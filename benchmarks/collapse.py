@@ -53,7 +53,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "weak-kd0.2": {**WEAK_TEACHER, "objective.kd.weight": 0.2, "objective.ce.weight": 0.8},
     "weak-balance": {**WEAK_TEACHER, "objective.balance.weight": 1.0},
     "2shot-calibrated-defaults": {"teacher.few_shot_per_label": 2, "teacher.calibrate": True},
+    # at today's defaults (an encoder student's own learning rate, 2e-4): FORMER_DEFAULTS is not applied to these
+    "now-weak": {**WEAK_TEACHER},
+    "now-weak-ce-labelled": {**WEAK_TEACHER, "objective.ce.average": "labelled", "evaluation.baselines": False},
+    "now-user-defaults": {},
 }
+CURRENT_DEFAULTS = ("now-",)
+"""Variants whose names start so run at today's defaults, not FORMER_DEFAULTS."""
+LABELS_ONLY_FROM = {"now-weak-ce-labelled": "now-weak"}
+"""Variants that skip the baselines because a labels-only student does not depend on what they change (the CE
+average of a labels-only step is the same either way): their labels-only row is the named variant's, same splits."""
 
 
 def skewed_csv(path: Path, positives: int = 650, negatives: int = 350, seed: int = 0) -> Path:
@@ -122,7 +131,10 @@ def markdown(summary: dict[str, Any]) -> str:
              f"{len(summary['seeds'])} seeds; every variant in the same run on the same splits; test set "
              f"{summary['test_examples']} examples, {summary['test_majority_share']:.0%} positive. The config sets only "
              "the task, data and models, so everything else is kdistill's default, at the former default learning rate "
-             "5e-5 unless a variant says otherwise (see `benchmarks/collapse.py`).", "",
+             "5e-5 unless a variant says otherwise; `now-*` variants run at today's defaults (learning rate 2e-4 for "
+             "this student). A variant marked * takes its labels-only figures from another variant, on the same splits"
+             + (f"; {', '.join(summary['earlier_run_variants'])} come from an earlier run of this script with the same "
+                "splits and seeds" if summary.get("earlier_run_variants") else "") + " (see `benchmarks/collapse.py`).", "",
              "| variant | teacher macro-F1 | teacher majority share | labels-only macro-F1 | labels-only majority share "
              "| distilled macro-F1 | distilled majority share | distilled − labels-only | collapse flags (distilled) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -130,7 +142,8 @@ def markdown(summary: dict[str, Any]) -> str:
         m = v["models"]
         t, lo, d = m["teacher"], m.get("student_labels_only"), m["student_distilled"]
         delta = d["macro_f1"]["mean"] - lo["macro_f1"]["mean"] if lo else float("nan")
-        lines.append(f"| {name} | {t['macro_f1']['mean']:.3f} | {t['majority_prediction_share']['mean']:.2f} "
+        star = "*" if v.get("labels_only_from") else ""
+        lines.append(f"| {name}{star} | {t['macro_f1']['mean']:.3f} | {t['majority_prediction_share']['mean']:.2f} "
                      f"| {fmt(lo['macro_f1']) if lo else '—'} | {fmt(lo['majority_prediction_share']) if lo else '—'} "
                      f"| {fmt(d['macro_f1'])} | {fmt(d['majority_prediction_share'])} | {delta:+.3f} "
                      f"| {len(v['distilled_warnings'])} of {d['seeds']} |")
@@ -145,6 +158,21 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def keep_earlier(summary: dict[str, Any], path: Path) -> None:
+    """Keep the variants of the results file that this run did not repeat (a run with --only), marked as such,
+    when they were measured on the same seeds (the splits are fixed by the script)."""
+    if not path.exists():
+        return
+    earlier = json.loads(path.read_text())
+    if earlier.get("seeds") != summary["seeds"]:
+        return
+    kept = [name for name in earlier["variants"] if name not in summary["variants"]]
+    summary["variants"] = {**{name: earlier["variants"][name] for name in kept}, **summary["variants"]}
+    summary["earlier_run_variants"] = kept
+    if "weak_teacher_confidence" not in summary and "weak_teacher_confidence" in earlier:
+        summary["weak_teacher_confidence"] = earlier["weak_teacher_confidence"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -153,19 +181,26 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     config = str(user_config(out))
-    variants = {name: {**FORMER_DEFAULTS, **overrides, "evaluation.seeds": args.seeds}
+    variants = {name: {**({} if name.startswith(CURRENT_DEFAULTS) else FORMER_DEFAULTS), **overrides,
+                       "evaluation.seeds": args.seeds}
                 for name, overrides in VARIANTS.items()}
     done = run_all(config, variants, out, args.only)
     for name, v in done.items():
         run_dir = out / name.replace("+", "_") / "skewed"
         v["distilled_warnings"] = _warnings(run_dir, "student_distilled")
         v["labels_only_warnings"] = _warnings(run_dir, "student_labels_only")
+    for name, source in LABELS_ONLY_FROM.items():
+        if name in done and source in done and "student_labels_only" not in done[name]["models"]:
+            done[name]["models"]["student_labels_only"] = done[source]["models"]["student_labels_only"]
+            done[name]["labels_only_warnings"] = done[source]["labels_only_warnings"]
+            done[name]["labels_only_from"] = source
     results = json.loads((out / next(iter(done)).replace("+", "_") / "skewed" / "eval" / "results.json").read_text())
     test_counts = results["data"]["counts"]["test"]
     summary = {"seeds": args.seeds, "test_examples": results["test_examples"],
                "test_majority_share": test_counts["positive"] / sum(test_counts.values()), "variants": done}
     if "weak-defaults" in done:
         summary["weak_teacher_confidence"] = teacher_confidence(out / "weak-defaults" / "skewed")
+    keep_earlier(summary, HERE / "results" / "collapse.json")
     atomic_write_json(HERE / "results" / "collapse.json", summary)
     atomic_write_text(HERE / "results" / "collapse.md", markdown(summary))
 
