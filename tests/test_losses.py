@@ -8,7 +8,14 @@ from kdistill.config import BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveCo
 from kdistill.config.convert import from_dict
 from kdistill.errors import KdistillError
 from kdistill.losses.objective import HiddenTarget, Objective, StepTargets, layer_pairs, schedule_factor
-from kdistill.losses.terms import balance_surrogate, balance_value, cross_entropy, hidden_alignment, soft_label_loss
+from kdistill.losses.terms import (
+    balance_surrogate,
+    balance_value,
+    cross_entropy,
+    hidden_alignment,
+    soft_label_loss,
+    supervised_contrastive,
+)
 from kdistill.models.base import pool_states
 
 
@@ -192,3 +199,48 @@ def test_pool_states_left_and_right_padding():
     torch.testing.assert_close(pool_states(states, left, [1], "last")[0, 0], states[1][0, 3])
     torch.testing.assert_close(pool_states(states, left, [1], "cls")[0, 0], states[1][0, 1])
     torch.testing.assert_close(pool_states(states, right, [0], "mean")[0, 0], states[0][0, :3].mean(0))
+
+
+def _supcon_reference(z_bd, labels_b, temperature):
+    """SupCon written out with loops, over the examples that have a label."""
+    z_bd = F.normalize(z_bd, dim=-1)
+    out = []
+    for a in range(len(labels_b)):
+        others = [j for j in range(len(labels_b)) if j != a and labels_b[j] >= 0]
+        positives = [p for p in others if labels_b[p] == labels_b[a]]
+        if labels_b[a] < 0 or not positives:
+            out.append(torch.tensor(0.0, dtype=z_bd.dtype))
+            continue
+        denominator = torch.logsumexp(torch.stack([z_bd[a] @ z_bd[j] / temperature for j in others]), 0)
+        out.append(-torch.stack([z_bd[a] @ z_bd[p] / temperature - denominator for p in positives]).mean())
+    return torch.stack(out)
+
+
+def test_supervised_contrastive_matches_its_definition_and_ignores_the_unlabelled():
+    gen = torch.Generator().manual_seed(0)
+    z_bd = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, -100, 1, 2, 0])  # label 2 has no positive: 0; -100 takes no part
+    ours = supervised_contrastive(z_bd, labels, temperature=0.1)
+    torch.testing.assert_close(ours, _supcon_reference(z_bd, labels, 0.1))
+    assert ours[3] == 0 and ours[5] == 0
+    ours.sum().backward()
+    assert torch.isfinite(z_bd.grad).all() and z_bd.grad[3].abs().max() == 0  # an unlabelled row gets no gradient
+    # nobody else taking part (a lone labelled example): 0, and a finite gradient
+    lone = torch.randn(3, 4, requires_grad=True)
+    supervised_contrastive(lone, torch.tensor([1, -100, -100]), temperature=0.1).sum().backward()
+    assert torch.isfinite(lone.grad).all()
+
+
+def test_contrastive_term_is_weighted_into_the_objective_and_kept_by_labels_only():
+    from kdistill.config import ContrastiveTerm
+
+    student, labels, teacher = _batch(6, 2)
+    vectors = torch.randn(6, 8, dtype=torch.float64)
+    cfg = ObjectiveConfig(contrastive=ContrastiveTerm(weight=0.3, labels="gold_and_teacher"))
+    objective = Objective(cfg)
+    targets = StepTargets(labels_b=labels, teacher_logprobs_bl=teacher, contrastive_labels_b=labels)
+    total, terms = objective(student, targets, student_vector_bd=vectors)
+    plain, _ = Objective(ObjectiveConfig())(student, targets)
+    torch.testing.assert_close(total, plain + 0.3 * supervised_contrastive(vectors, labels, temperature=0.1))
+    assert cfg.needs_teacher and cfg.labels_only().contrastive.weight == 0.3
+    assert cfg.labels_only().contrastive.labels == "gold" and not cfg.labels_only().needs_teacher

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kdistill.config import BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveConfig, TrainingConfig
+from kdistill.config import BalanceTerm, CETerm, ContrastiveTerm, HiddenTerm, KDTerm, ObjectiveConfig, TrainingConfig
 from kdistill.data import prepare_data
 from kdistill.losses.objective import HiddenTarget, Objective, layer_pairs
 from kdistill.models import load_label_model
@@ -86,6 +86,28 @@ def test_ce_averaged_over_the_labelled_examples_is_accumulation_invariant(tiny_c
         results.append(_weights(student))
     for name in results[0]:
         torch.testing.assert_close(results[1][name], results[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("labels", ["gold", "gold_and_teacher"])
+def test_contrastive_term_sees_gold_labels_and_the_teacher_only_where_asked(tiny_config, tiny_models, tmp_path,
+                                                                           labels):
+    cfg, data, targets = _setup(tiny_config)
+    data.train = data.train[:8]
+    labelled = {e.id for e in data.train[:3]}
+    objective_cfg = ObjectiveConfig(contrastive=ContrastiveTerm(weight=1.0, labels=labels))
+    student, trainer = _trainer(cfg, data, targets, tiny_models["encoder_nodrop"], tmp_path, labels, objective_cfg,
+                                labelled_ids=labelled, epochs=1)
+    chunk = data.train
+    got = trainer.steps._contrastive_labels(chunk, [e.id for e in chunk]).tolist()
+    label_ids = {label: i for i, label in enumerate(student.labels)}
+    teacher = targets.rows([e.id for e in chunk]).argmax(-1).tolist()
+    expected = [label_ids[e.label] if e.id in labelled else (teacher[i] if labels == "gold_and_teacher" else -100)
+                for i, e in enumerate(chunk)]
+    assert got == expected
+    before = _weights(student)
+    result = trainer.run()
+    assert any(not torch.equal(before[n], v) for n, v in _weights(student).items())
+    assert any("train_contrastive" in record for record in result.state.history)  # the term was in the loss
 
 
 @pytest.mark.parametrize("crash_at,objective_cfg", [(3, None), (9, None), (5, ALL_TERMS)])

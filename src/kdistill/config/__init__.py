@@ -13,12 +13,20 @@ from kdistill.config.models import (
                                    TeacherConfig,
                                    hide_userinfo,
 )
-from kdistill.config.objective import DIVERGENCE_KINDS, BalanceTerm, CETerm, HiddenTerm, KDTerm, ObjectiveConfig
+from kdistill.config.objective import (
+    DIVERGENCE_KINDS,
+    BalanceTerm,
+    CETerm,
+    ContrastiveTerm,
+    HiddenTerm,
+    KDTerm,
+    ObjectiveConfig,
+)
 from kdistill.config.run import EvaluationConfig, RunConfig, StageConfig, TrainingConfig
 from kdistill.config.search import SearchConfig
 from kdistill.config.task_data import DataConfig, TaskConfig
 
-__all__ = ["DIVERGENCE_KINDS", "BalanceTerm", "CETerm", "DataConfig", "EndpointConfig", "EnsembleConfig",
+__all__ = ["DIVERGENCE_KINDS", "BalanceTerm", "CETerm", "ContrastiveTerm", "DataConfig", "EndpointConfig", "EnsembleConfig",
            "EvaluationConfig", "HiddenTerm", "KDTerm", "ModelConfig", "ObjectiveConfig", "RunConfig", "SearchConfig",
            "SelectionConfig", "StageConfig", "TaskConfig", "TeacherConfig", "TrainingConfig", "apply_overrides", "dump_yaml",
            "field_docs", "from_dict", "hide_userinfo", "load_config", "to_dict"]

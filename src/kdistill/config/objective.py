@@ -104,6 +104,28 @@ class BalanceTerm:
 
 
 @dataclass(kw_only=True)
+class ContrastiveTerm:
+    """Supervised contrastive loss (SupCon, Khosla et al. 2020) on the student's sequence vectors: examples of one
+    label are pulled together, others pushed apart, within each micro-batch. Label tasks only."""
+
+    weight: float = 0.0
+    """Weight of the term; 0 turns it off."""
+    temperature: float = 0.1
+    """Temperature of the cosine similarities (SupCon's tau)."""
+    labels: Literal["gold", "gold_and_teacher"] = "gold"
+    """Which examples take part: gold, only those with a gold label (so the labels-only baseline keeps the term);
+    gold_and_teacher, also the rest, under the teacher's most likely label."""
+    pool: Literal["auto", "mean", "last", "cls"] = "auto"
+    """The vector compared: auto = what the classification head reads (the first token for an encoder, the last for a
+    causal LM), so the head starts from separated classes."""
+
+    def __post_init__(self) -> None:
+        _check_weight("contrastive", self.weight)
+        if self.temperature <= 0:
+            raise KdistillError(f"objective.contrastive.temperature must be > 0; found {self.temperature}.")
+
+
+@dataclass(kw_only=True)
 class ObjectiveConfig:
     """A weighted sum of terms: ce.weight * CE + kd.weight * T^2 * D(teacher_T, student_T)
     + hidden.weight * alignment + balance.weight * D(target || batch-mean student prediction)."""
@@ -116,17 +138,22 @@ class ObjectiveConfig:
     """Hidden-state alignment through a learned projection."""
     balance: BalanceTerm = field(default_factory=BalanceTerm)
     """Penalty against collapsing onto the most common answer."""
+    contrastive: ContrastiveTerm = field(default_factory=ContrastiveTerm)
+    """Classes pulled apart in the student's own representation (SetFit's idea, as a term)."""
 
     def __post_init__(self) -> None:
-        if self.ce.weight + self.kd.weight + self.hidden.weight + self.balance.weight == 0:
+        if self.ce.weight + self.kd.weight + self.hidden.weight + self.balance.weight + self.contrastive.weight == 0:
             raise KdistillError("objective: every term has weight 0; give ce.weight or kd.weight a positive value.")
 
     @property
     def needs_teacher(self) -> bool:
-        return self.kd.weight > 0 or self.hidden.weight > 0 or (self.balance.weight > 0 and self.balance.target == "teacher")
+        return (self.kd.weight > 0 or self.hidden.weight > 0 or (self.balance.weight > 0 and self.balance.target == "teacher")
+                or (self.contrastive.weight > 0 and self.contrastive.labels == "gold_and_teacher"))
 
     def labels_only(self) -> "ObjectiveConfig":
-        """The baseline: the same student fine-tuned on hard labels alone."""
+        """The baseline: the same student fine-tuned on hard labels alone (a contrastive term on the gold labels stays:
+        it needs no teacher, so the baseline is the same recipe without the teacher)."""
         return ObjectiveConfig(ce=CETerm(weight=1.0), kd=dataclasses.replace(self.kd, weight=0.0),
                                hidden=dataclasses.replace(self.hidden, weight=0.0),
-                               balance=dataclasses.replace(self.balance, weight=0.0))
+                               balance=dataclasses.replace(self.balance, weight=0.0),
+                               contrastive=dataclasses.replace(self.contrastive, labels="gold"))

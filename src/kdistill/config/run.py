@@ -267,6 +267,7 @@ class RunConfig:
             raise KdistillError(f"{keys}: your own split files are for label tasks (classification, multiple choice) "
                                 "for now; a generation task reads data.path and splits it. Remove them.")
         unsupported = [name for name, on in [("objective.balance", self.objective.balance.weight > 0),
+                                             ("objective.contrastive", self.objective.contrastive.weight > 0),
                                              ("data.num_labelled", self.data.num_labelled is not None)] if on]
         for i, member in enumerate(self.members):  # every teacher of an ensemble is loaded and asked in-process
             where = "teacher" if i == 0 else f"teachers[{i - 1}]"

@@ -2,6 +2,7 @@
 
     total_b = ce.weight * CE + kd.weight(t) * T^2 * D(teacher_T, student_T)
               + hidden.weight * alignment(W h_student, h_teacher) + balance.weight * balance
+              + contrastive.weight * SupCon(student vectors, labels)
 
 An example without a gold label (transfer-set text) has no CE; its CE weight moves to the KD term, so it
 is taught by the teacher alone. The learned projections W of the hidden term live here, not in the
@@ -19,7 +20,14 @@ from torch import nn
 
 from kdistill.config import ObjectiveConfig
 from kdistill.errors import KdistillError
-from kdistill.losses.terms import balance_surrogate, balance_value, cross_entropy, hidden_alignment, soft_label_loss
+from kdistill.losses.terms import (
+    balance_surrogate,
+    balance_value,
+    cross_entropy,
+    hidden_alignment,
+    soft_label_loss,
+    supervised_contrastive,
+)
 
 
 def layer_pairs(spec: str | list[list[int]], num_student_layers: int,
@@ -84,6 +92,7 @@ class StepTargets:
     balance_mean_probs_l: torch.Tensor | None = None  # the whole step's mean student prediction
     balance_target_l: torch.Tensor | None = None
     ce_scale: float = 1.0  # objective.ce.average = labelled: step size / labelled examples in the step
+    contrastive_labels_b: torch.Tensor | None = None  # the contrastive term's label per example, -100: not taking part
 
 
 class Objective(nn.Module):
@@ -114,6 +123,10 @@ class Objective(nn.Module):
     def uses_balance(self) -> bool:
         return self.cfg.balance.weight > 0
 
+    @property
+    def uses_contrastive(self) -> bool:
+        return self.cfg.contrastive.weight > 0
+
     def kd_weight(self, progress: float) -> float:
         """kd.weight at ``progress`` (0 to 1) through training, after its schedule."""
         return self.cfg.kd.weight * schedule_factor(self.cfg.kd.schedule, progress)
@@ -139,8 +152,10 @@ class Objective(nn.Module):
         return total_b, terms
 
     def forward(self, logits_bl: torch.Tensor, targets: StepTargets, *, progress: float = 0.0,
-                student_hidden_bnd: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total_b, terms) of a label step: the per-example loss and each term per example, for logging."""
+                student_hidden_bnd: torch.Tensor | None = None,
+                student_vector_bd: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total_b, terms) of a label step: the per-example loss and each term per example, for logging.
+        ``student_vector_bd``: the contrastive term's one vector per example."""
         cfg = self.cfg
         kd_weight = self.kd_weight(progress)
         terms = {"ce": cross_entropy(logits_bl, targets.labels_b)}
@@ -167,6 +182,10 @@ class Objective(nn.Module):
             total_b = total_b + cfg.balance.weight * surrogate_b
             value = balance_value(targets.balance_mean_probs_l.detach(), targets.balance_target_l)
             terms["balance"] = value.expand(logits_bl.shape[0])
+        if self.uses_contrastive:
+            terms["contrastive"] = supervised_contrastive(student_vector_bd, targets.contrastive_labels_b,
+                                                          temperature=cfg.contrastive.temperature)
+            total_b = total_b + cfg.contrastive.weight * terms["contrastive"]
         return total_b, terms
 
 
@@ -191,11 +210,12 @@ def describe_terms() -> dict[str, str]:
     """`kdistill ls losses`: each term, its parameters with defaults, and the divergences."""
     from dataclasses import fields
 
-    from kdistill.config import BalanceTerm, CETerm, HiddenTerm, KDTerm, field_docs
+    from kdistill.config import BalanceTerm, CETerm, ContrastiveTerm, HiddenTerm, KDTerm, field_docs
     from kdistill.losses.divergences import DIVERGENCES
 
     out = {}
-    for name, cls in (("ce", CETerm), ("kd", KDTerm), ("hidden", HiddenTerm), ("balance", BalanceTerm)):
+    for name, cls in (("ce", CETerm), ("kd", KDTerm), ("hidden", HiddenTerm), ("balance", BalanceTerm),
+                      ("contrastive", ContrastiveTerm)):
         defaults, docs = cls(), field_docs(cls)
         lines = [f"{f.name}={getattr(defaults, f.name)!r}: {docs.get(f.name, '')}" for f in fields(cls)]
         out[name] = " ".join((cls.__doc__ or "").split()) + "".join(f"\n{'':25}{line}" for line in lines)

@@ -56,6 +56,26 @@ def hidden_alignment(student_bnd: torch.Tensor, teacher_bnd: torch.Tensor, *, lo
     return per_pair_bn.mean(-1)
 
 
+def supervised_contrastive(embeddings_bd: torch.Tensor, labels_b: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """SupCon (Khosla et al., 2020) per example, (B,): -mean over the anchor's positives p of
+    log(exp(s_ap / tau) / sum over the other taking-part examples a' of exp(s_aa' / tau)), s the cosine similarity.
+
+    Only examples with a label >= 0 take part (-100: none); one without another example of its label in the batch
+    adds 0. Unlike the other terms it couples the examples of a batch, so it is computed per micro-batch.
+    """
+    z_bd = F.normalize(_atleast_fp32(embeddings_bd), dim=-1)
+    taking_part_b = labels_b >= 0
+    others_bb = taking_part_b[:, None] & taking_part_b[None, :] & ~torch.eye(len(labels_b), dtype=torch.bool,
+                                                                              device=labels_b.device)
+    positives_bb = others_bb & (labels_b[:, None] == labels_b[None, :])
+    # a finite stand-in for -inf: a row with nobody else taking part must give 0, not 0 * nan, in backward too
+    logits_bb = (z_bd @ z_bd.T / temperature).masked_fill(~others_bb, -1e9)
+    log_prob_bb = logits_bb - torch.logsumexp(logits_bb, dim=-1, keepdim=True)
+    num_positives_b = positives_bb.sum(-1)
+    summed_b = torch.where(positives_bb, log_prob_bb, 0.0).sum(-1)
+    return torch.where(num_positives_b > 0, -summed_b / num_positives_b.clamp(min=1), 0.0)
+
+
 def balance_value(mean_probs_l: torch.Tensor, target_l: torch.Tensor) -> torch.Tensor:
     """KL(target || batch-mean student prediction), a scalar: large when the student neglects a label
     the target expects, which is what collapsing onto the majority answer does."""

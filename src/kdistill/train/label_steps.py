@@ -61,15 +61,25 @@ class TrainStep(nn.Module):
     def forward(self, progress: float, inputs: dict[str, torch.Tensor], targets: StepTargets,
                 pool: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model = self._model[0]
+        objective, hidden_bnd, vector_bd = self.objective, None, None
         with autocast(model.device, self.mixed_precision):
-            if self.objective.uses_hidden:
+            if objective.uses_hidden or objective.uses_contrastive:
                 logits_bl, states, mask_bs = model.label_logits_and_hidden(inputs)
-                hidden_bnd = pool_states(states, mask_bs, self.objective.student_layers, pool)
+                if objective.uses_hidden:
+                    hidden_bnd = pool_states(states, mask_bs, objective.student_layers, pool)
+                if objective.uses_contrastive:
+                    vector_bd = pool_states(states, mask_bs, [len(states) - 1], self._contrastive_pool(model))[:, 0]
             else:
-                logits_bl, hidden_bnd = model.label_logits(inputs), None
+                logits_bl = model.label_logits(inputs)
         if self.objective.uses_balance and targets.balance_mean_probs_l is None:  # the step is this batch
             targets.balance_mean_probs_l = torch.softmax(logits_bl.detach().float(), -1).mean(0)
-        return self.objective(logits_bl, targets, progress=progress, student_hidden_bnd=hidden_bnd)
+        return self.objective(logits_bl, targets, progress=progress, student_hidden_bnd=hidden_bnd,
+                              student_vector_bd=vector_bd)
+
+    def _contrastive_pool(self, model: LabelModel) -> str:
+        """auto: the token the classification head reads (an encoder's first, a causal LM's last)."""
+        pool = self.objective.cfg.contrastive.pool
+        return pool if pool != "auto" else ("last" if model.kind == "causal_lm" else "cls")
 
 
 class LabelSteps:
@@ -143,7 +153,20 @@ class LabelSteps:
             else None,
             labelled_b=None if self.labelled_ids is None else
             torch.tensor([i in self.labelled_ids for i in ids], device=self.trainer.device),
-            ce_scale=self._ce_scale, **balance)
+            ce_scale=self._ce_scale, contrastive_labels_b=self._contrastive_labels(chunk, ids), **balance)
+
+    def _contrastive_labels(self, chunk: list["Example"], ids: list[str]) -> torch.Tensor | None:
+        """Gold label ids where the gold label may be used; the rest -100, or with labels = gold_and_teacher the
+        teacher's most likely label."""
+        cfg = self.trainer.objective.cfg.contrastive
+        if cfg.weight <= 0:
+            return None
+        labels = [self.label_ids[e.label] if e.label and (self.labelled_ids is None or e.id in self.labelled_ids)
+                  else -100 for e in chunk]
+        if cfg.labels == "gold_and_teacher" and self.targets is not None:
+            teacher_b = self.targets.rows(ids).argmax(-1).tolist()
+            labels = [gold if gold >= 0 else int(t) for gold, t in zip(labels, teacher_b)]
+        return torch.tensor(labels, device=self.trainer.device)
 
     def _balance_inputs(self, batch: list["Example"], chunks: list[list["Example"]],
                         counts: bool = True) -> dict[str, torch.Tensor]:
