@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.errors import KdistillError
-from kdistill.losses.divergences import _KINDS, DIVERGENCES, SparseTargets, chunked_token_loss, divergence, token_mean
+from kdistill.losses.chunked import chunked_token_loss
+from kdistill.losses.divergences import _KINDS, DIVERGENCES, SparseTargets, divergence, token_mean
 from kdistill.losses.terms import cross_entropy
 
 KINDS = list(DIVERGENCES)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.losses.divergences import SparseTargets, chunked_token_loss, divergence
+from kdistill.losses.chunked import chunked_token_loss
+from kdistill.losses.divergences import SparseTargets, divergence
 from kdistill.losses.terms import cross_entropy
 
 
