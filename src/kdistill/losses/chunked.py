@@ -60,17 +60,20 @@ def chunked_token_loss(hidden_nh: torch.Tensor, lm_head_vh: torch.Tensor, target
 def _values(hidden_nh, lm_head_vh, targets, loss_fn, chunk_tokens) -> torch.Tensor:
     """The values alone (no gradient wanted: evaluation)."""
     with torch.no_grad():
-        values = [loss_fn(hidden_nh[rows] @ lm_head_vh.T, take_rows(targets, rows))  # (C, V) -> (C,)
+        logits = _LogitsBuffer(lm_head_vh, min(chunk_tokens, hidden_nh.shape[0]))
+        values = [loss_fn(logits(hidden_nh[rows])[0], take_rows(targets, rows)).clone()  # (C, V) -> (C,)
                   for rows in _chunks(hidden_nh.shape[0], chunk_tokens)]
     return torch.cat(values) if values else hidden_nh.new_zeros(0)
 
 
-def _value_and_grad(loss_fn, logits_cv: torch.Tensor, targets_rows, upstream_c: torch.Tensor | None = None):
+def _value_and_grad(loss_fn, logits_cv: torch.Tensor, targets_rows, upstream_c: torch.Tensor | None = None,
+                    scratch: "_Scratch | None" = None):
     """loss_fn's values (C,) and d(sum upstream_c * values_c) / d logits (C, V), each row its own (rows are
-    independent, so with upstream 1 row i is the gradient of value i alone). May overwrite ``logits_cv``."""
+    independent, so with upstream 1 row i is the gradient of value i alone). A closed form writes the gradient
+    over ``logits_cv`` and uses ``scratch``'s (C, V) buffers; autograd makes its own."""
     closed_form = _closed_form(loss_fn)
     if closed_form is not None:
-        values_c, grad_cv = closed_form(logits_cv, targets_rows)
+        values_c, grad_cv = closed_form(logits_cv, targets_rows, scratch=scratch or _Scratch())
         return values_c, grad_cv if upstream_c is None else grad_cv.mul_(upstream_c[:, None].to(grad_cv))
     with torch.enable_grad():
         logits_cv = logits_cv.detach().requires_grad_()
@@ -78,6 +81,35 @@ def _value_and_grad(loss_fn, logits_cv: torch.Tensor, targets_rows, upstream_c: 
         upstream_c = torch.ones_like(values_c) if upstream_c is None else upstream_c.to(values_c.dtype)
         (grad_cv,) = torch.autograd.grad(values_c, logits_cv, upstream_c, allow_unused=True)
     return values_c.detach(), torch.zeros_like(logits_cv) if grad_cv is None else grad_cv
+
+
+# a loss without a closed form runs through autograd on at most this many rows at a time: its temporaries,
+# several (rows, V) tensors, stay small while the matmuls work on the whole chunk
+_AUTOGRAD_ROWS = 16
+
+
+def _grad_over_logits(loss_fn, logits: "_LogitsBuffer", hidden_ch: torch.Tensor, targets, rows: slice,
+                      values_n: torch.Tensor | None = None, upstream_n: torch.Tensor | None = None) -> torch.Tensor:
+    """One chunk's logits, then the loss's gradient w.r.t. them written over them, (C, V); the values go into
+    ``values_n[rows]``. ``upstream_n``: the incoming gradient (None: 1 per row)."""
+    logits_cv, scratch = logits(hidden_ch)
+    closed = _closed_form(loss_fn) is not None
+    for sub in _chunks(logits_cv.shape[0], logits_cv.shape[0] if closed else _AUTOGRAD_ROWS):
+        rows_sub = slice(rows.start + sub.start, rows.start + sub.stop)
+        upstream = None if upstream_n is None else upstream_n[rows_sub]
+        values_c, grad_cv = _value_and_grad(loss_fn, logits_cv[sub], take_rows(targets, rows_sub), upstream, scratch)
+        if grad_cv.data_ptr() != logits_cv[sub].data_ptr():
+            logits_cv[sub] = grad_cv  # autograd's gradient, or an upcast copy's
+        if values_n is not None:
+            values_n[rows_sub] = values_c
+    return logits_cv
+
+
+def _row_logsumexp(x_cv: torch.Tensor, scratch_cv: torch.Tensor) -> torch.Tensor:
+    """logsumexp per row, (C,), through ``scratch_cv`` (left holding exp(x - rowmax)): torch's own makes (C, V)
+    temporaries, and a chunk's memory is its few (C, V) buffers."""
+    max_c1 = x_cv.amax(-1, keepdim=True).nan_to_num_(neginf=0.0)  # an all -inf row: logsumexp -inf, not nan
+    return torch.sub(x_cv, max_c1, out=scratch_cv).exp_().sum(-1).log_().add_(max_c1[:, 0])
 
 
 def _closed_form(loss_fn):
@@ -97,27 +129,35 @@ def _closed_form(loss_fn):
     return None
 
 
-def _forward_kl_value_and_grad(logits_cv: torch.Tensor, teacher, *, temperature: float):
-    """KL(P || Q) per row and its gradient (Q - P) / T w.r.t. the logits; P, Q the tempered teacher and student.
-    Against sparse targets the k ids and the tail are the buckets, as in `divergence`."""
-    logq_cv = logits_cv.to(_compute_dtype(logits_cv)).div_(temperature)  # (C, V) s = z / T, in place when fp32
+def _forward_kl_value_and_grad(logits_cv: torch.Tensor, teacher, *, temperature: float, scratch: "_Scratch"):
+    """KL(P || Q) per row and its gradient (Q - P) / T w.r.t. the logits, written over ``logits_cv``; P, Q the
+    tempered teacher and student. Against sparse targets the k ids and the tail are the buckets, as in
+    `divergence`. Nothing of size (C, V) is made: two scratch buffers hold what the logits' one does not."""
+    s_cv = logits_cv.to(_compute_dtype(logits_cv))  # the same tensor when it is float32 already
+    if temperature != 1.0:
+        s_cv.div_(temperature)  # s = z / T
     if isinstance(teacher, SparseTargets):
-        return _sparse_forward_kl(logq_cv, teacher, temperature)
+        return _sparse_forward_kl(s_cv, teacher, temperature, scratch.first(s_cv))
     if teacher.shape != logits_cv.shape:
         raise KdistillError(f"dense teacher targets must have the student's shape {tuple(logits_cv.shape)}; "
                             f"found {tuple(teacher.shape)}.")
-    logq_cv.sub_(logq_cv.logsumexp(-1, keepdim=True))
-    logp_cv = torch.div(teacher.to(logq_cv.dtype), temperature)  # (C, V) a new buffer: the teacher is an input
-    logp_cv.sub_(logp_cv.logsumexp(-1, keepdim=True))
-    gap_cv = torch.sub(logp_cv, logq_cv)
+    first_cv, second_cv = scratch.first(s_cv), scratch.second(s_cv)
+    logp_cv = torch.div(teacher.to(s_cv.dtype), temperature, out=first_cv)
+    lse_p_c = _row_logsumexp(logp_cv, second_cv)
+    logp_cv.sub_(lse_p_c[:, None])
+    lse_q_c = _row_logsumexp(s_cv, second_cv)
+    logq_cv = s_cv.sub_(lse_q_c[:, None])
+    q_cv = torch.exp(logq_cv, out=second_cv)
+    gap_cv = logq_cv.sub_(logp_cv).neg_()  # log P - log Q, over the logits (log Q is no longer needed)
     p_cv = logp_cv.exp_()
-    # a token the teacher gives probability 0 contributes 0, as in divergence's _kl (not 0 * -inf = nan)
-    values_c = gap_cv.mul_(p_cv).masked_fill_(p_cv == 0, 0.0).sum(-1)
-    del gap_cv
-    return values_c, logq_cv.exp_().sub_(p_cv).div_(temperature)  # (Q - P) / T
+    # p = 0 makes p * (-inf - log q) nan: nan_to_num puts the 0 that divergence's _kl gives there, and keeps inf
+    values_c = gap_cv.mul_(p_cv).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf).sum(-1)
+    # but a row that was nan to begin with (nan logits) stays nan, as in divergence
+    values_c = torch.where(lse_p_c.isnan() | lse_q_c.isnan(), math.nan, values_c)
+    return values_c, torch.sub(q_cv, p_cv, out=logits_cv).div_(temperature)  # (Q - P) / T
 
 
-def _sparse_forward_kl(s_cv: torch.Tensor, teacher: SparseTargets, temperature: float):
+def _sparse_forward_kl(s_cv: torch.Tensor, teacher: SparseTargets, temperature: float, scratch_cv: torch.Tensor):
     """Forward KL over the k ids + tail buckets from tempered logits ``s_cv`` (overwritten with the gradient).
     d/ds_j is q_j - p_j on an id and q_j (1 - p_tail / q_tail) in the tail: the tail bucket's pull is shared
     among its tokens in proportion to their probability."""
@@ -126,7 +166,7 @@ def _sparse_forward_kl(s_cv: torch.Tensor, teacher: SparseTargets, temperature: 
     if ids_ck.shape[-1] == s_cv.shape[-1]:  # no tail
         lse_tail_c = s_ck.new_full(s_ck.shape[:1], -math.inf)
     else:  # the tail's logsumexp without a copy of (C, V): hide the ids, then put them back
-        lse_tail_c = s_cv.scatter_(-1, ids_ck, -math.inf).logsumexp(-1)
+        lse_tail_c = _row_logsumexp(s_cv.scatter_(-1, ids_ck, -math.inf), scratch_cv)
         s_cv.scatter_(-1, ids_ck, s_ck)
     lse_c = torch.logaddexp(s_ck.logsumexp(-1), lse_tail_c)
     logq_ck = s_ck - lse_c[:, None]
@@ -139,17 +179,17 @@ def _sparse_forward_kl(s_cv: torch.Tensor, teacher: SparseTargets, temperature: 
     return values_c, grad_cv.div_(temperature)
 
 
-def _cross_entropy_value_and_grad(logits_cv: torch.Tensor, labels_c: torch.Tensor):
-    """-log softmax(z)[label] per row and its gradient softmax(z) - onehot(label); label -100 is ignored, as
-    F.cross_entropy ignores it."""
+def _cross_entropy_value_and_grad(logits_cv: torch.Tensor, labels_c: torch.Tensor, *, scratch: "_Scratch"):
+    """-log softmax(z)[label] per row and its gradient softmax(z) - onehot(label), written over the logits;
+    label -100 is ignored, as F.cross_entropy ignores it."""
     z_cv = logits_cv.to(_compute_dtype(logits_cv))
     kept_c = labels_c != -100
     labels_c1 = torch.where(kept_c, labels_c, 0)[:, None]
-    lse_c = z_cv.logsumexp(-1)
+    lse_c = _row_logsumexp(z_cv, scratch.first(z_cv))
     values_c = torch.where(kept_c, lse_c - z_cv.gather(-1, labels_c1)[:, 0], 0.0)
     grad_cv = z_cv.sub_(lse_c[:, None]).exp_()
     grad_cv.scatter_add_(-1, labels_c1, grad_cv.new_full(labels_c1.shape, -1.0))
-    return values_c, grad_cv.mul_(kept_c[:, None])
+    return values_c, grad_cv if bool(kept_c.all()) else grad_cv.mul_(kept_c[:, None])
 
 
 def _common_scale(grad_n: torch.Tensor, weight_n: torch.Tensor) -> torch.Tensor | None:
@@ -178,11 +218,10 @@ class _FusedHeadLoss(torch.autograd.Function):
         values_n = hidden_nh.new_empty(num_rows)
         unit_grad_hidden_nh = torch.empty_like(hidden_nh) if want_hidden else None
         grad_head_vh = torch.zeros_like(lm_head_vh) if want_head else None
+        logits = _LogitsBuffer(lm_head_vh, min(chunk_tokens, hidden_nh.shape[0]))
         for rows in _chunks(num_rows, chunk_tokens):
             hidden_ch = hidden_nh[rows]
-            values_c, grad_logits_cv = _value_and_grad(loss_fn, hidden_ch @ lm_head_vh.T, take_rows(targets, rows))
-            values_n[rows] = values_c
-            grad_logits_cv = grad_logits_cv.to(lm_head_vh.dtype)
+            grad_logits_cv = _grad_over_logits(loss_fn, logits, hidden_ch, targets, rows, values_n)
             if want_hidden:
                 torch.mm(grad_logits_cv, lm_head_vh, out=unit_grad_hidden_nh[rows])  # (C, H)
             if want_head:
@@ -212,11 +251,58 @@ class _FusedHeadLoss(torch.autograd.Function):
                 grad_head_vh.mul_(scale.to(grad_head_vh))
             else:
                 grad_head_vh.zero_()
+                logits = _LogitsBuffer(lm_head_vh, min(ctx.chunk_tokens, hidden_nh.shape[0]))
                 for rows in _chunks(hidden_nh.shape[0], ctx.chunk_tokens):
-                    _, grad_logits_cv = _value_and_grad(ctx.loss_fn, hidden_nh[rows] @ lm_head_vh.T,
-                                                        take_rows(ctx.targets, rows), grad_values_n[rows])
-                    grad_head_vh.addmm_(grad_logits_cv.to(lm_head_vh.dtype).T, hidden_nh[rows])  # (V, H)
+                    grad_logits_cv = _grad_over_logits(ctx.loss_fn, logits, hidden_nh[rows], ctx.targets, rows,
+                                                       upstream_n=grad_values_n)
+                    grad_head_vh.addmm_(grad_logits_cv.T, hidden_nh[rows])  # (V, H)
         return grad_hidden_nh, grad_head_vh, None, None, None, None
+
+
+class _Scratch:
+    """Up to two (C, V) scratch buffers for the closed forms, made on first use and kept for the next chunk; the
+    first is the (V, C) matmul buffer's memory, free once the logits are copied out of it."""
+
+    def __init__(self, first_vc: torch.Tensor | None = None):
+        self._buffers = [] if first_vc is None else [first_vc.view(-1)]
+
+    def _get(self, index: int, like_cv: torch.Tensor) -> torch.Tensor:
+        while len(self._buffers) <= index:
+            self._buffers.append(like_cv.new_empty(like_cv.numel()))
+        flat = self._buffers[index]
+        if flat.numel() < like_cv.numel() or flat.dtype != like_cv.dtype:
+            flat = self._buffers[index] = like_cv.new_empty(like_cv.numel())
+        return flat[:like_cv.numel()].view(like_cv.shape)
+
+    def first(self, like_cv: torch.Tensor) -> torch.Tensor:
+        return self._get(0, like_cv)
+
+    def second(self, like_cv: torch.Tensor) -> torch.Tensor:
+        return self._get(1, like_cv)
+
+
+class _LogitsBuffer:
+    """One chunk's logits (C, V), computed chunk after chunk into the same buffers: no fresh pages to fault in
+    per chunk, and at most three (C, V) tensors for the closed-form losses.
+
+    The matmul is lm_head @ hidden.T into a (V, C) buffer: on a CPU's BLAS that operand order ran 1.6x faster
+    at C = 32 than hidden @ lm_head.T (benchmarks/results/chunked_kd_profile.md). One transposing copy then
+    gives the losses contiguous rows, and the (V, C) buffer, free again, is their first scratch buffer."""
+
+    def __init__(self, lm_head_vh: torch.Tensor, chunk_tokens: int):
+        self.lm_head_vh = lm_head_vh
+        self.product_vc = lm_head_vh.new_empty(lm_head_vh.shape[0], chunk_tokens)
+        self.logits_cv = lm_head_vh.new_empty(chunk_tokens, lm_head_vh.shape[0])
+        self.scratch = _Scratch(self.product_vc)
+
+    def __call__(self, hidden_ch: torch.Tensor) -> tuple[torch.Tensor, _Scratch]:
+        """(logits (C, V) contiguous, scratch); a shorter last chunk uses the front of the same buffers."""
+        rows, vocab = hidden_ch.shape[0], self.lm_head_vh.shape[0]
+        product_vc = self.product_vc.view(-1)[:vocab * rows].view(vocab, rows)
+        logits_cv = self.logits_cv[:rows]
+        torch.mm(self.lm_head_vh, hidden_ch.T, out=product_vc)
+        logits_cv.copy_(product_vc.T)
+        return logits_cv, self.scratch
 
 
 def _chunks(num_rows: int, chunk_rows: int) -> list[slice]:
