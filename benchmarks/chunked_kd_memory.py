@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--hidden", type=int, default=896)
     parser.add_argument("--chunk-tokens", type=int, nargs="+", default=[32],
-                        help="one chunked variant per value; working memory ~ 3 x chunk x vocab x 4 bytes + N x H x 4")
+                        help="one chunked variant per value; working memory ~ 3 x chunk x vocab x 4 bytes")
     parser.add_argument("--teacher", choices=("dense", "sparse"), default="dense")
     parser.add_argument("--top-k", type=int, default=64, help="ids per token for --teacher sparse")
     parser.add_argument("--naive-tokens", type=int, default=None,

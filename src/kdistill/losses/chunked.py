@@ -2,15 +2,20 @@
 
     chunked_token_loss(hidden_nh, lm_head_vh, targets, loss_fn) -> (N,)  loss_fn(hidden_nh @ lm_head_vh.T, targets)
 
-Where the time goes (benchmarks/results/chunked_kd_profile.md): the three (N x H x V) matmuls of the output
-projection (logits; the gradients w.r.t. hidden and lm_head) dominate, and a chunked loss that recomputes
-each chunk's logits and loss in the backward pays a fourth matmul and the loss's forward twice. So the
-gradients are formed in the forward pass instead, chunk by chunk, as Liger-Kernel's fused linear losses do:
-each chunk's logits are used once and dropped, and the backward only rescales. That needs the gradient
-arriving at the (N,) values to be known up to one scalar: the caller says how the values will be weighted
-(``grad_weight_n``; by default alike, as `token_mean` weighs them). When the backward finds another weighting
-(say a random one in a test), it recomputes the lm_head's gradient chunk by chunk, so the result is exact
-whatever is asked; the gradient w.r.t. hidden is per row and exact either way.
+Where the time went (benchmarks/results/chunked_kd_profile.md): the three (N x H x V) matmuls of the output
+projection (logits; the gradients w.r.t. hidden and lm_head) dominate; a chunked loss that recomputes each
+chunk's logits and loss in the backward pays a fourth matmul and the loss twice (once through autograd);
+and on a CPU, small chunks slow every matmul, hidden @ lm_head.T most. So:
+
+- the gradients are formed in the forward pass, chunk by chunk, as Liger-Kernel's fused linear losses do:
+  each chunk's logits are used once and dropped, and the backward only rescales. That needs the gradient
+  arriving at the (N,) values to be known up to one scalar: the caller says how it will weigh them
+  (``grad_weight_n``; by default alike, as `token_mean` does). When the backward finds another weighting
+  (a random one, in a test) it recomputes the lm_head's gradient chunk by chunk, so the result is exact
+  whatever is asked; the gradient w.r.t. hidden is per row and exact either way;
+- CE and forward KL (dense or top-k) have closed forms, written in place over the chunk's logits with two
+  scratch buffers: a third of autograd's passes over (C, V), and no (C, V) temporaries;
+- the logits are lm_head @ hidden.T into one reused (V, C) buffer, the faster operand order for a CPU BLAS.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ def chunked_token_loss(hidden_nh: torch.Tensor, lm_head_vh: torch.Tensor, target
     logits, labels, SparseTargets. Value and gradients (w.r.t. hidden and lm_head) equal the unchunked
     computation's. ``grad_weight_n`` (N,): how the caller will weigh the values, up to one factor (None: alike,
     as a mean does); with it right the backward costs nothing, otherwise it recomputes (see the module doc).
-    Working memory is a few (chunk_tokens, V) float32 tensors and one (N, H) buffer, whatever N.
+    Working memory, whatever N: three (chunk_tokens, V) float32 buffers for CE and forward KL; for the other
+    divergences two, plus autograd's temporaries on 16 rows at a time. (The (N, H) and (V, H) buffers the
+    forward fills become hidden's and lm_head's gradients.)
     """
     if chunk_tokens < 1:
         raise KdistillError(f"chunk_tokens must be >= 1; found {chunk_tokens}.")
