@@ -16,9 +16,9 @@ TRL and Liger run in ``--peer-python`` (a venv that has them; kdistill does not 
 its logits, so the teacher is built that way for every variant: kdistill and naive get its logits
 precomputed as an input, TRL and Liger project them inside the loss (one more matmul in each of their passes).
 
-Each variant runs in a fresh subprocess. It builds its inputs, reads its peak resident set size (getrusage
-ru_maxrss), runs forward + backward, and reads the peak again: the difference is what the loss needed above
-its inputs. RSS counts every page torch's CPU allocator touched, so it cannot miss a tensor (tracemalloc
+Each variant runs in a fresh subprocess. It builds its inputs, reads its resident set size (/proc/self/statm),
+runs forward + backward, and reads the peak resident set size (getrusage ru_maxrss): the difference is what
+the loss needed above its inputs. RSS counts every page torch's CPU allocator touched, so it cannot miss a tensor (tracemalloc
 does not see torch's allocations); allocator slack can only make it an over-estimate. Writes
 benchmarks/results/chunked_kd_memory.{json,md}.
 """
@@ -48,17 +48,23 @@ HERE = Path(__file__).resolve().parent
 
 def _inputs(tokens: int, vocab: int, hidden: int, teacher_kind: str, top_k: int, *, peer: bool = False):
     """Student hidden states and lm_head weight, and the teacher: its hidden states and lm_head for a peer
-    (TRL, Liger), else its logits (dense) or top-k (sparse) made from them; built without large temporaries
-    (the baseline reading must not already hold a peak above the inputs)."""
+    (TRL, Liger), else its logits (dense) or top-k (sparse) made from them. Built without large temporaries:
+    the baseline reading is a peak, so a freed input-sized tensor would hide that much of the loss's memory
+    (the teacher's lm_head is made and used one block of rows at a time where it is not kept)."""
     gen = torch.Generator().manual_seed(0)
     hidden_nh = torch.randn(tokens, hidden, generator=gen).requires_grad_()
     lm_head_vh = torch.randn(vocab, hidden, generator=gen).mul_(hidden**-0.5).requires_grad_()
     teacher_hidden_nh = torch.randn(tokens, hidden, generator=gen)
-    teacher_head_vh = torch.randn(vocab, hidden, generator=gen).mul_(2.0 * hidden**-0.5)  # logits' std ~2
+    teacher_head_vh = torch.empty(vocab, hidden) if peer else None
+    teacher_nv = None if peer else torch.empty(tokens, vocab)
+    for rows in (slice(start, start + 4096) for start in range(0, vocab, 4096)):
+        head_bh = torch.randn(min(rows.stop, vocab) - rows.start, hidden, generator=gen).mul_(2.0 * hidden**-0.5)
+        if peer:  # logits' std ~2
+            teacher_head_vh[rows] = head_bh
+        else:
+            torch.mm(teacher_hidden_nh, head_bh.T, out=teacher_nv[:, rows])  # (N, block)
     if peer:
         return hidden_nh, lm_head_vh, (teacher_hidden_nh, teacher_head_vh)
-    teacher_nv = torch.empty(tokens, vocab)
-    torch.mm(teacher_hidden_nh, teacher_head_vh.T, out=teacher_nv)  # (N, V)
     if teacher_kind == "dense":
         return hidden_nh, lm_head_vh, teacher_nv
     return hidden_nh, lm_head_vh, SparseTargets.from_logits(teacher_nv, top_k)
@@ -95,6 +101,11 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def _rss_bytes() -> int:
+    """The resident set now (not its peak): a temporary freed while the inputs were built is not counted."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 PEERS = ("trl", "liger", "liger_fused_linear_jsd")
 
 
@@ -121,7 +132,7 @@ def measure(args) -> dict:
         return {"variant": args.variant, **info, "error": f"{type(err).__name__}: {err}".strip()[:400]}
     del small
     hidden_nh, lm_head_vh, teacher = _inputs(tokens, args.vocab, args.hidden, args.teacher, args.top_k, peer=peer)
-    baseline = _peak_rss_bytes()
+    baseline = _rss_bytes()
     seconds = []
     for _ in range(args.repeats):
         hidden_nh.grad = lm_head_vh.grad = None
@@ -168,8 +179,8 @@ def _markdown(result: dict) -> str:
     md = ["# Token-level forward KL through the lm_head: chunked vs naive, TRL and Liger-Kernel", "",
           f"V = {a['vocab']:,}, hidden {a['hidden']}, {teacher}, fp32, forward + backward, median of "
           f"{a['repeats']}, {naive['threads']} threads, all variants in one run.", "",
-          "Memory is the rise in the process's peak resident set size (ru_maxrss) from after the inputs were "
-          "built to after the last backward, each variant in a fresh subprocess; RSS sees every page torch "
+          "Memory is the process's peak resident set size (ru_maxrss) after the last backward less its resident "
+          "set once the inputs were built, each variant in a fresh subprocess; RSS sees every page torch "
           "touched, and allocator slack can only inflate it (glibc's mmap threshold is fixed at 64 KiB with "
           "MALLOC_MMAP_THRESHOLD_, else its heap fragments and RSS grows with the number of chunks, though "
           "no tensor is kept). *Above inputs* includes the gradients w.r.t. "
