@@ -36,7 +36,7 @@ _SCALE_ULPS = 8
 
 
 def chunked_token_loss(hidden_nh: torch.Tensor, lm_head_vh: torch.Tensor, targets, loss_fn: Callable, *,
-                       chunk_tokens: int = 32, mask_n: torch.Tensor | None = None,
+                       chunk_tokens: int = 64, mask_n: torch.Tensor | None = None,
                        grad_weight_n: torch.Tensor | None = None) -> torch.Tensor:
     """``loss_fn(hidden_nh @ lm_head_vh.T, targets)`` per token, (N,), never holding more than
     ``chunk_tokens`` rows of logits.

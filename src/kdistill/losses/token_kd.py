@@ -143,7 +143,7 @@ def novel_token_weights(prompt_ids: list[int], target_ids: list[int], novel_weig
 def target_token_terms(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch: TargetBatch, teacher=None, *,
                        ce: bool = True, kd: bool = True, divergence_kind: str = "forward_kl",
                        temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-                       chunk_tokens: int = 32) -> dict[str, torch.Tensor]:
+                       chunk_tokens: int = 64) -> dict[str, torch.Tensor]:
     """The ``ce`` and ``kd`` terms asked for, each (B,): per example, the mean over its target tokens (weighted by
     ``batch.weight_bt`` when it has one) of CE and of the divergence D(teacher_T, student_T), unweighted and
     without T^2 (both are the Objective's). Logits exist only for target positions, one chunk at a time (the
