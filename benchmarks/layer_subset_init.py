@@ -29,7 +29,8 @@ import torch
 
 from kdistill.assets import fetch_data_asset, model_dir
 from kdistill.io import atomic_write_json, atomic_write_text
-from kdistill.losses.divergences import chunked_token_loss, divergence, token_mean
+from kdistill.losses.chunked import chunked_token_loss
+from kdistill.losses.divergences import divergence, token_mean
 from kdistill.train.student_init import shrink_model
 
 HERE = Path(__file__).resolve().parent

@@ -203,3 +203,40 @@ def test_a_stripped_target_is_trained_as_the_prompts_continuation_with_its_space
         if not dummy_prefix:  # the bug this guards: the bare "Plans" is another token
             bare = tokenizer(target, add_special_tokens=False)["input_ids"]
             assert bare[0] != trained[0] and tokenizer.convert_ids_to_tokens(bare[:1])[0] == "Plans"
+
+
+def test_a_token_step_backward_recomputes_no_chunk_and_equals_the_unchunked_loss(tiny_lm, monkeypatch):
+    """Examples of different lengths (so per-token weights differ), CE + KD summed as the training loop sums
+    them: each chunk's loss runs once (the forward forms its gradients) and the gradients equal the plain
+    computation's on full logits."""
+    import kdistill.losses.chunked as chunked
+    from kdistill.losses.divergences import divergence
+    from kdistill.losses.terms import cross_entropy
+
+    model, tokenizer = tiny_lm
+    batch = encode_targets(tokenizer, PROMPTS, [" great film with a plot that moved", " yes"], max_length=64)
+    hidden = _forward(model, batch).detach()
+    teacher = torch.randn(*batch.input_ids_bt.shape, model.config.vocab_size)
+    calls = []
+    value_and_grad = chunked._value_and_grad
+    monkeypatch.setattr(chunked, "_value_and_grad", lambda *a, **k: calls.append(1) or value_and_grad(*a, **k))
+    head = model.lm_head.weight.detach().clone().requires_grad_()
+    leaf = hidden.clone().requires_grad_()
+    total_b, _ = target_token_loss(leaf, head, batch, teacher, ce_weight=0.5, kd_weight=0.5, temperature=2.0,
+                                   chunk_tokens=3)
+    total_b.sum().backward()
+    num_chunks = -(-int(batch.loss_mask_bt.sum()) // 3)
+    assert len(calls) == 2 * num_chunks  # CE and KD, forward only
+
+    ref_head, ref_leaf = head.detach().clone().requires_grad_(), hidden.clone().requires_grad_()
+    mask = batch.loss_mask_bt
+    logits_nv = ref_leaf[mask] @ ref_head.T
+    ce_n = cross_entropy(logits_nv, batch.next_ids_bt[mask])
+    kd_n = divergence(logits_nv, teacher[mask], kind="forward_kl", temperature=2.0)
+    example_n = mask.nonzero()[:, 0]
+    per_example = lambda values_n: torch.stack([values_n[example_n == b].mean() for b in range(2)])  # noqa: E731
+    expected_b = 0.5 * per_example(ce_n) + 0.5 * 4.0 * per_example(kd_n)
+    expected_b.sum().backward()
+    torch.testing.assert_close(total_b.detach(), expected_b.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(leaf.grad, ref_leaf.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(head.grad, ref_head.grad, rtol=1e-5, atol=1e-7)

@@ -1,9 +1,9 @@
-"""Token-level distillation divergences as pure tensor functions, and one chunking wrapper for them all.
+"""Token-level distillation divergences as pure tensor functions.
 
     divergence(student_logits_nv, teacher, kind=...)           -> (N,)  one value per target token
     token_mean(values_n, mask_n)                                 -> ()    average over target tokens
-    chunked_token_loss(hidden_nh, lm_head_vh, targets, loss_fn)  -> (N,)  the same values, one chunk of
-                                                                          (tokens x vocab) logits at a time
+
+(`losses.chunked.chunked_token_loss` computes any of them through the student's lm_head, chunk by chunk.)
 
 The teacher is either dense, an (N, V) tensor of logits or log-probs, or sparse, `SparseTargets`: its
 top-k log-probs plus the log of the mass left over (the "tail"). Against a sparse teacher the student
@@ -224,62 +224,3 @@ def _on_kept_rows(fn, mask_n, *row_inputs):
     kept_m = mask_n.bool().nonzero().squeeze(-1)  # (M,)
     values_m = fn(*(take_rows(x, kept_m) for x in row_inputs))
     return values_m.new_zeros(mask_n.shape[0]).index_put((kept_m,), values_m)
-
-
-def chunked_token_loss(hidden_nh: torch.Tensor, lm_head_vh: torch.Tensor, targets, loss_fn, *,
-                       chunk_tokens: int = 32, mask_n: torch.Tensor | None = None) -> torch.Tensor:
-    """``loss_fn(hidden_nh @ lm_head_vh.T, targets)`` per token, (N,), never holding more than
-    ``chunk_tokens`` rows of logits, in the forward pass or the backward.
-
-    ``loss_fn(logits_cv, targets_rows) -> (C,)`` is any token-level loss: a divergence via
-    ``functools.partial(divergence, kind=..., temperature=...)``, or ``losses.cross_entropy`` with (N,)
-    labels. ``targets`` is anything `take_rows` can slice: dense teacher logits, labels, SparseTargets.
-    Value and gradients (w.r.t. hidden and lm_head) equal the unchunked computation's; the price is one
-    more (N x H x V) matmul, as the backward recomputes each chunk's logits instead of keeping them.
-    Working memory is about six (chunk_tokens, V) float32 tensors, whatever N: 32 x 151,936 -> ~120 MB.
-    Smaller chunks save memory but cost time, as every chunk reads lm_head and updates its whole gradient.
-    """
-    if chunk_tokens < 1:
-        raise KdistillError(f"chunk_tokens must be >= 1; found {chunk_tokens}.")
-    if hidden_nh.dim() != 2 or lm_head_vh.dim() != 2 or hidden_nh.shape[1] != lm_head_vh.shape[1]:
-        raise KdistillError(f"chunked_token_loss expects hidden (N, H) and lm_head weight (V, H); found "
-                            f"{tuple(hidden_nh.shape)} and {tuple(lm_head_vh.shape)}. Flatten (B, T, H) first.")
-    return _on_kept_rows(lambda h, t: _ChunkedHeadLoss.apply(h, lm_head_vh, t, loss_fn, chunk_tokens),
-                         mask_n, hidden_nh, targets)
-
-
-class _ChunkedHeadLoss(torch.autograd.Function):
-    """Per-token loss of the student's output projection, one chunk of logits at a time.
-
-    A custom Function rather than torch.utils.checkpoint per chunk: each chunk's lm_head gradient is
-    added in place (addmm_) into one (V, H) buffer, where autograd would allocate a second (V, H) per chunk.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden_nh, lm_head_vh, targets, loss_fn, chunk_tokens):
-        ctx.save_for_backward(hidden_nh, lm_head_vh)
-        ctx.targets, ctx.loss_fn, ctx.chunk_tokens = targets, loss_fn, chunk_tokens
-        values = [loss_fn(hidden_nh[rows] @ lm_head_vh.T, take_rows(targets, rows))  # (C, V) -> (C,)
-                  for rows in _chunks(hidden_nh.shape[0], chunk_tokens)]
-        return torch.cat(values) if values else hidden_nh.new_zeros(0)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_values_n):
-        hidden_nh, lm_head_vh = (t.detach() for t in ctx.saved_tensors)
-        grad_hidden_nh = torch.zeros_like(hidden_nh) if ctx.needs_input_grad[0] else None
-        grad_head_vh = torch.zeros_like(lm_head_vh) if ctx.needs_input_grad[1] else None
-        for rows in _chunks(hidden_nh.shape[0], ctx.chunk_tokens):
-            with torch.enable_grad():
-                logits_cv = (hidden_nh[rows] @ lm_head_vh.T).requires_grad_()  # (C, V)
-                values_c = ctx.loss_fn(logits_cv, take_rows(ctx.targets, rows))
-                (grad_logits_cv,) = torch.autograd.grad(values_c, logits_cv, grad_values_n[rows])
-            if grad_hidden_nh is not None:
-                torch.mm(grad_logits_cv, lm_head_vh, out=grad_hidden_nh[rows])  # (C, H)
-            if grad_head_vh is not None:
-                grad_head_vh.addmm_(grad_logits_cv.T, hidden_nh[rows])  # (V, H)
-        return grad_hidden_nh, grad_head_vh, None, None, None
-
-
-def _chunks(num_rows: int, chunk_rows: int) -> list[slice]:
-    return [slice(start, min(start + chunk_rows, num_rows)) for start in range(0, num_rows, chunk_rows)]

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from kdistill.errors import KdistillError
-from kdistill.losses.divergences import SparseTargets, chunked_token_loss, divergence
+from kdistill.losses.chunked import chunked_token_loss
+from kdistill.losses.divergences import SparseTargets, divergence
 from kdistill.losses.terms import cross_entropy
 
 
@@ -142,7 +143,7 @@ def novel_token_weights(prompt_ids: list[int], target_ids: list[int], novel_weig
 def target_token_terms(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch: TargetBatch, teacher=None, *,
                        ce: bool = True, kd: bool = True, divergence_kind: str = "forward_kl",
                        temperature: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-                       chunk_tokens: int = 32) -> dict[str, torch.Tensor]:
+                       chunk_tokens: int = 64) -> dict[str, torch.Tensor]:
     """The ``ce`` and ``kd`` terms asked for, each (B,): per example, the mean over its target tokens (weighted by
     ``batch.weight_bt`` when it has one) of CE and of the divergence D(teacher_T, student_T), unweighted and
     without T^2 (both are the Objective's). Logits exist only for target positions, one chunk at a time (the
@@ -162,16 +163,18 @@ def target_token_terms(hidden_bth: torch.Tensor, lm_head_vh: torch.Tensor, batch
     count_b = torch.zeros(mask_bt.shape[0], dtype=hidden_nh.dtype, device=hidden_nh.device)
     count_b = count_b.index_add(0, example_n, weight_n).clamp(min=1e-8)
     per_example = lambda values_n: torch.zeros_like(count_b).index_add(0, example_n, weight_n * values_n) / count_b
+    # how per_example weighs each token: told to the chunked loss, whose backward is then a rescaling
+    # (with every example weighted alike in the step's total, as the training loop sums them)
+    grad_weight_n = (weight_n / count_b[example_n]).detach()
+    chunked = functools.partial(chunked_token_loss, chunk_tokens=chunk_tokens, grad_weight_n=grad_weight_n)
     terms = {}
     if ce:
         labels_n = batch.next_ids_bt.reshape(-1)[index_n]
-        terms["ce"] = per_example(chunked_token_loss(hidden_nh, lm_head_vh, labels_n, cross_entropy,
-                                                     chunk_tokens=chunk_tokens))
+        terms["ce"] = per_example(chunked(hidden_nh, lm_head_vh, labels_n, cross_entropy))
     if kd:
         teacher_n = _teacher_rows(teacher, index_n, len(index_n))
         loss_fn = functools.partial(divergence, kind=divergence_kind, temperature=temperature, beta=beta, skew=skew)
-        kd_n = chunked_token_loss(hidden_nh, lm_head_vh, teacher_n, loss_fn, chunk_tokens=chunk_tokens)
-        terms["kd"] = per_example(kd_n)
+        terms["kd"] = per_example(chunked(hidden_nh, lm_head_vh, teacher_n, loss_fn))
     if not terms:  # neither term on (a CE weight of 0 and no teacher): a zero loss of the batch's size
         terms["ce"] = torch.zeros_like(count_b)
     return terms

@@ -45,7 +45,7 @@ class TokenStep(nn.Module):
     the ``objective`` (a submodule: its projections train with the student) adds it on the student's states
     of the whole sequence, pooled by ``pool`` as the teacher's were. Parameter names: `student.*`, `objective.*`."""
 
-    def __init__(self, student: nn.Module, objective: Objective, *, chunk_tokens: int = 32,
+    def __init__(self, student: nn.Module, objective: Objective, *, chunk_tokens: int = 64,
                  mixed_precision: str = "auto", pool: str = "mean") -> None:
         super().__init__()
         self.student = student
