@@ -52,13 +52,14 @@ def label_row(model, test: list, cfg: RunConfig, folder: str | Path | None) -> d
 
 
 def generation_row(model, tokenizer, prompts: list[str], references: list[str] | None, cfg: RunConfig,
-                   folder: str | Path | None) -> dict[str, Any]:
-    """ROUGE-L against ``references`` and the generation cost of one model (PyTorch or ONNX)."""
+                   folder: str | Path | None, *, texts: list[str] | None = None) -> dict[str, Any]:
+    """ROUGE-L against ``references`` and the generation cost of one model (PyTorch or ONNX); ``texts``: its
+    greedy outputs on ``prompts`` when they are already made."""
     from kdistill.eval.text_metrics import rouge
     from kdistill.models.generate import generation_cost, greedy_texts
 
     limit = cfg.student.max_length - cfg.task.max_new_tokens
-    texts = greedy_texts(model, tokenizer, prompts, max_new_tokens=cfg.task.max_new_tokens,
+    texts = texts or greedy_texts(model, tokenizer, prompts, max_new_tokens=cfg.task.max_new_tokens,
                          max_length=cfg.student.max_length, batch_size=cfg.student.batch_size, stop=cfg.task.stop)
     n = max(1, min(cfg.evaluation.latency_examples, len(prompts)))
     cost = generation_cost(model, tokenizer, prompts[:n], max_new_tokens=cfg.task.max_new_tokens,
