@@ -20,13 +20,16 @@ from kdistill.models.base import LabelModel
 
 
 def session(path: Path, *, threads: int | None = None):
-    """An onnxruntime session with every graph optimisation, one intra-op thread per core torch uses (the two
-    runtimes then compete for the same cores on equal terms)."""
+    """An onnxruntime session with every graph optimisation, as many intra-op threads as torch uses (the two
+    runtimes then get the same cores), and no spinning: by default onnxruntime's threads busy-wait after each
+    run, which on 2 shared cores made the next PyTorch call in the same process 20-30x slower (measured while
+    timing the forms in turn) and takes cores from whatever else runs on the machine."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or torch.get_num_threads() or os.cpu_count() or 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
