@@ -13,8 +13,10 @@ fuses into one Attention op; the SDPA form it does not recognise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -124,6 +126,16 @@ class _CacheAsTensors(torch.nn.Module):
         return (out.logits, *present)  # (B, S, V), then 2 per layer
 
 
+@contextlib.contextmanager
+def _quiet_onnxruntime_tools() -> Iterator[None]:
+    """The optimizer and the quantizer log each step at INFO (to the root logger, which the CLI shows)."""
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def optimize_encoder(path: Path, config) -> None:
     """onnxruntime's transformer optimizer, in place: attention, embedding + layer norm and GELU fused into
     single ops (BERT-family encoders). A model type it does not know keeps the plain graph."""
@@ -133,8 +145,9 @@ def optimize_encoder(path: Path, config) -> None:
                   "mpnet": "bert"}.get(config.model_type)
     if model_type is None:
         return
-    optimized = optimize_model(str(path), model_type=model_type, num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size)
+    with _quiet_onnxruntime_tools():
+        optimized = optimize_model(str(path), model_type=model_type, num_heads=config.num_attention_heads,
+                                   hidden_size=config.hidden_size)
     log.debug("fused operators: %s", optimized.get_fused_operator_statistics())
     optimized.save_model_to_file(str(path))
 
@@ -146,7 +159,8 @@ def quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     big = (src.parent / (src.name + "_data")).exists()
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=big,
-                     # the fused contrib ops (BiasGelu, SkipLayerNormalization) have no shape inference: their
-                     # outputs are float, which is what quantisation needs to know
-                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    with _quiet_onnxruntime_tools():
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=big,
+                         # the fused contrib ops (BiasGelu, SkipLayerNormalization) have no shape inference:
+                         # their outputs are float, which is what quantisation needs to know
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
