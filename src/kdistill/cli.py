@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest fall of validation macro-F1 (ROUGE-L) below the PyTorch student's, as a "
                              "fraction; default 0.005 for onnx, 0.01 for onnx-int8")
     export.add_argument("--max-logit-diff", type=float, default=None,
-                        help="largest |logit difference|; default 0.001 for onnx, unchecked for onnx-int8")
+                        help="largest |logit difference|; default 0.01 for onnx, unchecked for onnx-int8")
     export.add_argument("--parity-examples", type=int, default=None,
                         help="check parity on the first N validation texts (default: all)")
     export.add_argument("--no-measure", action="store_true",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,16 +30,27 @@ OPSET = 17
 
 def _export(module: torch.nn.Module, args: tuple, path: Path, *, input_names: list[str], output_names: list[str],
             dynamic_axes: dict[str, dict[int, str]]) -> None:
+    traced = path.parent / "traced" / path.name
+    traced.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's TracerWarnings about Python branches, checked by parity
-        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
-                          external_data=_too_big_for_one_file(module))
+        torch.onnx.export(module, args, str(traced), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+    _one_weights_file(traced, path)
+    shutil.rmtree(traced.parent)
 
 
-def _too_big_for_one_file(module: torch.nn.Module) -> bool:
-    """A protobuf holds at most 2 GB: larger weights go to a `model.onnx_data` file beside the graph."""
-    return sum(p.numel() * p.element_size() for p in module.parameters()) > 1_800_000_000
+def _one_weights_file(traced: Path, path: Path) -> None:
+    """The traced graph as ``path``. A protobuf holds at most 2 GB, and past that the tracer writes every
+    tensor to a file of its own beside the graph: they are gathered into one `model.onnx_data`."""
+    if len(list(traced.parent.iterdir())) == 1:
+        shutil.move(traced, path)
+        return
+    import onnx
+
+    model = onnx.load(str(traced))  # with its external tensors
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + "_data", size_threshold=1024)
 
 
 def _eager(module: torch.nn.Module) -> torch.nn.Module:
@@ -158,7 +170,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    big = (src.parent / (src.name + "_data")).exists()
+    big = (src.parent / (src.name + "_data")).exists()  # then int8 may pass 2 GB too: its weights beside it
     with _quiet_onnxruntime_tools():
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=big,
                          # the fused contrib ops (BiasGelu, SkipLayerNormalization) have no shape inference:

@@ -36,7 +36,7 @@ class Thresholds:
     @classmethod
     def for_format(cls, fmt: str, **overrides: float | None) -> "Thresholds":
         """The defaults of a format, with ``overrides`` (None: keep the default)."""
-        base = (cls(min_agreement=0.99, max_quality_drop=0.005, max_logit_diff=1e-3) if fmt == "onnx"
+        base = (cls(min_agreement=0.99, max_quality_drop=0.005, max_logit_diff=1e-2) if fmt == "onnx"
                 else cls(min_agreement=0.95, max_quality_drop=0.01, max_logit_diff=None))
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{f.name: given.get(f.name, getattr(base, f.name)) for f in fields(cls)})
