@@ -170,3 +170,37 @@ def test_measuring_an_export_puts_its_row_beside_the_pytorch_one_on_the_card(tmp
     lines = "\n".join(export_lines(json.loads(cfg.paths.export_measurements.read_text()), None))
     assert "ONNX fp32" in lines and "PyTorch fp32" in lines
     assert run_config(cfg.run_dir).run_dir == cfg.run_dir
+
+
+def test_thresholds_keep_a_formats_defaults_unless_a_flag_is_given():
+    from kdistill.export import Thresholds
+
+    fp32, int8 = Thresholds.for_format("onnx"), Thresholds.for_format("onnx-int8", min_agreement=0.9)
+    assert fp32.max_logit_diff is not None and int8.max_logit_diff is None and int8.min_agreement == 0.9
+    good = {"agreement": 1.0, "quality_drop": 0.0, "quality_metric": "macro_f1", "max_logit_diff": 0.0}
+    assert fp32.failures(good) == [] and int8.failures({**good, "max_logit_diff": 5.0}) == []
+    bad = fp32.failures({**good, "agreement": 0.5, "quality_drop": 0.2, "max_logit_diff": 1.0})
+    assert [phrase.split("(")[-1] for phrase in bad] == ["--min-agreement)", "--max-quality-drop)",
+                                                          "--max-logit-diff)"]
+    assert fp32.failures({**good, "quality_drop": None}) == []  # no references: nothing to judge
+
+
+def test_the_card_shows_every_form_with_its_speed_up_against_the_pytorch_timing_of_its_own_call():
+    from kdistill.report.exports import export_html, export_lines
+
+    row = lambda p50, quality: {"quality": quality, "quality_metric": "macro_f1", "p50_ms_batch1": p50,
+                                "p95_ms_batch1": p50 * 1.2, "per_s_batch32": 1000 / p50, "size_mb": 10.0}
+    measurements = {
+        "onnx": {"measured_at": "2026-01-01T00:00:00Z", "test_agreement": 1.0,
+                 "rows": {"pytorch": row(10.0, 0.73), "onnx_fp32": row(5.0, 0.73)}},
+        "onnx-int8": {"measured_at": "2026-01-01T00:01:00Z", "test_agreement": 0.99,
+                      "rows": {"pytorch": row(12.0, 0.73), "onnx_int8": row(4.0, 0.72)}}}
+    results = {"models": {"teacher": {"metrics": {"macro_f1": 0.75}, "cost": {
+        "latency_p50_ms": 200.0, "latency_p95_ms": 250.0, "throughput_examples_per_s": 9.0,
+        "throughput_batch_size": 32, "size_on_disk_bytes": 1_000_000_000}}}}
+    table = [line for line in export_lines(measurements, results) if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0].strip("| ") for line in table] == [
+        "PyTorch fp32 (the student)", "ONNX fp32", "ONNX int8", "teacher (the run's evaluation)"]
+    assert table[0].endswith("| 12.0 | 14.4 | 83.3 ex/s (batch 32) | 1.00× |")  # the latest call's PyTorch row
+    assert table[1].endswith("2.00× |") and table[2].endswith("3.00× |")  # each against its own call
+    assert "<h2>Deployable forms</h2>" in export_html(measurements, results)
