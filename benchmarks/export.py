@@ -69,6 +69,30 @@ def _batch1_diagnostics(models: dict, texts: list[str]) -> dict:
             took.append(time.perf_counter() - start)
         out[f"{form}_model_only_ms_p50"] = 1000 * statistics.median(took)
     out["tokens_per_text_p50"] = statistics.median(len(tokenizer(t)["input_ids"]) for t in texts)
+    out |= _int8_settings(models["onnx_int8"], texts)
+    return out
+
+
+def _int8_settings(model, texts: list[str]) -> dict:
+    """The int8 graph's model call under other onnxruntime settings: 1 thread, and threads that spin."""
+    import onnxruntime as ort
+
+    out = {}
+    for name, threads, spin in (("1_thread", 1, "0"), ("spinning", torch.get_num_threads(), "1")):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+        feeds = [{n: v.astype("int64") for n, v in model.encode([t]).items() if n in model.input_names} for t in texts]
+        for feed in feeds[:3]:
+            session.run(["logits"], feed)
+        took = []
+        for feed in feeds:
+            start = time.perf_counter()
+            session.run(["logits"], feed)
+            took.append(time.perf_counter() - start)
+        out[f"onnx_int8_model_only_{name}_ms_p50"] = 1000 * statistics.median(took)
+        del session
     return out
 
 
