@@ -11,6 +11,7 @@ and the folder renamed into place. A failed check raises one sentence and leaves
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -61,8 +62,8 @@ def export_student(run_dir: str | Path, *, fmt: str = "onnx-int8", out: str | Pa
         if failed:  # the atomic folder is dropped: nothing is written
             raise KdistillError(f"export refused: the {fmt} student misses parity on {parity['examples']} validation "
                                 f"texts: {'; '.join(failed)}; nothing was written (loosen the named flag to accept it).")
-        atomic_write_json(tmp / "export.json", {"format": fmt, "parity": parity,
-                                                "thresholds": thresholds.__dict__})
+        limits = {k: v if v is None or math.isfinite(v) else None for k, v in thresholds.__dict__.items()}
+        atomic_write_json(tmp / "export.json", {"format": fmt, "parity": parity, "thresholds": limits})
         write_checksums(tmp)
     return out
 
