@@ -192,3 +192,18 @@ def test_the_card_shows_every_form_with_its_speed_up_against_the_pytorch_timing_
     assert table[0].endswith("| 12.0 | 14.4 | 83.3 ex/s (batch 32) | 1.00× |")  # the latest call's PyTorch row
     assert table[1].endswith("2.00× |") and table[2].endswith("3.00× |")  # each against its own call
     assert "<h2>Deployable forms</h2>" in export_html(measurements, results)
+
+
+def test_a_causal_lm_int8_export_keeps_activations_in_fp32_and_stays_close(tmp_path, tiny_models):
+    """Weight-only int8 (MatMulNBits blocks) for causal LMs: the next-token logits stay close to fp32's."""
+    import onnx
+
+    from kdistill import api
+
+    cfg = _gen_run(tmp_path, tiny_models)
+    folder = api.export(cfg.run_dir, fmt="onnx-int8", measure=False, max_logit_diff=0.05)
+    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops  # (MatMuls of two activations remain)
+    parity = json.loads((folder / "export.json").read_text())["parity"]
+    assert parity["max_logit_diff"] < 0.05 and parity["agreement"] >= 0.95
+    assert all(isinstance(r["output"], str) for r in api.predict(folder, TEXTS[:2]))

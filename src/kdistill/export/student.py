@@ -86,7 +86,7 @@ def _write_graph(student: Path, meta: dict[str, Any], fmt: str, folder: Path, sc
         raise KdistillError(f"{student}: a {meta['kind']} student cannot be exported yet; `kdistill export` takes "
                             "encoder classifiers and generation (causal LM) students.")
     if fmt == "onnx-int8":
-        quantize_int8(fp32, folder / GRAPH)
+        quantize_int8(fp32, folder / GRAPH, weight_only=meta["kind"] == "causal_lm_generator")
     else:
         for part in scratch.glob(GRAPH + "*"):  # the graph and, past 2 GB, its weights file
             shutil.move(part, folder / part.name)
