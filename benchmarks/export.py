@@ -168,8 +168,10 @@ def _gen_run(gen_run_dir: Path, latency_examples: int):
     return cfg
 
 
-def generation_part(gen_run_dir: Path, *, test_articles: int, parity_examples: int,
-                    latency_examples: int) -> tuple[list[dict], dict]:
+def generation_part(gen_run_dir: Path, *, test_articles: int, parity_examples: int, latency_examples: int,
+                    previous: dict | None = None) -> tuple[list[dict], dict]:
+    """``previous`` (`--gen-reuse-teacher`): the teacher's references and row from an earlier run of this part,
+    whose fp32 export is reused too; the three student forms are then timed again, in this run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdistill import api
@@ -185,6 +187,9 @@ def generation_part(gen_run_dir: Path, *, test_articles: int, parity_examples: i
     cfg = _gen_run(gen_run_dir, latency_examples)
     folders, parity = {}, {}
     for form, fmt in (("onnx_fp32", "onnx"), ("onnx_int8", "onnx-int8")):
+        if previous and form == "onnx_fp32":
+            folders[form], parity[form] = cfg.paths.exports(fmt), previous["parity_on_validation"][form]
+            continue
         start = time.perf_counter()
         folders[form] = api.export(gen_run_dir, fmt=fmt, measure=False, parity_examples=parity_examples,
                                    min_agreement=0.0, max_quality_drop=1.0,
@@ -193,12 +198,16 @@ def generation_part(gen_run_dir: Path, *, test_articles: int, parity_examples: i
         parity[form]["export_seconds"] = time.perf_counter() - start
     test = prepare_generation(cfg.data, cfg.task).test[:test_articles]
     prompts = [prompt_text(cfg.task.prompt_template, e) for e in test]
-    teacher = load_causal_lm(cfg.teacher, torch.device("cpu"))
-    references = greedy_texts(*teacher, prompts, max_new_tokens=cfg.task.max_new_tokens,
-                              max_length=cfg.student.max_length, batch_size=cfg.teacher.batch_size, stop=cfg.task.stop)
-    rows = {"teacher": generation_row(*teacher, prompts, references, cfg, None, texts=references)}
-    rows["teacher"]["size_mb"] = (size_on_disk(resolve_model_path(cfg.teacher.model)) or 0) / 1e6
-    del teacher
+    if previous:
+        references = previous["outputs"]["teacher"]
+        rows = {"teacher": {**previous["teacher_row"], "outputs": references}}
+    else:
+        teacher = load_causal_lm(cfg.teacher, torch.device("cpu"))
+        references = greedy_texts(*teacher, prompts, max_new_tokens=cfg.task.max_new_tokens, stop=cfg.task.stop,
+                                  max_length=cfg.student.max_length, batch_size=cfg.teacher.batch_size)
+        rows = {"teacher": generation_row(*teacher, prompts, references, cfg, None, texts=references)}
+        rows["teacher"]["size_mb"] = (size_on_disk(resolve_model_path(cfg.teacher.model)) or 0) / 1e6
+        del teacher
     student = cfg.paths.exported_student
     tokenizer = AutoTokenizer.from_pretrained(student)
     if tokenizer.pad_token_id is None:
@@ -215,7 +224,9 @@ def generation_part(gen_run_dir: Path, *, test_articles: int, parity_examples: i
            for form in FORMS]
     extra = {"gen_run_dir": str(gen_run_dir), "student": "pretrained " + cfg.student.model + " (no bbc-summary run)",
              "test_articles": len(test), "parity_on_validation": parity,
-             "outputs": {form: rows[form]["outputs"] for form in FORMS}, "references": "the teacher's greedy outputs"}
+             "outputs": {form: rows[form]["outputs"] for form in FORMS}, "references": "the teacher's greedy outputs",
+             "teacher_row": {k: v for k, v in rows["teacher"].items() if k != "outputs"},
+             "teacher_timed": "in an earlier run of this part" if previous else "in this run"}
     return out, extra
 
 
@@ -254,6 +265,13 @@ def findings(results: dict) -> list[str]:
     return out
 
 
+def _previous_generation(rows: list[dict], details: dict) -> dict:
+    """The last generation part's details, with its teacher row."""
+    previous = details["generation"]
+    teacher = next(r for r in rows if r["form"] == "teacher" and r.get("quality_metric") == "rougeL")
+    return {**previous, "teacher_row": previous.get("teacher_row") or teacher}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, help="a finished label-task run (the default job's)")
@@ -264,6 +282,8 @@ def main() -> None:
     parser.add_argument("--gen-test", type=int, default=8, help="test articles of the generation part")
     parser.add_argument("--gen-parity", type=int, default=4, help="validation articles of its parity checks")
     parser.add_argument("--gen-latency", type=int, default=4, help="test articles timed one by one")
+    parser.add_argument("--gen-reuse-teacher", action="store_true",
+                        help="take the teacher's references and row (and the fp32 export) from the last results")
     args = parser.parse_args()
     path = RESULTS / "export.json"
     old = json.loads(path.read_text()) if path.exists() else {"rows": [], "details": {}}
@@ -275,7 +295,9 @@ def main() -> None:
     if "generation" in parts and args.gen_run_dir:
         new, details["generation"] = generation_part(args.gen_run_dir, test_articles=args.gen_test,
                                                      parity_examples=args.gen_parity,
-                                                     latency_examples=args.gen_latency)
+                                                     latency_examples=args.gen_latency,
+                                                     previous=_previous_generation(rows, details)
+                                                     if args.gen_reuse_teacher else None)
         rows = [r for r in rows if r["task"] != new[0]["task"]] + new
     import onnxruntime
 
