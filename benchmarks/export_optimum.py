@@ -1,7 +1,7 @@
 """Benchmark: do 🤗 Optimum and `transformers.pipeline` load a `kdistill export` folder and agree with
 `kdistill predict`?
 
-    python benchmarks/export_optimum.py expect EXPORT_DIR [EXPORT_DIR ...] --run-dir RUN_DIR   # kdistill's env
+    python benchmarks/export_optimum.py expect EXPORT_DIR [EXPORT_DIR ...]   # kdistill's environment
     OTHER_ENV/bin/python benchmarks/export_optimum.py check                                   # optimum's env
 
 optimum-onnx 0.1.0 (the registry's newest) requires transformers < 4.58, so it cannot be installed beside
@@ -24,14 +24,14 @@ HERE = Path(__file__).resolve().parent
 EXPECTED = Path("/tmp/kdistill-export-optimum-expected.json")  # handed from one environment to the other
 
 
-def expect(folders: list[Path], run_dir: Path, gen_prompts: int) -> None:
+def expect(folders: list[Path], run_dir: Path | None, gen_prompts: int) -> None:
     from kdistill import api
     from kdistill.export.folder import metadata
     from kdistill.export.student import run_config
 
-    cfg = run_config(run_dir)
     out = {}
     for folder in folders:
+        cfg = run_config(run_dir or folder.parent.parent)  # an export's default place: RUN/exports/<format>
         meta = metadata(folder)
         if meta["kind"] == "causal_lm_generator":
             from kdistill.data.gen_data import prepare_generation
@@ -117,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["expect", "check"])
     parser.add_argument("folders", nargs="*", type=Path)
-    parser.add_argument("--run-dir", type=Path)
+    parser.add_argument("--run-dir", type=Path, help="the run the exports are of (default: the folder two up)")
     parser.add_argument("--gen-prompts", type=int, default=4)
     args = parser.parse_args()
     if args.mode == "expect":
