@@ -2,6 +2,7 @@
 
     validate(config)  elicit(config)  train(config, variant=, seed=)  evaluate(config)  report(config)
     run(config)       predict(student_dir, texts)                     distill(config) -> Result
+    export(run_dir, fmt=)  the student as ONNX (fp32 or int8), parity-checked, measured for the card
 
 Each takes a config (a RunConfig, a YAML path, a built-in job's name, or None for the built-in default
 job) and writes into the run directory `<output_dir>/<name>/` (kdistill.rundir). The task family's
@@ -98,16 +99,51 @@ def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = Tru
 
 
 def predict(model_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
-    """Label and probabilities for each text, from a saved label-task student."""
+    """Label and probabilities for each text, from a saved label-task student or its export (`kdistill export`);
+    a generation student's export gives each text's greedy output."""
     import torch
 
+    from kdistill.export import is_export, load_export
     from kdistill.models import load_saved
 
-    model = load_saved(model_dir)
+    if is_export(model_dir) and not hasattr(model := load_export(model_dir), "labels"):
+        return _generate_with_export(model_dir, model, texts)
+    model = load_export(model_dir) if is_export(model_dir) else load_saved(model_dir)
     probs = torch.softmax(model.predict_logits(texts), dim=-1)
     return [{"text": text, "label": model.labels[int(p.argmax())],
              "probabilities": {label: round(float(v), 4) for label, v in zip(model.labels, p)}}
             for text, p in zip(texts, probs)]
+
+
+def _generate_with_export(model_dir: str | Path, model: Any, texts: list[str]) -> list[dict[str, Any]]:
+    """Each text put into the task's prompt and continued greedily, as the run evaluated the student."""
+    from kdistill.export.folder import metadata
+    from kdistill.models.generate import greedy_texts
+
+    meta = metadata(model_dir)["task"]
+    prompts = [meta["prompt_template"].replace("{text}", t) for t in texts]
+    outputs = greedy_texts(*model, prompts, max_new_tokens=meta["max_new_tokens"], max_length=meta["max_length"],
+                           batch_size=1, stop=meta["stop"])
+    return [{"text": text, "output": output} for text, output in zip(texts, outputs)]
+
+
+def export(run_dir: str | Path, *, fmt: str = "onnx-int8", out: str | Path | None = None, measure: bool = True,
+           parity_examples: int | None = None, **thresholds: float | None) -> Path:
+    """The run's student as an ONNX folder (``fmt``: onnx or onnx-int8), written only if it passes the parity
+    check on the validation split (``thresholds``: min_agreement, max_quality_drop, max_logit_diff; None keeps
+    the format's default); with ``measure``, the PyTorch student and the export are then timed and scored on
+    the test split into eval/exports.json, and the report card is rendered again with them."""
+    from kdistill.export import Thresholds, export_student, measure_export
+    from kdistill.export.student import run_config
+
+    folder = export_student(run_dir, fmt=fmt, out=out, thresholds=Thresholds.for_format(fmt, **thresholds),
+                            parity_examples=parity_examples)
+    if measure:
+        cfg = run_config(run_dir)
+        measure_export(cfg, folder, fmt)
+        if cfg.paths.results.is_file():
+            report(cfg)
+    return folder
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,20 @@ def cmd_predict(args):
         print(json.dumps(row, ensure_ascii=False))
 
 
+def cmd_export(args):
+    from kdistill import api
+
+    folder = api.export(args.run_dir, fmt=args.format, out=args.out, measure=not args.no_measure,
+                        parity_examples=args.parity_examples, min_agreement=args.min_agreement,
+                        max_quality_drop=args.max_quality_drop, max_logit_diff=args.max_logit_diff)
+    parity = json.loads((folder / "export.json").read_text(encoding="utf-8"))["parity"]
+    drop = parity.get("quality_drop")
+    print(f"done: {folder} ({args.format}); parity on {parity['examples']} validation texts: agreement "
+          f"{parity['agreement']:.3f}, {parity['quality_metric']} drop "
+          f"{'n/a' if drop is None else f'{drop:+.4f}'}, max logit difference {parity['max_logit_diff']:.2g}"
+          + ("" if args.no_measure else f"; measured into {args.run_dir}/eval/exports.json and the report card"))
+
+
 def cmd_validate(args):
     from kdistill import api
     print(api.validate(_config(args), check_models=not args.no_models))
@@ -159,7 +173,9 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "eval": (cmd_eval, "score teacher and students on the test split, with cost; writes eval/results.json"),
     "report": (cmd_report, "render report.md and report.html from eval/results.json (a config with stages: every "
                            "stage's, then the combined ones)"),
-    "predict": (cmd_predict, "label new texts with a saved student"),
+    "predict": (cmd_predict, "label new texts with a saved student or its export"),
+    "export": (cmd_export, "export a run's student as ONNX (fp32 or int8), written only if it passes a parity check "
+                           "against the PyTorch student; measures both for the report card"),
     "validate": (cmd_validate, "check a config, its data and the verbalizers; writes nothing"),
     "cache": (cmd_cache, "inspect, verify or export a teacher cache (runs/NAME/teacher_cache or one entry)"),
     "shrink": (cmd_shrink, "make a shallower student from a subset of a model's layers (DistilBERT-style init)"),
@@ -200,9 +216,28 @@ def build_parser() -> argparse.ArgumentParser:
                                        help="trials to finish in all (default: search.trials); a resumed search runs "
                                             "only the missing ones")
     predict = sub.choices["predict"]
-    predict.add_argument("model_dir", help="a saved student folder, e.g. runs/default/student")
+    predict.add_argument("model_dir", help="a saved student folder, e.g. runs/default/student, or an export of it "
+                                           "(runs/default/exports/onnx-int8)")
     predict.add_argument("text", nargs="*", help="texts to label")
     predict.add_argument("--file", help="a file with one text per line")
+    export = sub.choices["export"]
+    export.add_argument("run_dir", help="a run directory with a saved student, e.g. runs/default")
+    export.add_argument("--format", required=True, choices=["onnx", "onnx-int8"],
+                        help="onnx: fp32 weights; onnx-int8: int8 weights (dynamic quantisation)")
+    export.add_argument("--out", default=None, help="folder to write (default: RUN_DIR/exports/FORMAT; replaced "
+                                                    "atomically)")
+    export.add_argument("--min-agreement", type=float, default=None,
+                        help="least share of validation texts with the PyTorch student's label (generation: the same "
+                             "output); default 0.99 for onnx, 0.95 for onnx-int8")
+    export.add_argument("--max-quality-drop", type=float, default=None,
+                        help="largest fall of validation macro-F1 (ROUGE-L) below the PyTorch student's, as a "
+                             "fraction; default 0.005 for onnx, 0.01 for onnx-int8")
+    export.add_argument("--max-logit-diff", type=float, default=None,
+                        help="largest |logit difference|; default 0.01 for onnx, unchecked for onnx-int8")
+    export.add_argument("--parity-examples", type=int, default=None,
+                        help="check parity on the first N validation texts (default: all)")
+    export.add_argument("--no-measure", action="store_true",
+                        help="skip timing and test scoring (eval/exports.json and the card are left as they are)")
     cache = sub.choices["cache"]
     cache.add_argument("action", choices=["info", "verify", "export"])
     cache.add_argument("path", help="a teacher cache folder (runs/NAME/teacher_cache) or one entry in it")

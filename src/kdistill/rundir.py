@@ -13,6 +13,8 @@
     eval/results.json, eval/outputs.jsonl  every figure of the card; every generated output
     report.md, report.html, plots/       the report card
     student/                             the exported student: the best seed, chosen on validation
+    exports/<format>/                    `kdistill export`: the student as ONNX (onnx, onnx-int8), parity-checked
+    eval/exports.json                    each export's cost and test quality, timed beside the PyTorch student
     stages/<i>-<name>/                   a multi-stage run's stages, each a run directory of its own
     search/                              `kdistill search`'s trials and study
 """
@@ -109,7 +111,7 @@ class RunDir:
         `.<name>.<random>.tmp` behind (besides each `checkpoints(...)` folder). Not the teacher cache: runs
         may share it, and it cleans up after itself under its writer's lock."""
         return [self.root, self.splits.parent, self.results.parent, self.root / "students", self.plots,
-                self.all_checkpoints, self.selection_rounds.parent]
+                self.all_checkpoints, self.selection_rounds.parent, self.root / "exports"]
 
     def tensorboard(self, variant: str, seed: int | str) -> Path:
         return self.root / "tensorboard" / self.run_name(variant, seed)
@@ -137,6 +139,15 @@ class RunDir:
     @property
     def exported_student(self) -> Path:
         return self.root / "student"
+
+    def exports(self, fmt: str) -> Path:
+        """Where `kdistill export --format <fmt>` writes the student unless told otherwise."""
+        return self.root / "exports" / fmt
+
+    @property
+    def export_measurements(self) -> Path:
+        """Each export's measured cost and quality beside the PyTorch student's, for the card."""
+        return self.root / "eval" / "exports.json"
 
     def stage(self, number: int, name: str) -> Path:
         """Where stage ``number`` (from 1) runs: inside the run's own directory, wherever that now lies."""

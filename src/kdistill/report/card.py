@@ -8,11 +8,13 @@ multi-stage run (`stages`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from kdistill.io import atomic_write_text
+from kdistill.report.exports import export_html, export_lines
 from kdistill.report.generation import generation_figures, render_generation_html, render_generation_markdown
 from kdistill.report.html import render_html, report_figures, training_histories, write_plots
 from kdistill.report.label_markdown import render_markdown
@@ -46,6 +48,17 @@ def write_card(run_dir: str | Path, results: Record, config_yaml: str) -> Path:
     histories = training_histories(paths.root, results)
     plots = sections.figures(results, histories)
     write_plots(paths.root, plots)
-    atomic_write_text(paths.report_html, sections.html(results, histories, config_yaml, plots=plots))
-    atomic_write_text(paths.report_md, sections.markdown(results, config_yaml))
+    page, markdown = sections.html(results, histories, config_yaml, plots=plots), sections.markdown(results, config_yaml)
+    if paths.export_measurements.is_file():  # `kdistill export` measured the deployable forms
+        measurements = json.loads(paths.export_measurements.read_text(encoding="utf-8"))
+        page = page.replace("</main>", export_html(measurements, results) + "\n</main>", 1)
+        markdown = _before(markdown, "## Resolved config", "\n".join(export_lines(measurements, results)))
+    atomic_write_text(paths.report_html, page)
+    atomic_write_text(paths.report_md, markdown)
     return paths.report_md
+
+
+def _before(markdown: str, heading: str, section: str) -> str:
+    """``section`` inserted before ``heading`` (at the end when there is none)."""
+    at = markdown.find(heading)
+    return markdown + "\n" + section if at < 0 else markdown[:at] + section + "\n" + markdown[at:]
