@@ -114,18 +114,20 @@ class ServedTokens:
     # -- writing and scoring
 
     def write(self, prompt_ids: list[int], *, max_new_tokens: int, sampling: bool = False, temperature: float = 1.0,
-              top_p: float = 1.0, seed: int = 0, stop: list[str] | None = None) -> Written:
-        """The teacher's continuation of ``prompt_ids`` (greedy, or sampled with ``seed``)."""
+              top_p: float = 1.0, seed: int = 0, stop: list[str] | None = None, ignore_eos: bool = False) -> Written:
+        """The teacher's continuation of ``prompt_ids`` (greedy, or sampled with ``seed``); ``ignore_eos``: write
+        exactly max_new_tokens (for timing at a fixed length)."""
         decoding: dict[str, Any] = {"temperature": temperature if sampling else 0.0, "top_p": top_p if sampling else 1.0,
                                     "seed": seed}
         if self.is_llama_cpp():
             body = {"prompt": prompt_ids, "n_predict": max_new_tokens, "n_probs": self.k, "cache_prompt": True,
-                    "return_tokens": True, "stop": stop or [], "top_k": 0, "min_p": 0.0, **decoding}
+                    "return_tokens": True, "stop": stop or [], "top_k": 0, "min_p": 0.0, **decoding,
+                    **({"ignore_eos": True} if ignore_eos else {})}
             reply = self._ask(self.settings.server_root + "/completion", body, check=_check_written)
             rows = [top_row(p["top_logprobs"]) for p in reply.get("completion_probabilities") or []]
             return Written(str(reply["content"]), [int(t) for t in reply.get("tokens") or []], rows)
         body = {"model": self.model, "prompt": prompt_ids, "max_tokens": max_new_tokens, **decoding,
-                **({"stop": stop} if stop else {})}
+                **({"stop": stop} if stop else {}), **({"ignore_eos": True} if ignore_eos else {})}
         reply = self._ask(self.settings.base_url + "/completions", body, check=_check_completion)
         return Written(str(reply["choices"][0]["text"]), [])
 
