@@ -274,3 +274,111 @@ def test_a_started_server_never_outlives_kdistill(tmp_path, how):
     finally:
         if child.poll() is None:
             child.kill()
+
+
+# ------------------------------------------------------------------------------------------------
+# a real llama-server that kdistill starts on the Gemma-3-270m GGUF
+
+
+ELICIT = textwrap.dedent("""\
+    import sys
+    from kdistill import api
+    from kdistill.config import load_config
+    cfg = load_config(None, {"output_dir": sys.argv[1], "data.max_examples": int(sys.argv[2]),
+                             "teacher.endpoint.serve": True, "teacher.endpoint.parallel": 1,
+                             "teacher.endpoint.backoff_s": 0.1, "teacher.endpoint.max_backoff_s": 0.5})
+    api.elicit(cfg, progress=False)
+    print("done", flush=True)
+""")
+
+
+@pytest.fixture(scope="module")
+def real_server_ready():
+    from kdistill import assets
+    from kdistill.teachers.llama_server import find_binary
+
+    if find_binary() is None:
+        pytest.skip("no llama-server binary: run .ci/llama_server.sh (CI does) or set KDISTILL_LLAMA_SERVER")
+    return assets.fetch("gemma-3-270m")  # prepared before any timing starts
+
+
+def _servers_of(pid: int) -> list[int]:
+    """PIDs of the llama-server processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            name, ppid = fields[0].split("(", 1)[1], int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and name.startswith("llama-server"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _elicit(out: Path, examples: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", ELICIT, str(out), str(examples)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, seconds: float = 300.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _run_to_end(child: subprocess.Popen, seen: set[int]) -> None:
+    """Wait for ``child``, noting every llama-server it starts; it must succeed."""
+    while child.poll() is None:
+        seen.update(_servers_of(child.pid))
+        time.sleep(0.05)
+    output = child.stdout.read()
+    assert child.returncode == 0 and "done" in output, output[-3000:]
+
+
+def _cache_files(out: Path) -> dict[str, bytes]:
+    """The finished teacher cache, file by file (not the journal of raw replies, nor the lock)."""
+    root = out / "default" / "teacher_cache"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "endpoint-journals" not in p.parts and p.name != ".lock"}
+
+
+def test_kill_9_during_served_elicitation_leaves_no_server_and_the_rerun_matches(tmp_path, real_server_ready):
+    """kdistill killed by SIGKILL mid-elicitation: its llama-server (found by PID as its child) dies with it; the
+    re-run asks only for what the journal lacks, and its finished cache is byte-identical to an uninterrupted run's."""
+    examples = 120
+    seen: set[int] = set()
+    whole = _elicit(tmp_path / "whole", examples)
+    _run_to_end(whole, seen)
+    killed = _elicit(tmp_path / "killed", examples)
+    journal = tmp_path / "killed" / "default" / "teacher_cache" / "endpoint-journals" / "gemma-3-270m.jsonl"
+    _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 30)
+    servers = _servers_of(killed.pid)
+    assert len(servers) == 1
+    killed.kill()
+    killed.wait()
+    assert _wait_dead(servers) == [], "llama-server outlived kdistill"
+    asked_before = len(journal.read_text().splitlines())
+    rerun = _elicit(tmp_path / "killed", examples)
+    _run_to_end(rerun, seen)
+    assert asked_before < len(journal.read_text().splitlines())
+    assert _wait_dead(sorted(seen)) == [], "a llama-server outlived the run that started it"
+    assert _cache_files(tmp_path / "killed") == _cache_files(tmp_path / "whole")
+
+
+def test_a_server_killed_mid_run_is_started_again_and_the_run_completes(tmp_path, real_server_ready):
+    examples = 120
+    child = _elicit(tmp_path / "run", examples)
+    journal = tmp_path / "run" / "default" / "teacher_cache" / "endpoint-journals" / "gemma-3-270m.jsonl"
+    _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 20)
+    first = _servers_of(child.pid)
+    assert len(first) == 1
+    os.kill(first[0], signal.SIGKILL)
+    seen: set[int] = set(first)
+    _run_to_end(child, seen)
+    assert len(seen) >= 2, "no second server was started"
+    assert _wait_dead(sorted(seen)) == []
+    manifests = list((tmp_path / "run" / "default" / "teacher_cache").rglob("manifest.json"))
+    assert manifests, "the teacher cache was not finished"
