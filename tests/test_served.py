@@ -382,3 +382,25 @@ def test_a_server_killed_mid_run_is_started_again_and_the_run_completes(tmp_path
     assert _wait_dead(sorted(seen)) == []
     manifests = list((tmp_path / "run" / "default" / "teacher_cache").rglob("manifest.json"))
     assert manifests, "the teacher cache was not finished"
+
+
+def test_a_session_shares_one_server_and_stops_it_at_its_end(tmp_path, monkeypatch):
+    """Within one command the label teacher and the card's timing share a server; the command's end stops it."""
+    from kdistill.teachers import served
+
+    binary = tmp_path / "llama-server"
+    binary.write_text(FAKE_BINARY.format(python=sys.executable))
+    binary.chmod(0o755)
+    monkeypatch.setenv("KDISTILL_LLAMA_SERVER", str(binary))
+    monkeypatch.setenv("PIDS", str(tmp_path / "pids"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with served.session():
+        first, server = served.serving(EndpointConfig(serve=True, parallel=3), str(gguf))
+        again, same = served.serving(EndpointConfig(serve=True, parallel=3), str(gguf))
+        assert same is server and again.base_url == first.base_url == server.base_url
+        assert first.max_concurrency == 4 and not first.serve  # at least the slots, and a plain URL from here on
+        assert "-np" in server.command and server.command[server.command.index("-np") + 1] == "3"
+        pid = server.pid
+        assert _alive(pid)
+    assert _wait_dead([pid]) == []
