@@ -105,7 +105,7 @@ def generation(args) -> dict:
     from kdistill.models import resolve_model_path
     from kdistill.teachers.served import stop_servers
 
-    cfg = load_config("bbc-summary")
+    cfg = load_config("bbc-summary", {"teacher.model": args.teacher} if args.teacher else None)
     data = prepare_generation(cfg.data, cfg.task)
     examples = (data.test + data.validation)[:args.prompts]
     prompts = [prompt_text(cfg.task.prompt_template, e) for e in examples]
@@ -229,6 +229,7 @@ def main() -> None:
     parser.add_argument("--slots", type=lambda s: [int(x) for x in s.split(",")], default=[2, 4, 8])
     parser.add_argument("--generation-slots", type=int, default=8)
     parser.add_argument("--only", choices=["generation", "labels"], default=None)
+    parser.add_argument("--teacher", default=None, help="another generation teacher (a smoke run)")
     args = parser.parse_args()
     if find_binary() is None:
         raise SystemExit("no llama-server binary: run .ci/llama_server.sh first")
