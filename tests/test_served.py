@@ -9,6 +9,7 @@ binary (.ci/llama_server.sh) or the Gemma GGUF is missing.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -404,3 +405,45 @@ def test_a_session_shares_one_server_and_stops_it_at_its_end(tmp_path, monkeypat
         pid = server.pid
         assert _alive(pid)
     assert _wait_dead([pid]) == []
+
+
+def test_real_served_generation_teacher_agrees_with_the_in_process_one(tmp_path, real_server_ready):
+    """Gemma-3-270m served by kdistill writes targets for a few prompts and gives its rows; the in-process teacher
+    (the same GGUF in fp32), teacher-forced on those targets, has the same top-1 at most target tokens (llama.cpp
+    multiplies Q4 weights with 8-bit activations, so not all), and the tokenizer check passes."""
+    from kdistill.config import RunConfig, from_dict
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.data.generative import prompt_text
+    from kdistill.models import resolve_model_path
+    from kdistill.models.generative import load_causal_lm
+    from kdistill.models.token_rows import token_targets
+    from kdistill.teachers.generation import targets_for
+    from kdistill.teachers.served import session
+
+    articles = tmp_path / "articles.jsonl"
+    lines = [f"The council of town number {i} voted on {topic} after a long debate on Tuesday evening."
+             for i, topic in enumerate(["a new bridge", "school meals", "bus fares", "a park", "the library",
+                                        "street lights", "parking", "a festival"])]
+    articles.write_text("".join(json.dumps({"text": t, "target": "x"}) + "\n" for t in lines))
+    cfg = from_dict(RunConfig, {
+        "name": "served-gen", "output_dir": str(tmp_path / "runs"),
+        "task": {"name": "news", "kind": "generation", "targets": "teacher", "evaluate_as": "summary",
+                 "max_new_tokens": 12, "prompt_template": "Article: {text}\nOne-line summary:"},
+        "data": {"source": "jsonl", "path": str(articles), "test_fraction": 0.25, "validation_fraction": 0.125},
+        "teacher": {"model": "gemma-3-270m", "token_top_k": 8, "endpoint": {"serve": True, "parallel": 2}},
+        "student": {"model": "gemma-3-270m", "max_length": 96},
+        "evaluation": {"seeds": [0], "similarity_model": ""}})
+    data = prepare_generation(cfg.data, cfg.task)
+    with session():
+        targets = targets_for(cfg, data, progress=False)
+    examples = data.train + data.validation + data.test
+    assert targets.entry.complete and targets.token_rows and len(targets.entry.ids()) == len(examples)
+    module, tokenizer = load_causal_lm(cfg.student, torch.device("cpu"))
+    assert resolve_model_path(cfg.student.model)
+    prompts = [prompt_text(cfg.task.prompt_template, e) for e in examples]
+    written = [targets.target(e) for e in examples]
+    local = token_targets(module, tokenizer, prompts, written, k=8, max_length=96)
+    pairs = [(a, b) for e, row in zip(examples, local)
+             for a, b in zip(targets.entry.tokens(e.id).token_ids[:, 0].tolist(), row.token_ids[:, 0].tolist())]
+    assert all(targets.entry.tokens(e.id).token_ids.shape[0] == row.token_ids.shape[0] for e, row in zip(examples, local))
+    assert sum(a == b for a, b in pairs) / len(pairs) >= 0.8
