@@ -110,7 +110,7 @@ def _known_rows(written: Written, target_ids: list[int]) -> dict[int, Any]:
 
 def _one(cfg: RunConfig, client: ServedTokens, tokenizer, asked: Asked, with_rows: bool, to_id: Any) -> TokenRow:
     t, task, max_length = cfg.teacher, cfg.task, cfg.student.max_length
-    written, seed = None, None
+    written, seed, prompt_ids = None, None, None
     if asked.target is None:
         prompt_ids = tokenizer(asked.prompt, truncation=True, max_length=max_length - task.max_new_tokens)["input_ids"]
         written = client.write(prompt_ids, max_new_tokens=task.max_new_tokens, sampling=t.sampling,
@@ -124,6 +124,7 @@ def _one(cfg: RunConfig, client: ServedTokens, tokenizer, asked: Asked, with_row
         return TokenRow(eos, np.zeros((1, 1), dtype=np.float32), np.full(1, -np.inf, dtype=np.float32),
                         generation=target, seed=seed)
     score_prompt, target_ids = _split(tokenizer, asked.prompt, target, max_length)
+    # the rows written along the very prompt the scoring sees (a prompt cut for writing differs) are the rows
     known = _known_rows(written, target_ids) if written is not None and score_prompt == prompt_ids else {}
     rows = client.score(score_prompt, target_ids, known, to_id=to_id)
     return TokenRow(*rows_to_arrays(rows, t.token_top_k), generation=target if seed is not None else None, seed=seed)
