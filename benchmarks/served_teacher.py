@@ -46,7 +46,7 @@ def served_generation(cfg, prompt_ids: list[list[int]], tokens: int, runs: int, 
     from kdistill.teachers.served import serving, stop_servers
     from kdistill.teachers.served_tokens import ServedTokens
 
-    settings, server = serving(EndpointConfig(serve=True, parallel=slots), cfg.teacher.model)
+    settings, server = serving(EndpointConfig(serve=True, parallel=slots, timeout_s=900), cfg.teacher.model)
     try:
         client = ServedTokens(settings, model=cfg.teacher.model, k=cfg.teacher.token_top_k)
         client.write(prompt_ids[0], max_new_tokens=4)  # warm-up: weights paged in

@@ -287,6 +287,7 @@ ELICIT = textwrap.dedent("""\
     from kdistill.config import load_config
     cfg = load_config(None, {"output_dir": sys.argv[1], "data.max_examples": int(sys.argv[2]),
                              "teacher.endpoint.serve": True, "teacher.endpoint.parallel": 1,
+                             "teacher.endpoint.extra_body": {"cache_prompt": sys.argv[3] == "cache"},
                              "teacher.endpoint.backoff_s": 0.1, "teacher.endpoint.max_backoff_s": 0.5})
     api.elicit(cfg, progress=False)
     print("done", flush=True)
@@ -317,9 +318,10 @@ def _servers_of(pid: int) -> list[int]:
     return found
 
 
-def _elicit(out: Path, examples: int) -> subprocess.Popen:
+def _elicit(out: Path, examples: int, cache: str = "no-cache") -> subprocess.Popen:
+    """kdistill elicit in a child process; ``cache``: whether the server reuses cached prompt prefixes."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen([sys.executable, "-c", ELICIT, str(out), str(examples)], env=env,
+    return subprocess.Popen([sys.executable, "-c", ELICIT, str(out), str(examples), cache], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -348,7 +350,10 @@ def _cache_files(out: Path) -> dict[str, bytes]:
 
 def test_kill_9_during_served_elicitation_leaves_no_server_and_the_rerun_matches(tmp_path, real_server_ready):
     """kdistill killed by SIGKILL mid-elicitation: its llama-server (found by PID as its child) dies with it; the
-    re-run asks only for what the journal lacks, and its finished cache is byte-identical to an uninterrupted run's."""
+    re-run asks only for what the journal lacks, and its finished cache is byte-identical to an uninterrupted run's.
+    The server computes every prompt whole (cache_prompt off): with its prompt cache on, llama.cpp's answer to the
+    same prompt differs in the last bits with what the slot had cached (measured: the caches then differ), so byte
+    identity is a property of the journal and the resume only when the server itself answers deterministically."""
     examples = 120
     seen: set[int] = set()
     whole = _elicit(tmp_path / "whole", examples)
@@ -371,7 +376,7 @@ def test_kill_9_during_served_elicitation_leaves_no_server_and_the_rerun_matches
 
 def test_a_server_killed_mid_run_is_started_again_and_the_run_completes(tmp_path, real_server_ready):
     examples = 120
-    child = _elicit(tmp_path / "run", examples)
+    child = _elicit(tmp_path / "run", examples, "cache")
     journal = tmp_path / "run" / "default" / "teacher_cache" / "endpoint-journals" / "gemma-3-270m.jsonl"
     _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 20)
     first = _servers_of(child.pid)

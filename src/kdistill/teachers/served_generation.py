@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ def served_client(cfg: RunConfig) -> tuple[ServedTokens, Any]:
     """The first teacher's client, its server started when kdistill serves it; (client, server or None)."""
     t = cfg.teacher
     settings, server = serving(t.endpoint, t.model)
+    if server is not None:  # a whole target comes back in one reply, and a busy CPU server takes minutes for it; a
+        settings = replace(settings, timeout_s=max(settings.timeout_s, 600.0))  # dead one is a refused connection
     client = ServedTokens(settings, model=t.model, k=t.token_top_k)
     client.transport.revive = server.revive if server is not None else None
     return client, server
