@@ -410,6 +410,10 @@ def test_a_session_shares_one_server_and_stops_it_at_its_end(tmp_path, monkeypat
         pid = server.pid
         assert _alive(pid)
     assert _wait_dead([pid]) == []
+    # a worker still retrying when the session ended (or on SIGTERM) must not start it again
+    with pytest.raises(KdistillError, match="was stopped"):
+        server.revive()
+    assert [int(p) for p in (tmp_path / "pids").read_text().split()] == [pid]
 
 
 def test_real_served_generation_teacher_agrees_with_the_in_process_one(tmp_path, real_server_ready):

@@ -102,6 +102,7 @@ class ManagedServer:
                                       parallel=parallel, extra_args=extra_args)
         self.process: subprocess.Popen | None = None
         self.num_restarts = 0
+        self._stopped = False
         self._lock = threading.Lock()
         with tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False) as output:
             self.log_path = Path(output.name)
@@ -125,6 +126,7 @@ class ManagedServer:
         return self.base_url
 
     def _spawn(self) -> None:
+        self._stopped = False
         self.process = _spawn(self.command, self.log_path)
         _RUNNING.add(self)
         _install_cleanup()
@@ -139,6 +141,9 @@ class ManagedServer:
         """Start the server again if its process has exited (a crash, an OOM kill); True when it did.
         Called by the HTTP client before each retry, from any worker thread."""
         with self._lock:
+            if self._stopped:  # stopped on purpose (the run's end, SIGTERM): never brought back by a retry
+                raise KdistillError("the teacher's llama-server was stopped (kdistill is finishing or was told to "
+                                    "stop); no request is sent to it any more.")
             if self.process is None or self.process.poll() is None:
                 return False
             log.warning("llama-server (pid %d) exited with code %s; starting it again on port %d",
@@ -148,6 +153,7 @@ class ManagedServer:
             return True
 
     def stop(self) -> None:
+        self._stopped = True
         if self.process is not None:
             _stop(self.process)
         _RUNNING.discard(self)
