@@ -7,7 +7,8 @@
 Each takes a config (a RunConfig, a YAML path, a built-in job's name, or None for the built-in default
 job) and writes into the run directory `<output_dir>/<name>/` (kdistill.rundir). The task family's
 recipe (label or generation, kdistill.recipes.registry) is picked here, once, from the task's kind; a
-config with `stages` is composed by kdistill.recipes.stages.
+config with `stages` is composed by kdistill.recipes.stages. A teacher kdistill serves itself
+(`teacher.endpoint.serve`) is stopped when the command that started it returns or fails.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kdistill.errors import KdistillError
 from kdistill.recipes.preflight import preflight
 from kdistill.recipes.registry import recipe_for
 from kdistill.recipes.stages import report_stages, run_stages, stage_configs
+from kdistill.teachers.served import session as served_session
 
 ConfigLike = RunConfig | str | Path | None
 
@@ -56,6 +58,7 @@ def validate(config: ConfigLike = None, *, check_models: bool = True) -> str:
     return recipe_for(cfg.task).validate(cfg, check_models=check_models)
 
 
+@served_session()
 def elicit(config: ConfigLike = None, *, progress: bool = True, teachers: Any = None) -> Any:
     """The teacher's answers for the run's examples, from the cache or asked once: a label task's
     ``TeacherSignal`` (every teacher's label distributions, recalibrated and combined), a generation
@@ -64,6 +67,7 @@ def elicit(config: ConfigLike = None, *, progress: bool = True, teachers: Any = 
     return recipe_for(cfg.task).elicit(cfg, progress=progress, teachers=teachers)
 
 
+@served_session()
 def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | None = None, resume: bool = False,
           progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> Path:
     """Train one student variant with one seed (default: the first of evaluation.seeds); returns the saved
@@ -74,6 +78,7 @@ def train(config: ConfigLike = None, *, variant: str = "distilled", seed: int | 
                                       on_record=on_record, **options)
 
 
+@served_session()
 def evaluate(config: ConfigLike = None, *, progress: bool = True, teachers: Any = None) -> Path:
     """Score the teacher(s), the untrained student and every trained student on the test split, with the
     cost of each; returns eval/results.json's path."""
@@ -88,6 +93,7 @@ def report(config: ConfigLike = None) -> Path:
     return report_stages(cfg) if cfg.stages else recipe_for(cfg.task).report(cfg)
 
 
+@served_session()
 def run(config: ConfigLike = None, *, resume: bool = False, progress: bool = True,
         overrides: dict[str, Any] | None = None) -> Path:
     """The whole run: data, elicitation, every student variant and seed, evaluation, the exported student

@@ -15,6 +15,9 @@ TEACHER_SOURCES = {
     "endpoint": "endpoint: {base_url, api, api_key_env, top_logprobs, max_concurrency, timeout_s, max_retries, "
                 "backoff_s, max_backoff_s, extra_body}: a model behind an OpenAI-compatible API (llama-server, "
                 "vLLM, TGI, hosted); the key is read from $api_key_env and never written",
+    "served": "endpoint: {serve: true, parallel, threads, ctx_per_slot, server_args}: kdistill starts llama-server "
+              "on the teacher's .gguf (or built-in GGUF model) on a loopback port, sized to the machine, and stops it "
+              "when the run ends; label and generation tasks",
 }
 
 

@@ -36,14 +36,33 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class EndpointConfig:
-    """A teacher behind an OpenAI-compatible HTTP API (llama-server, vLLM, TGI, a hosted API).
+    """A teacher behind an OpenAI-compatible HTTP API (llama-server, vLLM, TGI, a hosted API), either one you
+    run (`base_url`) or one kdistill starts and stops itself (`serve`).
 
-    The teacher's `model` is the model name sent with each request. The API key is read from the
-    environment variable `api_key_env` when a request is sent; it is never written anywhere.
+    The teacher's `model` is the model name sent with each request (with `serve`: the .gguf file or the built-in
+    model with a GGUF to serve). The API key is read from the environment variable `api_key_env` when a request
+    is sent; it is never written anywhere.
     """
 
-    base_url: str
-    """OpenAI-style base URL, e.g. http://127.0.0.1:8080/v1; a bare http://host:port means /v1."""
+    base_url: str = ""
+    """OpenAI-style base URL, e.g. http://127.0.0.1:8080/v1; a bare http://host:port means /v1. Empty with `serve`."""
+    serve: bool = False
+    """kdistill starts llama.cpp's llama-server on the teacher's `model` (a .gguf file, or a built-in model with a
+    GGUF such as qwen2.5-coder-1.5b-instruct) on a free loopback port, and stops it when the run ends however it
+    ends; a server that dies mid-run is started again. Needs the binary `.ci/llama_server.sh` builds."""
+    parallel: int = 0
+    """With `serve`: llama-server's parallel slots (requests decoded together); 0 sizes it to the machine's cores.
+    The client then keeps as many requests in flight (at least max_concurrency)."""
+    threads: int = 0
+    """With `serve`: llama-server's CPU threads; 0 means every core this process may use."""
+    ctx_per_slot: int = 4096
+    """With `serve`: context tokens per slot (prompt + answer); the server gets parallel x this."""
+    server_args: list[str] = field(default_factory=list)
+    """With `serve`: extra llama-server command-line arguments (part of the cache key, as they may change answers)."""
+    tokenizer_mismatch: Literal["error", "sequence_kd"] = "error"
+    """Generation tasks: token-level KD needs the served teacher to tokenize as the student does (checked with the
+    server's /tokenize on probe texts). error stops with the differences; sequence_kd goes on with the teacher's
+    written targets alone (no per-token rows; the distilled student then equals sequence_kd)."""
     api: Literal["completions", "chat"] = "completions"
     """completions: /v1/completions on the raw prompt (comparable with an in-process teacher);
     chat: /v1/chat/completions with the prompt as one user message (for chat-only APIs)."""
@@ -65,6 +84,13 @@ class EndpointConfig:
     """Extra JSON fields for every request (server-specific options); part of the journal key."""
 
     def __post_init__(self) -> None:
+        if self.serve == bool(self.base_url):
+            raise KdistillError("teacher.endpoint: give either base_url (a server you run) or serve: true (kdistill "
+                                f"starts llama-server on teacher.model); found base_url={self.base_url!r}, "
+                                f"serve={self.serve}.")
+        check_ranges("teacher.endpoint.", self, parallel=">= 0", threads=">= 0", ctx_per_slot=">= 1")
+        if self.serve:
+            return
         url = self.base_url.rstrip("/")
         if not re.match(r"^https?://[^/@\s]+(/\S*)?$", url):
             raise KdistillError(

@@ -269,13 +269,18 @@ class RunConfig:
         unsupported = [name for name, on in [("objective.balance", self.objective.balance.weight > 0),
                                              ("objective.contrastive", self.objective.contrastive.weight > 0),
                                              ("data.num_labelled", self.data.num_labelled is not None)] if on]
-        for i, member in enumerate(self.members):  # every teacher of an ensemble is loaded and asked in-process
+        for i, member in enumerate(self.members):  # an ensemble's other teachers are asked in-process
             where = "teacher" if i == 0 else f"teachers[{i - 1}]"
-            unsupported += [f"{where}.{name}" for name, on in [("endpoint", member.is_endpoint),
+            unsupported += [f"{where}.{name}" for name, on in [("endpoint", member.is_endpoint and i > 0),
                                                                ("finetune", member.finetune)] if on]
+        if self.teacher.is_endpoint and (self.training.on_policy_fraction > 0 or self.teachers):
+            raise KdistillError("teacher.endpoint: a served generation teacher writes targets and scores them; "
+                                "training.on_policy_fraction and `teachers` need it in-process. Set the one to 0 "
+                                "or remove the other, or remove teacher.endpoint.")
         if unsupported:
-            raise KdistillError(f"a generation task does not support {', '.join(unsupported)} yet: in-process "
-                                "causal-LM teachers, and the ce, kd and hidden terms. Remove them from the config.")
+            raise KdistillError(f"a generation task does not support {', '.join(unsupported)} yet: causal-LM "
+                                "teachers (the first may be served), and the ce, kd and hidden terms. Remove them "
+                                "from the config.")
         if "encoder" in [t.kind for t in self.members] + [self.student.kind]:
             raise KdistillError("a generation task needs causal-LM teachers and student (kind: auto or causal_lm); "
                                 "an encoder cannot write text.")

@@ -87,6 +87,10 @@ def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None
     data = data or prepare_generation(cfg.data, cfg.task)
     targets = targets or targets_for(cfg, data, progress=progress)
     objective_cfg = _objective(cfg, variant)
+    if objective_cfg.kd.weight > 0 and not targets.token_rows:  # teacher.endpoint.tokenizer_mismatch: sequence_kd
+        log.warning("%s: the served teacher gave no per-token rows (its tokenizer differs); training on its written "
+                    "targets alone", variant)
+        objective_cfg = replace(objective_cfg, kd=replace(objective_cfg.kd, weight=0.0))
     # before the seed: a teacher loaded for its states must not move the projections' initialization
     hidden_targets, teacher_hidden = _hidden_inputs(cfg, objective_cfg, data, targets, progress=progress)
     torch.manual_seed(seed)
@@ -95,7 +99,7 @@ def train(cfg: RunConfig, *, variant: str = "distilled", seed: int | None = None
     trainable, total = freeze_lower_layers(module, cfg.training.trainable_layers)
     log.info("%s student: %d of %d parameters train", variant, trainable, total)
     student = GenStudent(module, tokenizer, max_length=cfg.student.max_length, name=cfg.student.model)
-    if objective_cfg.kd.weight > 0:
+    if objective_cfg.kd.weight > 0 and not cfg.teacher.is_endpoint:  # a served teacher's rows are along our tokens
         from transformers import AutoTokenizer
 
         teacher_tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.teacher.model), revision=cfg.teacher.revision)

@@ -15,6 +15,7 @@ from kdistill.config import RunConfig
 from kdistill.data.gen_data import GenData, prepare_generation
 from kdistill.data.generative import prompt_text
 from kdistill.data.records import GenExample
+from kdistill.errors import KdistillError
 from kdistill.io import atomic_write_json, atomic_write_text
 from kdistill.models import pick_device, resolve_model_path
 from kdistill.models.generate import generation_cost, greedy_texts, paired_fixed_length_cost
@@ -112,7 +113,12 @@ def evaluate(cfg: RunConfig, *, progress: bool = True, teachers: Any = None, dat
     prompts = [prompt_text(cfg.task.prompt_template, e) for e in test]
     sources = [e.prompt for e in test]
     device = pick_device(cfg.training.device)
-    teacher = teachers or load_causal_lm(cfg.teacher, device)
+    if teachers is None and cfg.teacher.is_endpoint and not cfg.teacher.endpoint.serve:
+        raise KdistillError(f"the card of a generation task times the teacher and (for summaries) judges with it "
+                            f"in-process, and teacher.model {cfg.teacher.model!r} is only a name on a server: use "
+                            "endpoint.serve with a .gguf or built-in model (kdistill then loads the same file for the "
+                            "card), or stop after `kdistill elicit` and `kdistill train`.")
+    teacher = teachers or load_causal_lm(cfg.teacher, device)  # a served GGUF: the same file, in-process
     if targets is None:
         targets = targets_for(cfg, data, progress=progress, teacher=teacher)
     references = _references(cfg, test, targets)

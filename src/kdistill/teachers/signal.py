@@ -117,11 +117,15 @@ def load_member(cfg: RunConfig, data: PreparedData, member: TeacherConfig, *, pr
     prefix = few_shot_prefix(cfg.task, data.labelled, member.few_shot_per_label, cfg.data.split_seed)
     if member.endpoint is not None:
         from kdistill.teachers.endpoint import EndpointLabelModel
+        from kdistill.teachers.served import serving
 
-        return EndpointLabelModel(member.endpoint, model=member.model, labels=cfg.task.labels,
-                                  verbalizers=[cfg.task.verbalizers[label] for label in cfg.task.labels],
-                                  prompt_template=cfg.task.prompt_template, prefix=prefix,
-                                  journal_path=journal_path(cfg, member), config_key=_config_key(cfg, member))
+        settings, server = serving(member.endpoint, member.model, _config_key(cfg, member))
+        model = EndpointLabelModel(settings, model=member.model, labels=cfg.task.labels,
+                                   verbalizers=[cfg.task.verbalizers[label] for label in cfg.task.labels],
+                                   prompt_template=cfg.task.prompt_template, prefix=prefix,
+                                   journal_path=journal_path(cfg, member), config_key=_config_key(cfg, member))
+        model.transport.revive = server.revive if server is not None else None
+        return model
     return load_label_model(member, cfg.task, prefix=prefix, device=device)
 
 
