@@ -190,6 +190,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"kdistill: error: {self.prog}: {message}; see `{self.prog} --help`.\n")
 
 
+def _add_export_arguments(export: argparse.ArgumentParser) -> None:
+    """`kdistill export`: the format and the parity check's limits."""
+    export.add_argument("run_dir", help="a run directory with a saved student, e.g. runs/default")
+    export.add_argument("--format", required=True, choices=["onnx", "onnx-int8"],
+                        help="onnx: fp32 weights; onnx-int8: int8 weights (dynamic quantisation)")
+    export.add_argument("--out", default=None, help="folder to write (default: RUN_DIR/exports/FORMAT; replaced "
+                                                    "atomically)")
+    export.add_argument("--min-agreement", type=float, default=None,
+                        help="least share of validation texts with the PyTorch student's label (generation: the same "
+                             "output); default 0.99 for onnx, 0.95 for onnx-int8")
+    export.add_argument("--max-quality-drop", type=float, default=None,
+                        help="largest fall of validation macro-F1 (ROUGE-L) below the PyTorch student's, as a "
+                             "fraction; default 0.005 for onnx, 0.01 for onnx-int8")
+    export.add_argument("--max-logit-diff", type=float, default=None,
+                        help="largest |logit difference|; default 0.01 for onnx, unchecked for onnx-int8")
+    export.add_argument("--parity-examples", type=int, default=None,
+                        help="check parity on the first N validation texts (default: all)")
+    export.add_argument("--no-measure", action="store_true",
+                        help="skip timing and test scoring (eval/exports.json and the card are left as they are)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kdistill", description="Task-specific knowledge distillation with a report card.",
                      allow_abbrev=False)  # `--resum` is a typo, not --resume
@@ -220,24 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(runs/default/exports/onnx-int8)")
     predict.add_argument("text", nargs="*", help="texts to label")
     predict.add_argument("--file", help="a file with one text per line")
-    export = sub.choices["export"]
-    export.add_argument("run_dir", help="a run directory with a saved student, e.g. runs/default")
-    export.add_argument("--format", required=True, choices=["onnx", "onnx-int8"],
-                        help="onnx: fp32 weights; onnx-int8: int8 weights (dynamic quantisation)")
-    export.add_argument("--out", default=None, help="folder to write (default: RUN_DIR/exports/FORMAT; replaced "
-                                                    "atomically)")
-    export.add_argument("--min-agreement", type=float, default=None,
-                        help="least share of validation texts with the PyTorch student's label (generation: the same "
-                             "output); default 0.99 for onnx, 0.95 for onnx-int8")
-    export.add_argument("--max-quality-drop", type=float, default=None,
-                        help="largest fall of validation macro-F1 (ROUGE-L) below the PyTorch student's, as a "
-                             "fraction; default 0.005 for onnx, 0.01 for onnx-int8")
-    export.add_argument("--max-logit-diff", type=float, default=None,
-                        help="largest |logit difference|; default 0.01 for onnx, unchecked for onnx-int8")
-    export.add_argument("--parity-examples", type=int, default=None,
-                        help="check parity on the first N validation texts (default: all)")
-    export.add_argument("--no-measure", action="store_true",
-                        help="skip timing and test scoring (eval/exports.json and the card are left as they are)")
+    _add_export_arguments(sub.choices["export"])
     cache = sub.choices["cache"]
     cache.add_argument("action", choices=["info", "verify", "export"])
     cache.add_argument("path", help="a teacher cache folder (runs/NAME/teacher_cache) or one entry in it")
