@@ -57,6 +57,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "now-weak": {**WEAK_TEACHER},
     "now-weak-ce-labelled": {**WEAK_TEACHER, "objective.ce.average": "labelled", "evaluation.baselines": False},
     "now-user-defaults": {},
+    "now-weak-contrastive-ce-labelled": {**WEAK_TEACHER, "objective.ce.average": "labelled",
+                                         "objective.contrastive.weight": 1.0},
 }
 CURRENT_DEFAULTS = ("now-",)
 """Variants whose names start so run at today's defaults, not FORMER_DEFAULTS."""
@@ -128,7 +130,7 @@ def teacher_confidence(run_dir: Path) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any]) -> str:
     lines = ["# Collapse on a skewed 2-class set (65/35, 100 labels, real Gemma-3-270m teacher and MiniLM student)", "",
-             f"{len(summary['seeds'])} seeds; every variant in the same run on the same splits; test set "
+             f"{len(summary['seeds'])} seeds; every variant on the same splits; test set "
              f"{summary['test_examples']} examples, {summary['test_majority_share']:.0%} positive. The config sets only "
              "the task, data and models, so everything else is kdistill's default, at the former default learning rate "
              "5e-5 unless a variant says otherwise; `now-*` variants run at today's defaults (learning rate 2e-4 for "
