@@ -344,8 +344,11 @@ def _run_to_end(child: subprocess.Popen, seen: set[int]) -> None:
 def _cache_files(out: Path) -> dict[str, bytes]:
     """The finished teacher cache, file by file (not the journal of raw replies, nor the lock)."""
     root = out / "default" / "teacher_cache"
+    # last_elicitation-*.json is the cost record of the latest `elicit` (calls, seconds): a resumed run asked fewer
+    # questions in other seconds, so it differs by design; the answers are everything else
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and "endpoint-journals" not in p.parts and p.name != ".lock"}
+            if p.is_file() and "endpoint-journals" not in p.parts and p.name != ".lock"
+            and not p.name.startswith("last_elicitation-")}
 
 
 def test_kill_9_during_served_elicitation_leaves_no_server_and_the_rerun_matches(tmp_path, real_server_ready):
@@ -371,12 +374,7 @@ def test_kill_9_during_served_elicitation_leaves_no_server_and_the_rerun_matches
     _run_to_end(rerun, seen)
     assert asked_before < len(journal.read_text().splitlines())
     assert _wait_dead(sorted(seen)) == [], "a llama-server outlived the run that started it"
-    killed_files, whole_files = _cache_files(tmp_path / "killed"), _cache_files(tmp_path / "whole")
-    assert killed_files.keys() == whole_files.keys()
-    if killed_files != whole_files:  # known open (issue 24's note): which bytes differ is not found yet
-        pytest.xfail("the resumed served cache is not yet byte-identical to the uninterrupted one, even with "
-                     "parallel 1 and cache_prompt off; " + ", ".join(k for k in whole_files
-                                                                      if killed_files[k] != whole_files[k]))
+    assert _cache_files(tmp_path / "killed") == _cache_files(tmp_path / "whole")
 
 
 def test_a_server_killed_mid_run_is_started_again_and_the_run_completes(tmp_path, real_server_ready):
