@@ -114,6 +114,19 @@ def test_recorded_vllm_reply_parses_to_rows():
     assert ids_tk.tolist() == [[4, 0, 1]] and np.isneginf(logprobs_tk[0, 1:]).all()
 
 
+def test_a_llama_cpp_reply_stopped_inside_a_token_is_accepted():
+    """Recorded from llama-server (bbc-summary's teacher): the first token ".\n" holds the stop word "\n", so the
+    content is cut to "." and llama.cpp drops that token's probabilities. A reply that lost them otherwise is retried."""
+    from kdistill.teachers.http import RetryableError
+    from kdistill.teachers.served_tokens import _check_written
+
+    stopped = {"index": 0, "content": ".", "tokens": [624], "stop": True, "stop_type": "word", "stopping_word": "\n",
+               "tokens_predicted": 1, "tokens_evaluated": 152, "completion_probabilities": []}
+    _check_written(stopped)
+    with pytest.raises(RetryableError, match="without completion_probabilities"):
+        _check_written(stopped | {"stop_type": "limit"})
+
+
 # ------------------------------------------------------------------------------------------------
 # the tokenizer check
 

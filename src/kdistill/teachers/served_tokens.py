@@ -180,7 +180,10 @@ def _check_written(reply: Any) -> None:
     if not isinstance(reply, dict) or "content" not in reply:
         raise RetryableError("a /completion reply without content")
     probs = reply.get("completion_probabilities")
-    if not isinstance(probs, list) or (reply.get("tokens") and not probs):
+    # a token whose text holds a stop word is cut from the content and llama.cpp drops its probabilities (e.g.
+    # ".\n" stopped on "\n": tokens [".\n"], no probabilities); the rows then cover fewer tokens than were written
+    stopped_on_word = reply.get("stop_type") == "word"
+    if not isinstance(probs, list) or (reply.get("tokens") and not probs and not stopped_on_word):
         raise RetryableError("a /completion reply without completion_probabilities")
     for position in probs:
         top_row(position.get("top_logprobs") if isinstance(position, dict) else None)
