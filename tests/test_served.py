@@ -121,10 +121,10 @@ def test_a_llama_cpp_reply_stopped_inside_a_token_is_accepted():
     from kdistill.teachers.served_tokens import _check_written
 
     stopped = {"index": 0, "content": ".", "tokens": [624], "stop": True, "stop_type": "word", "stopping_word": "\n",
-               "tokens_predicted": 1, "tokens_evaluated": 152, "completion_probabilities": []}
+               "tokens_predicted": 1, "tokens_evaluated": 152}  # no completion_probabilities field at all
     _check_written(stopped)
     with pytest.raises(RetryableError, match="without completion_probabilities"):
-        _check_written(stopped | {"stop_type": "limit"})
+        _check_written(stopped | {"stop_type": "limit", "completion_probabilities": []})
 
 
 # ------------------------------------------------------------------------------------------------

