@@ -29,7 +29,6 @@ import argparse
 import functools
 import json
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,9 @@ from kdistill.losses.divergences import SparseTargets, divergence, token_mean
 from kdistill.losses.terms import cross_entropy
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the tests' synthetic task: the same tiny models, one definition
+from synthetic import make_texts, word_tokenizer  # noqa: E402
+
 SECTIONS = ("training", "chunked", "equality", "generation")
 
 
@@ -100,55 +102,18 @@ def _median_seconds(fn, device: torch.device, repeats: int) -> float:
 
 # ---- training: the default job's objective and settings, bf16 autocast against none ----------------------------
 
-POSITIVE = ["great", "wonderful", "fun", "moving", "brilliant", "charming", "superb", "delightful"]
-NEGATIVE = ["dull", "awful", "boring", "tedious", "clumsy", "bland", "painful", "lifeless"]
-FILLER = ["the", "film", "movie", "story", "was", "is", "really", "quite", "and", "plot", "acting", "a"]
-PROMPT_WORDS = ["Review:", "Sentiment?", "Answer:", "positive", "negative"]
-
-
-def _texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Distinct synthetic reviews whose label is carried by two sentiment words among filler."""
-    rng, rows, seen = random.Random(seed), [], set()
-    while len(rows) < n:
-        label = rng.choice(["positive", "negative"])
-        words = rng.sample(FILLER, 6) + rng.sample(POSITIVE if label == "positive" else NEGATIVE, 2)
-        rng.shuffle(words)
-        if (text := " ".join(words)) not in seen:
-            seen.add(text)
-            rows.append((text, label))
-    return rows
-
-
-def _word_tokenizer(kind: str):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(POSITIVE + NEGATIVE + FILLER + PROMPT_WORDS)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if kind == "encoder":
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                       cls_token="[CLS]", sep_token="[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", vocab["[BOS]"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="[BOS]", eos_token="[EOS]")
-
-
 def _save_models(root: Path, sizes: Sizes) -> tuple[Path, Path]:
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    tokenizer = _word_tokenizer("encoder")
+    tokenizer = word_tokenizer("encoder")
     student = BertModel(BertConfig(vocab_size=sizes.student_vocab, hidden_size=sizes.student_hidden,
                                    num_hidden_layers=sizes.student_layers, num_attention_heads=sizes.student_heads,
                                    intermediate_size=4 * sizes.student_hidden, max_position_embeddings=512,
                                    pad_token_id=tokenizer.pad_token_id))
     student.save_pretrained(root / "student")
     tokenizer.save_pretrained(root / "student")
-    tokenizer = _word_tokenizer("lm")
+    tokenizer = word_tokenizer("lm")
     teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                            max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
@@ -166,7 +131,7 @@ def _train_config(root: Path, student: Path, teacher: Path, sizes: Sizes, device
     data = root / "reviews.csv"
     if not data.exists():
         with open(data, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([("text", "label"), *_texts(sizes.train_examples)])
+            csv.writer(f).writerows([("text", "label"), *make_texts(sizes.train_examples, filler=6)])
     default_job = {  # benchmarks' copy of configs/default.yaml's objective and training sections
         "objective": {"ce": {"weight": 0.5}, "kd": {"weight": 0.5, "divergence": "forward_kl", "temperature": 2.0}},
         "training": {"epochs": sizes.epochs, "batch_size": 32, "learning_rate": 2.0e-4, "early_stopping_patience": 3,

@@ -4,59 +4,21 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
+from synthetic import FILLER, NEGATIVE, POSITIVE, PROMPT_WORDS, make_texts, word_tokenizer  # noqa: F401  (re-exported)
+
 # the tests never reach a hub, however pytest is started (.ci/run exports this too): huggingface_hub reads it
 # once, at import, so a test that sets it later (bad_inputs.yaml's "a hub id while offline") would be too late
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-POSITIVE = ["great", "wonderful", "fun", "moving", "brilliant", "charming", "superb", "delightful"]
-NEGATIVE = ["dull", "awful", "boring", "tedious", "clumsy", "bland", "painful", "lifeless"]
-FILLER = ["the", "film", "movie", "story", "was", "is", "really", "quite", "and", "plot", "acting", "a"]
-PROMPT_WORDS = ["Review:", "Sentiment?", "Answer:", "positive", "negative", "N/A", "[MASK]"]
-
-
-def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    rows, seen = [], set()
-    while len(rows) < n:
-        label = rng.choice(["positive", "negative"])
-        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label == "positive" else NEGATIVE, 2)
-        rng.shuffle(words)
-        text = " ".join(words)
-        if text not in seen:
-            seen.add(text)
-            rows.append((text, label))
-    return rows
-
-
-def _tokenizer(kind: str, extra_words: tuple[str, ...] = ()):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]"]
-    words = sorted(set(POSITIVE + NEGATIVE + FILLER + PROMPT_WORDS)) + [w for w in extra_words if w not in PROMPT_WORDS]
-    vocab = {w: i for i, w in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if kind == "encoder":
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                       cls_token="[CLS]", sep_token="[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", vocab["[BOS]"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="[BOS]", eos_token="[EOS]")
-
-
 def save_tiny_lm(path: Path, seed: int = 0, extra_words: tuple[str, ...] = ()) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _tokenizer("lm", extra_words)
+    tokenizer = word_tokenizer("lm", extra_words)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -71,7 +33,7 @@ def save_tiny_lm(path: Path, seed: int = 0, extra_words: tuple[str, ...] = ()) -
 def save_tiny_encoder(path: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     from transformers import BertConfig, BertModel
 
-    tokenizer = _tokenizer("encoder")
+    tokenizer = word_tokenizer("encoder")
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,

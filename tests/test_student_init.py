@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import _tokenizer, make_texts
+from conftest import make_texts, word_tokenizer
 from kdistill.errors import KdistillError
 from kdistill.losses.divergences import divergence
 from kdistill.train import student_init
@@ -46,7 +46,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     from transformers import AutoModelForCausalLM, BertConfig, BertForSequenceClassification, BertModel
 
     root = tmp_path_factory.mktemp("sources")
-    lm_tokenizer, encoder_tokenizer = _tokenizer("lm"), _tokenizer("encoder")
+    lm_tokenizer, encoder_tokenizer = word_tokenizer("lm"), word_tokenizer("encoder")
     paths = {}
     for seed, family in enumerate(["llama", "qwen2", "gemma3"]):
         torch.manual_seed(seed)
@@ -69,7 +69,7 @@ def _load(path: Path, family: str):
 
 
 def _inputs(family: str, texts: list[str] | None = None) -> dict[str, torch.Tensor]:
-    tokenizer = _tokenizer("encoder" if family.startswith("bert") else "lm")
+    tokenizer = word_tokenizer("encoder" if family.startswith("bert") else "lm")
     texts = texts or ["the film was really great and the plot was fun", "a dull story"]
     return dict(tokenizer(texts, return_tensors="pt", padding=True))
 
@@ -216,7 +216,7 @@ def test_refuses_to_overwrite_its_source_and_models_with_two_stacks(sources, tmp
     from transformers import T5Config, T5ForConditionalGeneration
 
     t5 = T5Config(vocab_size=41, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2)
-    t5_path = _save(T5ForConditionalGeneration(t5), _tokenizer("lm"), tmp_path / "t5")
+    t5_path = _save(T5ForConditionalGeneration(t5), word_tokenizer("lm"), tmp_path / "t5")
     with pytest.raises(KdistillError, match="encoder-decoder and multimodal models are not supported"):
         shrink_model(t5_path, "every-2", tmp_path / "student")
 
@@ -234,7 +234,7 @@ def test_numpy_integers_are_layer_indices():
 def _save_tiny_moe(path: Path, **overrides) -> Path:
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-    tokenizer = _tokenizer("lm")
+    tokenizer = word_tokenizer("lm")
     config = Qwen2MoeConfig(**{**dict(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
         shared_expert_intermediate_size=16, num_experts=2, num_experts_per_tok=1, num_hidden_layers=NUM_LAYERS,
