@@ -92,8 +92,11 @@ class _FakeLlamaHandler(_Handler):
         request = json.loads(self._body())
         with server.lock:
             server.counts[self.path] += 1
-        if self.path == "/tokenize":
-            ids = server.tokenizer(request["content"], add_special_tokens=False)["input_ids"]
+        if self.path == "/tokenize":  # llama.cpp: {content, add_special}; vLLM: {model, prompt, add_special_tokens}
+            field, special = ("content", "add_special") if server.llama_cpp else ("prompt", "add_special_tokens")
+            if field not in request:  # as vLLM's request validation answers
+                return self._send(400, json.dumps({"error": {"message": f"body.{field}: Field required"}}).encode())
+            ids = server.tokenizer(request[field], add_special_tokens=bool(request.get(special, True)))["input_ids"]
             return self._send(200, json.dumps({"tokens": [i + server.tokenize_offset for i in ids]}).encode())
         if self.path == "/completion" and server.llama_cpp:
             return self._send(200, json.dumps(server.completion(request)).encode())

@@ -93,8 +93,10 @@ class ServedTokens:
         return served
 
     def tokenize(self, text: str) -> list[int]:
-        reply = self._ask(self.settings.server_root + "/tokenize", {"content": text, "add_special": False},
-                          check=_check_tokens)
+        # llama.cpp takes {content, add_special}; vLLM {model, prompt, add_special_tokens} (recorded, vllm 0.32)
+        body = ({"content": text, "add_special": False} if self.is_llama_cpp() else
+                {"model": self.model, "prompt": text, "add_special_tokens": False})
+        reply = self._ask(self.settings.server_root + "/tokenize", body, check=_check_tokens)
         tokens = reply["tokens"]
         return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
 
