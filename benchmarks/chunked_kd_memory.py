@@ -258,6 +258,8 @@ def main() -> None:
     parser.add_argument("--peer-tokens", type=int, default=None,
                         help="tokens for the TRL and Liger variants (default: --tokens)")
     parser.add_argument("--no-peers", action="store_true", help="skip the TRL and Liger variants")
+    parser.add_argument("--equality-only", action="store_true",
+                        help="only the equality check (no timing): writes chunked_kd_equality.json and .md")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, for the subprocesses
     args = parser.parse_args()
     args.naive_tokens = args.naive_tokens or min(args.tokens, 1024)
@@ -266,6 +268,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.variant:
         print(json.dumps(measure(args)))
+        return
+    if args.equality_only:  # deterministic, so it may run on busy cores, unlike the timings
+        eq = equality(args)
+        atomic_write_text(HERE / "results" / "chunked_kd_equality.json", json.dumps(eq, indent=2) + "\n")
+        lines = [f"# The chunked KD loss against F.kl_div: equality ({eq['tokens']} tokens, V = {args.vocab:,}, "
+                 f"hidden {args.hidden}, fp32)", "",
+                 "|difference| / |reference| of the value and ||difference|| / ||reference|| of each gradient; *vs "
+                 "float64*: against F.kl_div computed in float64, the exact figure both float32 computations round.",
+                 "", "| compared | value | grad w.r.t. hidden | grad w.r.t. lm_head |", "|---|---|---|---|"]
+        lines += [f"| {name} | {e['value_rel']:.1e} | {e['grad_hidden_rel']:.1e} | {e['grad_lm_head_rel']:.1e} |"
+                  for name, e in eq.items() if name != "tokens"]
+        atomic_write_text(HERE / "results" / "chunked_kd_equality.md", "\n".join(lines) + "\n")
+        print("\n".join(lines))
         return
     variants = ["naive"] + [f"chunked:{c}" for c in args.chunk_tokens]
     if not args.no_peers:
