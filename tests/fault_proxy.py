@@ -44,7 +44,8 @@ class _Server:
     """A ThreadingHTTPServer on a free loopback port, run in a daemon thread; use as a context manager."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        handler.owner = self
+        # a subclass per server: two stand-ins alive at once would otherwise share the class's owner
+        handler = type(handler.__name__, (handler,), {"owner": self})
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]

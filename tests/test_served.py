@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import save_tiny_lm
 from fake_llama import FakeLlama
 from fault_proxy import FaultProxy
 from kdistill.config import EndpointConfig
@@ -84,6 +85,42 @@ def test_served_rows_equal_the_in_process_teachers(tmp_path, tiny_models, target
         if targets == "teacher":  # one request writes and scores; one more scores the EOS after a cut-off target
             assert fake.counts["/completion"] <= 2.5 * len(served)  # (scoring each token anew: 1 + 5 each)
     assert_same_rows(served, local)
+
+
+def test_served_teachers_form_an_ensemble_like_in_process_ones(tmp_path, tiny_models):
+    """A served first teacher and a served member (each on its own server) give the per-token mixture that the
+    same two teachers give in-process; a member that tokenizes differently is refused in one line naming it."""
+    from kdistill.config import RunConfig, from_dict
+    from kdistill.data.gen_data import prepare_generation
+    from kdistill.teachers.generation import targets_for
+    from test_gen_pipeline import _gen_config_dict
+
+    member_dir = save_tiny_lm(tmp_path / "lm3", seed=2)
+
+    def mixed(folder, teacher: dict, member: dict) -> dict:
+        config = _gen_config_dict(tmp_path / folder, tiny_models, teacher=teacher, ensemble={"combine": "mean"})
+        cfg = from_dict(RunConfig, config | {"teachers": [{"name": "lm3", "token_top_k": 8, **member}]})
+        data = prepare_generation(cfg.data, cfg.task)
+        targets = targets_for(cfg, data, progress=False)
+        return {e.id: targets.ensemble.rows(targets.entry.tokens(e.id), e.id) for e in data.train}
+
+    (tmp_path / "local").mkdir()
+    local = mixed("local", {"token_top_k": 8}, {"model": str(member_dir)})
+    (tmp_path / "served").mkdir()
+    with FakeLlama(tiny_models["lm"]) as first, FakeLlama(member_dir) as member:
+        served = mixed("served", {"model": "fake.gguf", "endpoint": {"base_url": first.url, **FAST}},
+                       {"model": "fake3.gguf", "endpoint": {"base_url": member.url, **FAST}})
+    assert served.keys() == local.keys()
+    for i in local:
+        assert torch.equal(served[i].token_ids[:, 0], local[i].token_ids[:, 0]), i
+        torch.testing.assert_close(served[i].logprobs[:, :4], local[i].logprobs[:, :4], atol=1e-3, rtol=0)
+
+    (tmp_path / "other").mkdir()
+    with FakeLlama(tiny_models["lm"]) as first, FakeLlama(member_dir, tokenize_offset=1) as member:
+        with pytest.raises(KdistillError, match=r"teachers\[0\] \('lm3'\) tokenizes differently") as err:
+            mixed("other", {"model": "fake.gguf", "endpoint": {"base_url": first.url, **FAST}},
+                  {"model": "fake3.gguf", "endpoint": {"base_url": member.url, **FAST}})
+    assert "\n" not in str(err.value)
 
 
 def test_vllm_echo_scoring_gives_the_same_rows(tmp_path, tiny_models):

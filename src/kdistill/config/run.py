@@ -187,7 +187,7 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     teachers: list[TeacherConfig] = field(default_factory=list)
     """More teachers: with any, the student learns from the ensemble of `teacher` and these (a generation task:
-    in-process causal LMs with the first teacher's tokenizer, mixed per target token)."""
+    causal LMs, in-process or served, with the first teacher's tokenizer, mixed per target token)."""
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -269,14 +269,13 @@ class RunConfig:
         unsupported = [name for name, on in [("objective.balance", self.objective.balance.weight > 0),
                                              ("objective.contrastive", self.objective.contrastive.weight > 0),
                                              ("data.num_labelled", self.data.num_labelled is not None)] if on]
-        for i, member in enumerate(self.members):  # an ensemble's other teachers are asked in-process
+        for i, member in enumerate(self.members):
             where = "teacher" if i == 0 else f"teachers[{i - 1}]"
-            unsupported += [f"{where}.{name}" for name, on in [("endpoint", member.is_endpoint and i > 0),
-                                                               ("finetune", member.finetune)] if on]
-        if self.teacher.is_endpoint and (self.training.on_policy_fraction > 0 or self.teachers):
+            unsupported += [f"{where}.finetune"] if member.finetune else []
+        if self.teacher.is_endpoint and self.training.on_policy_fraction > 0:
             raise KdistillError("teacher.endpoint: a served generation teacher writes targets and scores them; "
-                                "training.on_policy_fraction and `teachers` need it in-process. Set the one to 0 "
-                                "or remove the other, or remove teacher.endpoint.")
+                                "training.on_policy_fraction needs it in-process. Set it to 0, or remove "
+                                "teacher.endpoint.")
         if unsupported:
             raise KdistillError(f"a generation task does not support {', '.join(unsupported)} yet: causal-LM "
                                 "teachers (the first may be served), and the ce, kd and hidden terms. Remove them "

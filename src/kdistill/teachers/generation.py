@@ -226,9 +226,16 @@ def _member_tokenizer(cfg: RunConfig, member: TeacherConfig, first_tokenizer) ->
 def member_entry(cfg: RunConfig, member: TeacherConfig, examples: list[GenExample], first: GenTargets,
                  first_tokenizer, *, progress: bool = True) -> tuple[CacheEntry, int]:
     """Another teacher's rows along the first's targets of ``examples``, teacher-forced, in an entry of its own
-    (keyed by it and the target texts); (the entry, its vocabulary size). Loaded only if the entry lacks rows."""
+    (keyed by it and the target texts); (the entry, its vocabulary size). Loaded only if the entry lacks rows; a
+    member behind an endpoint is asked on its server."""
     from transformers import AutoConfig
 
+    if member.is_endpoint:
+        from kdistill.teachers.served_generation import served_member_entry
+
+        key = f"teachers[{cfg.teachers.index(member)}]"
+        return served_member_entry(cfg, member, key, examples, {e.id: first.target(e) for e in examples},
+                                   first_tokenizer, progress=progress)
     tokenizer = _member_tokenizer(cfg, member, first_tokenizer)
     path = resolve_model_path(member.model)
     hf = AutoConfig.from_pretrained(path, revision=member.revision, trust_remote_code=member.trust_remote_code)
@@ -277,9 +284,12 @@ def targets_for(cfg: RunConfig, data: GenData, *, progress: bool, teacher=None) 
         from kdistill.teachers.served_generation import served_targets
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.student.model), revision=cfg.student.revision)
-        entry, with_rows = served_targets(cfg, examples, tokenizer, progress=progress)
-        return GenTargets(entry, written_by_teacher=cfg.task.targets == "teacher", eos_id=tokenizer.eos_token_id,
-                          token_rows=with_rows)
+        entry, with_rows, vocab_size = served_targets(cfg, examples, tokenizer, progress=progress)
+        targets = GenTargets(entry, written_by_teacher=cfg.task.targets == "teacher", eos_id=tokenizer.eos_token_id,
+                             token_rows=with_rows)
+        if cfg.teachers and cfg.objective.kd.weight > 0 and with_rows:  # rows along the student's tokens
+            targets.ensemble = token_ensemble(cfg, data.train, targets, tokenizer, vocab_size, progress=progress)
+        return targets
     module, tokenizer = teacher or load_causal_lm(cfg.teacher, pick_device(cfg.training.device))
     targets = teacher_targets(cfg, examples, module, tokenizer, progress=progress)
     if cfg.teachers and cfg.objective.kd.weight > 0:  # only the kd term reads the other teachers' rows

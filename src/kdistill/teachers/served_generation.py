@@ -1,7 +1,8 @@
 """A generation task's teacher on a server (`teacher.endpoint`): its written targets and its top-k at every target
 token, in the same keyed, resumable cache (and the same TokenRow layout) as the in-process teacher's.
 
-    served_targets(cfg, examples, tokenizer, progress=) -> (cache entry, whether it holds per-token rows)
+    served_targets(cfg, examples, tokenizer, progress=) -> (cache entry, whether it holds per-token rows, vocab size)
+    served_member_entry(cfg, member, key, examples, targets, tokenizer) -> an ensemble member's rows on its server
 
 The rows are along the *student's* tokens: prompt and target go to the server as the student tokenizer's ids
 (as `encode_targets` makes them for training), after the server's /tokenize has been shown to split probe texts
@@ -24,7 +25,7 @@ from kdistill.cache.keys import fingerprint, key_fields
 from kdistill.cache.openai import token_lookup
 from kdistill.cache.resumable import elicit_resumable
 from kdistill.cache.shard import TokenRow
-from kdistill.config import RunConfig
+from kdistill.config import RunConfig, TeacherConfig
 from kdistill.data.generative import prompt_text
 from kdistill.data.records import GenExample
 from kdistill.errors import KdistillError
@@ -44,13 +45,12 @@ class Asked:
     target: str | None  # None: the teacher writes it
 
 
-def served_client(cfg: RunConfig) -> tuple[ServedTokens, Any]:
-    """The first teacher's client, its server started when kdistill serves it; (client, server or None)."""
-    t = cfg.teacher
-    settings, server = serving(t.endpoint, t.model)
+def served_client(t: TeacherConfig, config_key: str = "teacher") -> tuple[ServedTokens, Any]:
+    """A teacher's client, its server started when kdistill serves it; (client, server or None)."""
+    settings, server = serving(t.endpoint, t.model, config_key)
     if server is not None:  # a whole target comes back in one reply, and a busy CPU server takes minutes for it; a
         settings = replace(settings, timeout_s=max(settings.timeout_s, 600.0))  # dead one is a refused connection
-    client = ServedTokens(settings, model=t.model, k=t.token_top_k)
+    client = ServedTokens(settings, model=t.model, k=t.token_top_k, config_key=config_key)
     client.transport.revive = server.revive if server is not None else None
     return client, server
 
@@ -73,10 +73,12 @@ def token_rows_wanted(cfg: RunConfig, client: ServedTokens, tokenizer, examples:
 
 
 def _fields(cfg: RunConfig, client: ServedTokens, tokenizer, examples: list[GenExample], with_rows: bool,
-            vocab_size: int) -> dict[str, Any]:
+            vocab_size: int, member: TeacherConfig | None = None, targets: dict[str, str] | None = None
+            ) -> dict[str, Any]:
     """Everything that determines the served rows: the served model (its own description, and for a server kdistill
-    starts its GGUF's name and arguments), the student tokenizer the rows are along, prompt, decoding, k, data."""
-    t, task = cfg.teacher, cfg.task
+    starts its GGUF's name and arguments), the student tokenizer the rows are along, prompt, decoding, k, data.
+    ``member`` and ``targets``: an ensemble member's rows along the first teacher's targets (it writes none)."""
+    t, task = member or cfg.teacher, cfg.task
     served = {"served": client.served_model(), "server_args": list(t.endpoint.server_args),
               "api": "llama.cpp /completion" if client.is_llama_cpp() else "openai /v1/completions"}
     decoding = ({"sampling": True, "sampling_temperature": t.sampling_temperature, "top_p": t.top_p,
@@ -84,12 +86,13 @@ def _fields(cfg: RunConfig, client: ServedTokens, tokenizer, examples: list[GenE
     return key_fields(
         kind="tokens", teacher=f"served:{t.model}", weights=f"served:{fingerprint(served)}",
         tokenizer=tokenizer_fingerprint(tokenizer), prompt=fingerprint([task.prompt_template, task.targets, task.stop]),
-        data=fingerprint([(e.id, e.prompt, e.target) for e in examples]), example_ids=[e.id for e in examples],
+        data=fingerprint([(e.id, e.prompt, targets[e.id] if targets else e.target) for e in examples]),
+        example_ids=[e.id for e in examples],
         k=t.token_top_k if with_rows else 1, temperature=1.0, vocab_size=vocab_size,
         max_length=cfg.student.max_length, target_after_prompt="continuation: a space unless either side has one",
         token_rows=with_rows,
         written_targets=decoding | {"max_new_tokens": task.max_new_tokens, "ends": "eos, stop strings"}
-        if task.targets == "teacher" else None)
+        if task.targets == "teacher" and targets is None else None)
 
 
 def _split(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
@@ -133,10 +136,10 @@ def _one(cfg: RunConfig, client: ServedTokens, tokenizer, asked: Asked, with_row
 
 
 def served_targets(cfg: RunConfig, examples: list[GenExample], tokenizer, *,
-                   progress: bool = True) -> tuple[CacheEntry, bool]:
-    """The served teacher's cache entry for ``examples``, filled with only what it lacked, and whether it holds
-    per-token rows (see `token_rows_wanted`)."""
-    client, _ = served_client(cfg)
+                   progress: bool = True) -> tuple[CacheEntry, bool, int]:
+    """The served teacher's cache entry for ``examples``, filled with only what it lacked, whether it holds
+    per-token rows (see `token_rows_wanted`), and the vocabulary size its rows index."""
+    client, _ = served_client(cfg.teacher)
     with_rows = token_rows_wanted(cfg, client, tokenizer, examples)
     meta = client.served_model().get("meta", {})
     vocab_size = max(int(meta.get("n_vocab", 0)), len(tokenizer))
@@ -154,4 +157,35 @@ def served_targets(cfg: RunConfig, examples: list[GenExample], tokenizer, *,
     # a shard per two rounds of the server's slots: every slot stays busy, and a kill loses at most that much
     elicit_resumable(entry, list(by_id), compute, shard_size=max(8, 2 * workers), progress=progress)
     log.info("served teacher: %d requests, %d retries", client.num_requests, client.transport.num_retries)
-    return entry, with_rows
+    return entry, with_rows, vocab_size
+
+
+def served_member_entry(cfg: RunConfig, member: TeacherConfig, config_key: str, examples: list[GenExample],
+                        targets: dict[str, str], tokenizer, *, progress: bool = True) -> tuple[CacheEntry, int]:
+    """An ensemble member on a server: its rows along the first teacher's ``targets`` (example id -> text),
+    teacher-forced, along ``tokenizer``'s tokens (the student's, which the first teacher shares), in an entry of its
+    own; (the entry, the vocabulary size its rows index). Its /tokenize must split text as ``tokenizer`` does."""
+    client, _ = served_client(member, config_key)
+    differs = client.check_tokenizer(tokenizer, [prompt_text(cfg.task.prompt_template, e) for e in examples[:3]])
+    if differs is not None:
+        raise KdistillError(f"{config_key} ({member.display_name!r}) tokenizes differently from the first teacher and "
+                            f"the student: {differs}. A generation task mixes its teachers token by token, so they "
+                            f"must share one tokenizer: remove it from `teachers`, or serve one of the same family.")
+    vocab_size = max(int(client.served_model().get("meta", {}).get("n_vocab", 0)), len(tokenizer))
+    entry = TeacherCache(cfg.paths.teacher_cache).entry(
+        _fields(cfg, client, tokenizer, examples, True, vocab_size, member=member, targets=targets))
+    by_id = {e.id: e for e in examples}
+    to_id = token_lookup(tokenizer) if not client.is_llama_cpp() else None
+
+    def one(example_id: str) -> TokenRow:
+        prompt_ids, target_ids = _split(tokenizer, prompt_text(cfg.task.prompt_template, by_id[example_id]),
+                                        targets[example_id], cfg.student.max_length)
+        return TokenRow(*rows_to_arrays(client.score(prompt_ids, target_ids, to_id=to_id), member.token_top_k))
+
+    def compute(ids: list[str]) -> list[TokenRow]:
+        with ThreadPoolExecutor(max_workers=client.settings.max_concurrency, thread_name_prefix="kdistill-served") as pool:
+            return list(pool.map(one, ids))
+
+    elicit_resumable(entry, list(by_id), compute, shard_size=max(8, 2 * client.settings.max_concurrency),
+                     progress=progress)
+    return entry, vocab_size
