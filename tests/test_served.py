@@ -113,7 +113,9 @@ def test_served_teachers_form_an_ensemble_like_in_process_ones(tmp_path, tiny_mo
     assert served.keys() == local.keys()
     for i in local:
         assert torch.equal(served[i].token_ids[:, 0], local[i].token_ids[:, 0]), i
-        torch.testing.assert_close(served[i].logprobs[:, :4], local[i].logprobs[:, :4], atol=1e-3, rtol=0)
+        assert torch.equal(served[i].token_ids, local[i].token_ids), i  # the same mixed top-k ids
+        top = torch.isfinite(local[i].logprobs)
+        torch.testing.assert_close(served[i].logprobs[top], local[i].logprobs[top], atol=1e-4, rtol=0)
 
     (tmp_path / "other").mkdir()
     with FakeLlama(tiny_models["lm"]) as first, FakeLlama(member_dir, tokenize_offset=1) as member:
