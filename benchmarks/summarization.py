@@ -68,9 +68,11 @@ def checks(results: dict) -> list[dict]:
     return out
 
 
-def _markdown(name: str, wall_s: float, results: dict, found: list[dict]) -> str:
+def _markdown(name: str, wall_s: float, results: dict, found: list[dict], resumed: bool = False) -> str:
+    # a resumed run times only the stages it still had to do: say so, or its wall time reads as the whole run's
+    what = "this command (`--resume`: the stages done before it are not in it)" if resumed else "the run"
     lines = [f"# {name}: `kdistill run {results['run']}` on real models", "",
-             f"Wall time of the run: **{wall_s / 60:.1f} min** (timings: " +
+             f"Wall time of {what}: **{wall_s / 60:.1f} min** (timings: " +
              ", ".join(f"{k} {v / 60:.1f} min" for k, v in results.get("timings", {}).items()) + "). "
              f"Test split: {results['test_examples']} examples; references: "
              f"{'written by the teacher' if results['references'] == 'teacher' else 'from the data'}.", "",
@@ -122,10 +124,10 @@ def main() -> None:
     found = checks(results)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{args.name}.json").write_text(
-        json.dumps({"wall_s": wall_s, "checks": found, "results": results}, indent=2) + "\n")
-    (HERE / "results" / f"{args.name}.md").write_text(_markdown(args.name, wall_s, results, found))
+        json.dumps({"wall_s": wall_s, "resumed": args.resume, "checks": found, "results": results}, indent=2) + "\n")
+    (HERE / "results" / f"{args.name}.md").write_text(_markdown(args.name, wall_s, results, found, args.resume))
     shutil.copyfile(run_dir / "report.md", HERE / "results" / f"{args.name}_report.md")
-    print(_markdown(args.name, wall_s, results, found))
+    print(_markdown(args.name, wall_s, results, found, args.resume))
 
 
 if __name__ == "__main__":
