@@ -40,7 +40,8 @@ def run_variant(config: str, name: str, overrides: dict[str, Any], out: Path, st
     run_dir = run_linked(config, overrides, out / name.replace("+", "_"), store)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     labels = results["labels"]
-    entry: dict[str, Any] = {"overrides": overrides, "seconds": time.perf_counter() - start, "models": {}}
+    entry: dict[str, Any] = {"overrides": overrides, "seconds": time.perf_counter() - start, "models": {},
+                             **({"teacher_cost": results["teacher_cost"]} if "teacher_cost" in results else {})}
     for key, model in results["models"].items():
         runs = list(model["seeds"].values()) if "seeds" in model else [model["metrics"]]
         entry["models"][key] = {
