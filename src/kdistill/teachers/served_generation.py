@@ -14,6 +14,7 @@ the unit a kill can lose, and every request is retried (and a server kdistill st
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -141,23 +142,38 @@ def served_targets(cfg: RunConfig, examples: list[GenExample], tokenizer, *,
     per-token rows (see `token_rows_wanted`), and the vocabulary size its rows index."""
     client, _ = served_client(cfg.teacher)
     with_rows = token_rows_wanted(cfg, client, tokenizer, examples)
-    meta = client.served_model().get("meta", {})
-    vocab_size = max(int(meta.get("n_vocab", 0)), len(tokenizer))
+    vocab_size = _vocab_size(client, tokenizer)
     entry = TeacherCache(cfg.paths.teacher_cache).entry(_fields(cfg, client, tokenizer, examples, with_rows, vocab_size))
     by_id = {e.id: e for e in examples}
-    workers = client.settings.max_concurrency
     to_id = token_lookup(tokenizer) if with_rows and not client.is_llama_cpp() else None
 
-    def compute(ids: list[str]) -> list[TokenRow]:
-        asks = [Asked(prompt_text(cfg.task.prompt_template, by_id[i]),
-                      None if cfg.task.targets == "teacher" else by_id[i].target) for i in ids]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kdistill-served") as pool:
-            return list(pool.map(lambda a: _one(cfg, client, tokenizer, a, with_rows, to_id), asks))
+    def one(example_id: str) -> TokenRow:
+        example = by_id[example_id]
+        asked = Asked(prompt_text(cfg.task.prompt_template, example),
+                      None if cfg.task.targets == "teacher" else example.target)
+        return _one(cfg, client, tokenizer, asked, with_rows, to_id)
 
-    # a shard per two rounds of the server's slots: every slot stays busy, and a kill loses at most that much
-    elicit_resumable(entry, list(by_id), compute, shard_size=max(8, 2 * workers), progress=progress)
+    _elicit_in_parallel(client, entry, list(by_id), one, progress=progress)
     log.info("served teacher: %d requests, %d retries", client.num_requests, client.transport.num_retries)
     return entry, with_rows, vocab_size
+
+
+def _vocab_size(client: ServedTokens, tokenizer) -> int:
+    """The vocabulary size the served rows index: the server's n_vocab, or the tokenizer's if that is larger."""
+    return max(int(client.served_model().get("meta", {}).get("n_vocab", 0)), len(tokenizer))
+
+
+def _elicit_in_parallel(client: ServedTokens, entry: CacheEntry, ids: list[str], one: Callable[[str], TokenRow], *,
+                        progress: bool) -> None:
+    """Fill ``entry`` with ``one(id)`` for the ids it lacks, as many requests in flight as the client allows."""
+    workers = client.settings.max_concurrency
+
+    def compute(chunk: list[str]) -> list[TokenRow]:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kdistill-served") as pool:
+            return list(pool.map(one, chunk))
+
+    # a shard per two rounds of the server's slots: every slot stays busy, and a kill loses at most that much
+    elicit_resumable(entry, ids, compute, shard_size=max(8, 2 * workers), progress=progress)
 
 
 def served_member_entry(cfg: RunConfig, member: TeacherConfig, config_key: str, examples: list[GenExample],
@@ -171,7 +187,7 @@ def served_member_entry(cfg: RunConfig, member: TeacherConfig, config_key: str, 
         raise KdistillError(f"{config_key} ({member.display_name!r}) tokenizes differently from the first teacher and "
                             f"the student: {differs}. A generation task mixes its teachers token by token, so they "
                             f"must share one tokenizer: remove it from `teachers`, or serve one of the same family.")
-    vocab_size = max(int(client.served_model().get("meta", {}).get("n_vocab", 0)), len(tokenizer))
+    vocab_size = _vocab_size(client, tokenizer)
     entry = TeacherCache(cfg.paths.teacher_cache).entry(
         _fields(cfg, client, tokenizer, examples, True, vocab_size, member=member, targets=targets))
     by_id = {e.id: e for e in examples}
@@ -182,10 +198,5 @@ def served_member_entry(cfg: RunConfig, member: TeacherConfig, config_key: str, 
                                         targets[example_id], cfg.student.max_length)
         return TokenRow(*rows_to_arrays(client.score(prompt_ids, target_ids, to_id=to_id), member.token_top_k))
 
-    def compute(ids: list[str]) -> list[TokenRow]:
-        with ThreadPoolExecutor(max_workers=client.settings.max_concurrency, thread_name_prefix="kdistill-served") as pool:
-            return list(pool.map(one, ids))
-
-    elicit_resumable(entry, list(by_id), compute, shard_size=max(8, 2 * client.settings.max_concurrency),
-                     progress=progress)
+    _elicit_in_parallel(client, entry, list(by_id), one, progress=progress)
     return entry, vocab_size
