@@ -92,8 +92,9 @@ def main() -> None:
     parser.add_argument("--name", default="endpoint_agreement", help="results file name (benchmarks/results/NAME.md)")
     parser.add_argument("--teacher", default=None, help="a built-in GGUF model instead of the default job's teacher")
     args = parser.parse_args()
-    # the default job: Gemma-3-270m, 2 shots per label, content-free calibration (or another GGUF teacher)
-    cfg = load_config(None, {"teacher.model": args.teacher} if args.teacher else None)
+    # the prompted job (sentiment-prompted, the default until 2026-12): Gemma-3-270m, 2 shots per label,
+    # content-free calibration (or another GGUF teacher)
+    cfg = load_config("sentiment-prompted", {"teacher.model": args.teacher} if args.teacher else None)
     data = prepare_data(cfg.data, cfg.task)
     examples = data.test[: args.examples]
     texts = [e.text for e in examples]

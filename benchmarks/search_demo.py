@@ -106,7 +106,7 @@ def _markdown(summary: dict[str, Any], table: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="default", help="a config with a `search` section")
+    parser.add_argument("--config", default="sentiment-prompted", help="a config with a `search` section")
     parser.add_argument("--kill-after", type=int, default=4, help="finished trials before the SIGKILL")
     args = parser.parse_args()
     work = HERE / "runs" / "search_demo"

@@ -46,7 +46,7 @@ def _setup(examples: int):
     from kdistill.data import prepare_data
     from kdistill.teachers.elicit import few_shot_prefix
 
-    cfg = load_config(None)
+    cfg = load_config("sentiment-prompted")  # the prompted Gemma job (the default job until 2026-12)
     data = prepare_data(cfg.data, cfg.task)
     texts = [e.text for e in data.test[:examples]]
     prefix = few_shot_prefix(cfg.task, data.labelled, cfg.teacher.few_shot_per_label, cfg.data.split_seed)

@@ -141,7 +141,7 @@ def labels(args) -> dict:
     from kdistill.teachers.endpoint import EndpointLabelModel
     from kdistill.teachers.served import serving, stop_servers
 
-    cfg = load_config(None)
+    cfg = load_config("sentiment-prompted")  # the prompted Gemma job (the default job until 2026-12)
     data = prepare_data(cfg.data, cfg.task)
     texts = [e.text for e in data.test[:args.examples]]
     prefix = few_shot_prefix(cfg.task, data.labelled, cfg.teacher.few_shot_per_label, cfg.data.split_seed)

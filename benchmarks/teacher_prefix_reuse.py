@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cfg = load_config(None)
+    cfg = load_config("sentiment-prompted")  # the prompted Gemma job (the default job until 2026-12)
     data = prepare_data(cfg.data, cfg.task)
     teacher = load_member(cfg, data, cfg.teacher, progress=False)
     texts = [e.text for e in data.train[: args.examples]]

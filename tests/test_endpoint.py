@@ -340,7 +340,7 @@ def sentiment_setup():
     from kdistill.data import prepare_data
     from kdistill.teachers.elicit import few_shot_prefix
 
-    cfg = load_config(None, {"data.max_examples": 200})
+    cfg = load_config("sentiment-prompted", {"data.max_examples": 200})
     data = prepare_data(cfg.data, cfg.task)
     prefix = few_shot_prefix(cfg.task, data.labelled, cfg.teacher.few_shot_per_label, cfg.data.split_seed)
     return cfg, prefix, [e.text for e in data.test[:12]]

@@ -80,3 +80,20 @@ def test_saved_artefacts_follow_the_umask_like_save_pretrained(tmp_path, tiny_mo
     written = [p for p in [folder, *folder.rglob("*"), *folder.parent.glob("*.json")]]
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in written}
     assert all(mode == (0o755 if p.is_dir() else 0o644) for p, mode in zip(written, modes.values())), modes
+
+
+def test_kdistill_run_shows_its_own_bars_not_a_loading_bar_per_model(tmp_path, tiny_models, capsys):
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, tiny_models, evaluation={"seeds": [0]},
+                                                      training={"epochs": 1})))
+    try:
+        assert main(["run", str(config)]) == 0
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+        assert not huggingface_hub.utils.are_progress_bars_disabled()  # a download from a hub still shows its bar
+    finally:
+        transformers.utils.logging.enable_progress_bar()
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "training distilled seed 0" in err

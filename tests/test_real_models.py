@@ -18,28 +18,42 @@ from kdistill.teachers.signal import load_member
 pytestmark = pytest.mark.slow
 
 
+SMALL = {"data.max_examples": 150, "data.num_labelled": 40, "training.epochs": 1, "evaluation.seeds": [0],
+         "evaluation.latency_examples": 3, "evaluation.throughput_batches": 1}
+
+
 @pytest.fixture(scope="module")
-def small_default(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    return load_config(None, {"output_dir": str(out), "data.max_examples": 150, "data.num_labelled": 40,
-                              "training.epochs": 1, "evaluation.seeds": [0], "evaluation.latency_examples": 3,
-                              "evaluation.throughput_batches": 1})
+def small_prompted(tmp_path_factory):
+    """The prompted-Gemma job (the default until 2026-12), small."""
+    return load_config("sentiment-prompted", {"output_dir": str(tmp_path_factory.mktemp("runs")), **SMALL})
 
 
-def test_real_teacher_prefix_reuse_matches_full_prompt(small_default):
-    data = prepare_data(small_default.data, small_default.task)
-    teacher = load_member(small_default, data, small_default.teacher, progress=False)
+def test_real_teacher_prefix_reuse_matches_full_prompt(small_prompted):
+    data = prepare_data(small_prompted.data, small_prompted.task)
+    teacher = load_member(small_prompted, data, small_prompted.teacher, progress=False)
     texts = [e.text for e in data.test[:6]]
     reused = teacher.predict_logits(texts)
     full = torch.cat([LabelModel.predict_logits(teacher, [t]) for t in texts])
     torch.testing.assert_close(reused, full, rtol=1e-3, atol=1e-3)
 
 
-def test_default_job_pipeline_on_real_models(small_default):
-    run_dir = api.run(small_default, progress=False)
+def test_prompted_job_pipeline_on_real_models(small_prompted):
+    run_dir = api.run(small_prompted, progress=False)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     rows = {r["model"]: r for r in results["comparison"]}
     assert rows["teacher"]["macro_f1"] > 0.55  # the prompted, calibrated Gemma is well above chance
     assert rows["student_distilled"]["speedup_latency"] > 3  # MiniLM-L6 vs Gemma-3-270m
     assert results["models"]["teacher"]["prompt"]["recalibration"]["examples"] == 40
+    assert api.predict(run_dir / "student", ["a wonderful, moving film"])[0]["label"] in {"negative", "positive"}
+
+
+def test_default_job_fine_tunes_its_teacher_and_distils_on_real_models(tmp_path):
+    """The default job, small: MPNet fine-tuned on the 40 labels, sharpened, then distilled into MiniLM-L6."""
+    cfg = load_config(None, {"output_dir": str(tmp_path), **SMALL, "teacher.finetune_epochs": 1})
+    run_dir = api.run(cfg, progress=False)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    rows = {r["model"]: r for r in results["comparison"]}
+    teacher = results["models"]["teacher"]["prompt"]
+    assert teacher["finetuned"] and teacher["recalibration"]["method"] == "temperature"
+    assert rows["student_distilled"]["speedup_latency"] > 1.5  # MiniLM-L6 (22.7 M) vs MPNet-base (109.5 M)
     assert api.predict(run_dir / "student", ["a wonderful, moving film"])[0]["label"] in {"negative", "positive"}

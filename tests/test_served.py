@@ -337,7 +337,7 @@ ELICIT = textwrap.dedent("""\
     import sys
     from kdistill import api
     from kdistill.config import load_config
-    cfg = load_config(None, {"output_dir": sys.argv[1], "data.max_examples": int(sys.argv[2]),
+    cfg = load_config("sentiment-prompted", {"output_dir": sys.argv[1], "data.max_examples": int(sys.argv[2]),
                              "teacher.endpoint.serve": True, "teacher.endpoint.parallel": 1,
                              "teacher.endpoint.extra_body": {"cache_prompt": sys.argv[3] == "cache"},
                              "teacher.endpoint.backoff_s": 0.1, "teacher.endpoint.max_backoff_s": 0.5})
@@ -395,7 +395,7 @@ def _run_to_end(child: subprocess.Popen, seen: set[int]) -> None:
 
 def _cache_files(out: Path) -> dict[str, bytes]:
     """The finished teacher cache, file by file (not the journal of raw replies, nor the lock)."""
-    root = out / "default" / "teacher_cache"
+    root = out / "sentiment-prompted" / "teacher_cache"
     # last_elicitation-*.json is the cost record of the latest `elicit` (calls, seconds): a resumed run asked fewer
     # questions in other seconds, so it differs by design; the answers are everything else
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
@@ -414,7 +414,7 @@ def test_kill_9_during_served_elicitation_leaves_no_server_and_the_rerun_matches
     whole = _elicit(tmp_path / "whole", examples)
     _run_to_end(whole, seen)
     killed = _elicit(tmp_path / "killed", examples)
-    journal = tmp_path / "killed" / "default" / "teacher_cache" / "endpoint-journals" / "gemma-3-270m.jsonl"
+    journal = tmp_path / "killed" / "sentiment-prompted" / "teacher_cache" / "endpoint-journals" / "gemma-3-270m.jsonl"
     _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 30)
     servers = _servers_of(killed.pid)
     assert len(servers) == 1
@@ -432,7 +432,7 @@ def test_kill_9_during_served_elicitation_leaves_no_server_and_the_rerun_matches
 def test_a_server_killed_mid_run_is_started_again_and_the_run_completes(tmp_path, real_server_ready):
     examples = 120
     child = _elicit(tmp_path / "run", examples, "cache")
-    journal = tmp_path / "run" / "default" / "teacher_cache" / "endpoint-journals" / "gemma-3-270m.jsonl"
+    journal = tmp_path / "run" / "sentiment-prompted" / "teacher_cache" / "endpoint-journals" / "gemma-3-270m.jsonl"
     _wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 20)
     first = _servers_of(child.pid)
     assert len(first) == 1
@@ -441,7 +441,7 @@ def test_a_server_killed_mid_run_is_started_again_and_the_run_completes(tmp_path
     _run_to_end(child, seen)
     assert len(seen) >= 2, "no second server was started"
     assert _wait_dead(sorted(seen)) == []
-    manifests = list((tmp_path / "run" / "default" / "teacher_cache").rglob("manifest.json"))
+    manifests = list((tmp_path / "run" / "sentiment-prompted" / "teacher_cache").rglob("manifest.json"))
     assert manifests, "the teacher cache was not finished"
 
 

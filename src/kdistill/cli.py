@@ -284,6 +284,17 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def _quiet_weight_loading() -> None:
+    """transformers draws a "Loading weights" bar for every model it loads (30 in one default job), which buries
+    kdistill's own bars; they say what the run is doing. Downloads from a hub keep their bars: they can be long."""
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()  # also turns the hub's bars off ...
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None:
+        huggingface_hub.utils.enable_progress_bars()  # ... so they come back, unless the user turned them off
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # unknown flags are errors
     debug = args.debug or os.environ.get("KDISTILL_DEBUG", "") not in ("", "0")
@@ -291,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:
+        _quiet_weight_loading()
     try:
         args.func(args)
     except KeyboardInterrupt:
