@@ -93,6 +93,16 @@ def test_the_teacher_is_asked_about_the_labelled_texts_the_budget_and_the_held_o
     assert "select_s" in results["timings"]
 
 
+def test_under_a_budget_the_student_trains_as_many_steps_as_on_the_whole_pool(active_run):
+    """The budget limits what the teacher is asked, not how long the student trains."""
+    splits = json.loads((active_run / "data" / "splits.json").read_text())
+    batch = 8  # tiny_config_dict's training.batch_size; one epoch
+    whole_pool_steps = -(-len(splits["train"]) // batch)
+    assert len(splits["train"]) > NUM_LABELLED + BUDGET  # the pool before the budget cut it
+    training = json.loads((active_run / "students" / "distilled-seed0.training.json").read_text())
+    assert training["steps"] == whole_pool_steps > -(-(NUM_LABELLED + BUDGET) // batch)
+
+
 def test_the_card_shows_the_teachers_cost_and_the_selection_curve(active_run):
     results = json.loads((active_run / "eval" / "results.json").read_text())
     calls = results["teacher_cost"]["total"]["calls"]

@@ -40,6 +40,9 @@ class PreparedData:
     selection_rounds: list[list[str]] | None = None
     """With teacher.budget: the ids of the pool texts chosen in each selection round (all in `train`); the
     teacher is asked about each round's texts together (one cache entry each). None: no selection."""
+    unbudgeted_train: int | None = None
+    """With teacher.budget: how many training texts there were before the pool was cut to the chosen ones
+    (the students' step count follows it; see recipes.label). None: no selection."""
 
     @property
     def labelled(self) -> list[Example]:
@@ -65,7 +68,8 @@ class PreparedData:
             labels = list(report["counts"]["train"])
             report["counts"] = {**report["counts"], "train": _label_counts(train, labels)}
         return PreparedData(train=train, validation=self.validation, test=self.test, report=report,
-                            labelled_train=list(self.labelled), selection_rounds=[list(ids) for ids in rounds])
+                            labelled_train=list(self.labelled), selection_rounds=[list(ids) for ids in rounds],
+                            unbudgeted_train=len(self.train))
 
     def splits(self) -> dict[str, list[Example]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}

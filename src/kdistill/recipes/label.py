@@ -195,20 +195,25 @@ def _training_set(cfg: RunConfig, data: PreparedData,
     """What ``variant`` trains on, which of it has gold labels (None: all), and its optimizer-step cap. With a
     transfer set (data.num_labelled, data.unlabeled), only the distilled student sees the teacher-only texts;
     the labels-only baseline cycles its smaller set for exactly as many optimizer steps as the distilled
-    student takes (its cfg's epochs, rounded up, then capped), so neither side wins by training longer."""
+    student takes (its cfg's epochs, rounded up, then capped), so neither side wins by training longer.
+    Under a teacher budget, both take the steps of the whole pool: the budget limits what the teacher is
+    asked, not how long the student trains (at 50 % of the pool, half the steps cost the default job's
+    student 4 points; see docs/choices.md)."""
     if data.labelled_train is None:
         return cfg, data.train, None, None
-    if variant != "labels_only":
-        return cfg, data.train, {e.id for e in data.labelled_train}, None
     training = cfg.training
-    distilled_epoch = math.ceil(len(data.train) / training.batch_size)  # optimizer steps
-    distilled_steps = distilled_epoch * training.epochs
-    epochs = math.ceil(distilled_steps / math.ceil(len(data.labelled_train) / training.batch_size))
-    # validated at the distilled student's epoch ends, not after each of its own short epochs: the same
-    # validations at the same steps, so early stopping's patience means the same for both
-    eval_every = training.eval_every_steps or distilled_epoch
+    epoch_steps = math.ceil((data.unbudgeted_train or len(data.train)) / training.batch_size)
+    steps = epoch_steps * training.epochs
+    examples = data.labelled_train if variant == "labels_only" else data.train
+    labelled_ids = None if variant == "labels_only" else {e.id for e in data.labelled_train}
+    if variant != "labels_only" and data.unbudgeted_train is None:
+        return cfg, examples, labelled_ids, None
+    epochs = math.ceil(steps / math.ceil(len(examples) / training.batch_size))
+    # validated at the whole training set's epoch ends, not after each of a smaller set's short epochs: the
+    # same validations at the same steps, so early stopping's patience means the same for every student
+    eval_every = training.eval_every_steps or epoch_steps
     training = replace(training, epochs=epochs, eval_every_steps=eval_every)
-    return replace(cfg, training=training), data.labelled_train, None, distilled_steps
+    return replace(cfg, training=training), examples, labelled_ids, steps
 
 
 def _save_student(out: Path, student: LabelModel, objective: Objective, trainer: Trainer, result: Any, *,
