@@ -45,8 +45,8 @@ def test_every_shipped_config_validates():
 
     found = [p for p in REPO.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts
              and "teacher:" in p.read_text(encoding="utf-8")]
-    assert len(found) == 8, found  # default, news-topics, sentiment3, sentiment-two-stage, bbc-summary, trivia-qa,
-    # the parity benchmark's summary-small and the efficacy suite's news-topics-5
+    assert len(found) == 9, found  # default, sentiment-prompted, news-topics, sentiment3, sentiment-two-stage,
+    # bbc-summary, trivia-qa, the parity benchmark's summary-small and the efficacy suite's news-topics-5
     for path in found:
         cfg = load_config(path)
         if cfg.task.kind == "generation":

@@ -69,7 +69,7 @@ class PreparedData:
             report["counts"] = {**report["counts"], "train": _label_counts(train, labels)}
         return PreparedData(train=train, validation=self.validation, test=self.test, report=report,
                             labelled_train=list(self.labelled), selection_rounds=[list(ids) for ids in rounds],
-                            unbudgeted_train=len(self.train))
+                            unbudgeted_train=self.unbudgeted_train or len(self.train))
 
     def splits(self) -> dict[str, list[Example]]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
