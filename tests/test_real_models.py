@@ -56,5 +56,4 @@ def test_default_job_fine_tunes_its_teacher_and_distils_on_real_models(tmp_path)
     teacher = results["models"]["teacher"]["prompt"]
     assert teacher["finetuned"] and teacher["recalibration"]["method"] == "temperature"
     assert rows["teacher"]["parameters"] > 4 * rows["student_distilled"]["parameters"]  # MPNet-base vs MiniLM-L6
-    assert rows["student_distilled"]["speedup_latency"] > 0  # measured (its size is for the card, not a test)
     assert api.predict(run_dir / "student", ["a wonderful, moving film"])[0]["label"] in {"negative", "positive"}
