@@ -11,6 +11,7 @@ METHOD_TITLES = {
     "teacher": "teacher", "labels_only": "labels only", "setfit": "SetFit", "distilled_full": "distilled, full pool",
     "active_25": "active, 25 % of pool", "active_50": "active, 50 % of pool",
     "random_25": "random, 25 % of pool", "random_50": "random, 50 % of pool",
+    "typical_25": "typical, 25 % of pool", "typical_50": "typical, 50 % of pool",
 }
 CHECK_LABELS = 200  # the issue states its acceptance checks at 200 labels
 
@@ -71,6 +72,13 @@ def acceptance(stats: dict[tuple[str, int, str], dict[str, Any]], n_labels: int)
            for p in (25, 50)},
         **{f"active {p} % above random {p} %": check(
             lambda t, p=p: m(t, f"active_{p}") > m(t, f"random_{p}"), f"active_{p}", f"random_{p}")
+           for p in (25, 50)},
+        # not the issue's checks: the same two for typical selection, the strategy tried when active lost
+        **{f"typical {p} % within 1 point of the full pool": check(
+            lambda t, p=p: m(t, f"typical_{p}") >= m(t, "distilled_full") - 0.01, f"typical_{p}", "distilled_full")
+           for p in (25, 50)},
+        **{f"typical {p} % above random {p} %": check(
+            lambda t, p=p: m(t, f"typical_{p}") > m(t, f"random_{p}"), f"typical_{p}", f"random_{p}")
            for p in (25, 50)},
     }
 

@@ -6,7 +6,7 @@
 For each task and label count, every method is measured on the same splits (the built-in job's, with
 `data.num_labelled: N`; the rest of the training split is the unlabelled pool): one kdistill run gives the
 teacher, the labels-only and the distilled student on the full pool; one run per teacher budget (25 % and
-50 % of the pool, chosen actively or at random) gives a budget's distilled student; SetFit trains on the same
+50 % of the pool, chosen actively, as the most typical texts or at random) gives a budget's distilled student; SetFit trains on the same
 labelled texts and is scored on the same test texts. Each task keeps its own job's settings. Writes
 benchmarks/results/efficacy.{json,md} (`--smoke`: efficacy_smoke.*, tiny settings for an end-to-end check).
 Resumable: each finished (task, labels, method, seed) cell is kept in OUT/partial.json and not run again,
@@ -34,7 +34,9 @@ TASKS = {"sentiment": "default", "news-topics": "news-topics", "sentiment3": "se
          "news-topics-5": str(HERE / "configs" / "news-topics-5.yaml")}
 FULL_RUN = {"teacher": "teacher", "labels_only": "student_labels_only", "distilled_full": "student_distilled"}
 BUDGETS = {"active_25": ("active", 0.25), "active_50": ("active", 0.50),
-           "random_25": ("random", 0.25), "random_50": ("random", 0.50)}
+           "random_25": ("random", 0.25), "random_50": ("random", 0.50),
+           # not in the issue's list: the most typical text of each cluster, for when uncertainty picks teacher noise
+           "typical_25": ("typical", 0.25), "typical_50": ("typical", 0.50)}
 METHODS = [*FULL_RUN, "setfit", *BUDGETS]
 # tiny settings that still go through every step: a smaller sample, one epoch, two selection rounds, quick timing
 SMOKE_OVERRIDES = {"data.max_examples": 200, "training.epochs": 1, "teacher.selection.rounds": 2,

@@ -17,7 +17,7 @@ from kdistill.recipes.label import prepared_data
 from kdistill.teachers.cost import prompt_tokens
 from kdistill.teachers.endpoint import EndpointLabelModel
 from kdistill.teachers.signal import load_teachers
-from kdistill.train.selection import pick_active, pick_random, predictive_entropy, round_sizes
+from kdistill.train.selection import pick_active, pick_random, pick_typical, predictive_entropy, round_sizes, typicality
 
 NUM_LABELLED, BUDGET, ROUNDS = 20, 15, 3
 
@@ -70,6 +70,20 @@ def test_kmeans_spreads_the_batch_that_uncertainty_alone_would_take_from_one_clu
     spread = pick_active(entropy_n, embeddings_nd, 3, diversity="kmeans", seed=0)
     assert alone == [0, 1, 2]
     assert spread == [0, 10, 20]  # the most uncertain text of each cluster
+
+
+def test_typical_takes_a_text_from_each_clusters_dense_core_not_its_edge():
+    # three clusters of 30; in each, texts 0-9 form a tight core and texts 10-29 lie scattered around it
+    generator = torch.Generator().manual_seed(0)
+    scale_n1 = torch.tensor([0.01] * 10 + [1.5] * 20).unsqueeze(1)
+    embeddings_nd = torch.cat([torch.eye(3, 8)[c] * 10 + scale_n1 * torch.randn(30, 8, generator=generator)
+                               for c in range(3)])
+    typical_n = typicality(embeddings_nd)
+    assert all(typical_n[30 * c:30 * c + 10].min() > typical_n[30 * c + 10:30 * c + 30].max() for c in range(3))
+    picked = pick_typical(embeddings_nd, 3, seed=0)
+    assert [i // 30 for i in picked] == [0, 1, 2] and all(i % 30 < 10 for i in picked)
+    assert pick_typical(embeddings_nd, 3, seed=0) == picked
+    assert pick_typical(embeddings_nd[:2], 5, seed=0) == [0, 1]  # a batch larger than the candidates takes them all
 
 
 def test_random_picks_are_distinct_and_seeded():
@@ -148,6 +162,16 @@ def test_random_selection_is_seeded_and_differs_from_active(active_run, tmp_path
     first = random_choice("a")
     assert first == random_choice("b")
     assert {i for ids in first for i in ids} != {i for ids in chosen_ids(active_run) for i in ids}
+
+
+def test_typical_selection_asks_the_budget_and_chooses_other_texts_than_active(active_run, tmp_path, tiny_models):
+    cfg = budget_config(tmp_path / "typical", tiny_models, selection={"rounds": ROUNDS, "strategy": "typical"})
+    api.run(cfg, progress=False)
+    chosen = chosen_ids(cfg.run_dir)
+    assert [len(ids) for ids in chosen] == round_sizes(BUDGET, ROUNDS)
+    assert len({i for ids in chosen for i in ids}) == BUDGET  # no text chosen twice
+    assert {i for ids in chosen for i in ids} != {i for ids in chosen_ids(active_run) for i in ids}
+    assert json.loads(cfg.paths.results.read_text())["selection"]["strategy"] == "typical"
 
 
 def test_without_a_budget_below_the_pool_nothing_changes(tmp_path, tiny_models):

@@ -119,9 +119,10 @@ class SelectionConfig:
     """How `teacher.budget` pool texts are chosen: in rounds, each scored by a student trained on what the teacher
     has answered so far."""
 
-    strategy: Literal["active", "random"] = "active"
+    strategy: Literal["active", "typical", "random"] = "active"
     """active: the texts the current student is least sure of (predictive entropy), spread over k-means clusters of
-    its embeddings; random: a seeded random draw each round (the baseline to compare active selection with)."""
+    its embeddings; typical: the most representative text of each k-means cluster of its embeddings (TypiClust);
+    random: a seeded random draw each round (the baseline to compare active selection with)."""
     rounds: int = 4
     """Rounds of selection; each trains one student and asks the teacher about budget / rounds new texts."""
     diversity: Literal["kmeans", "none"] = "kmeans"

@@ -2,8 +2,8 @@
 
 Round r trains a student (the config's, on its first evaluation seed, with the run's objective) on the
 labelled texts plus the pool texts the teacher has answered so far; scores the pool texts not yet asked
-(`kdistill.train.selection`: the student's uncertainty, spread over k-means clusters; or a seeded random
-draw); and asks the teacher about budget / rounds of them. After the last round the run goes on as
+(`kdistill.train.selection`: the student's uncertainty, spread over k-means clusters; the most typical text
+of each cluster; or a seeded random draw); and asks the teacher about budget / rounds of them. After the last round the run goes on as
 without a budget, on the labelled texts plus the chosen ones (`PreparedData.with_selection`).
 
 Each round is recorded atomically in selection/rounds.json, under a key of everything that decides the
@@ -34,7 +34,14 @@ from kdistill.recipes.common import label_prior, read_training
 from kdistill.targets import TeacherTargets
 from kdistill.teachers.signal import teacher_signal
 from kdistill.train.loop import Trainer
-from kdistill.train.selection import pick_active, pick_random, predictive_entropy, round_sizes, student_view
+from kdistill.train.selection import (
+    pick_active,
+    pick_random,
+    pick_typical,
+    predictive_entropy,
+    round_sizes,
+    student_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +147,11 @@ def _choose(cfg: RunConfig, student: LabelModel, candidates: list[Example], size
         picked = pick_random(len(candidates), size, seed=(seed, number))
     else:
         logits_nl, embeddings_nd = student_view(student, [e.text for e in candidates], batch_size=cfg.student.batch_size)
-        picked = pick_active(predictive_entropy(logits_nl), embeddings_nd, size, diversity=selection.diversity,
-                             seed=seed + number)
+        if selection.strategy == "typical":
+            picked = pick_typical(embeddings_nd, size, seed=seed + number)
+        else:
+            picked = pick_active(predictive_entropy(logits_nl), embeddings_nd, size, diversity=selection.diversity,
+                                 seed=seed + number)
     return [candidates[i].id for i in picked]
 
 

@@ -8,6 +8,11 @@ label distribution. The most uncertain texts of a pool are often near-copies of 
 confusing phrasing, many times), so a batch of them teaches the student one thing; clustering the
 candidates' embeddings and taking the most uncertain text of each cluster spreads the batch over the
 pool (Zhdanov, 2019, "Diverse mini-batch active learning").
+
+Typical selection does the opposite: it takes the most representative text of each k-means cluster of
+the candidates, no uncertainty at all. With a teacher that is itself wrong on the hard texts, the most
+uncertain texts are where its answers are noise (measured on the default job: docs/how-it-works.md);
+at small budgets typical texts teach more (Hacohen et al., 2022, "Active learning on a budget").
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from kdistill.models import LabelModel
 # k-means runs over this many times the batch's most uncertain candidates: enough choice for every cluster to
 # hold an uncertain text, few enough that a certain text never wins a cluster of its own (Zhdanov's beta)
 PREFILTER_FACTOR = 10
+# a text's typicality: the inverse of its mean distance to this many nearest candidates (TypiClust's K)
+TYPICALITY_NEIGHBOURS = 20
 
 
 def round_sizes(budget: int, rounds: int) -> list[int]:
@@ -76,4 +83,39 @@ def pick_active(entropy_n: torch.Tensor, embeddings_nd: torch.Tensor, size: int,
     picked = list(best.values())
     if len(picked) < size:  # identical embeddings can leave a cluster empty: fill with the next most uncertain
         picked += [i for i in shortlist if i not in best.values()][:size - len(picked)]
+    return sorted(picked)
+
+
+def typicality(embeddings_nd: torch.Tensor, neighbours: int = TYPICALITY_NEIGHBOURS) -> torch.Tensor:
+    """(N,) how typical each row is of the rows around it: the inverse of its mean cosine distance to its
+    ``neighbours`` nearest other rows (higher: a denser neighbourhood)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    points_nd = F.normalize(embeddings_nd.double(), dim=-1).numpy()
+    k = min(neighbours, len(points_nd) - 1)
+    if k < 1:
+        return torch.ones(len(points_nd), dtype=torch.float64)
+    # k + 1: each point is its own nearest neighbour, at distance 0
+    distances_nk, _ = NearestNeighbors(n_neighbors=k + 1).fit(points_nd).kneighbors(points_nd)
+    return torch.from_numpy(1.0 / (distances_nk[:, 1:].mean(axis=1) + 1e-12))
+
+
+def pick_typical(embeddings_nd: torch.Tensor, size: int, *, seed: int) -> list[int]:
+    """``size`` candidate indices, in ascending order: the most typical text of each of ``size`` k-means
+    clusters of all the candidates' unit embeddings (TypiClust, Hacohen et al., 2022)."""
+    if size >= len(embeddings_nd):
+        return list(range(len(embeddings_nd)))
+    from sklearn.cluster import KMeans
+
+    typical_n = typicality(embeddings_nd)
+    points_nd = F.normalize(embeddings_nd.double(), dim=-1).numpy()
+    clusters = KMeans(n_clusters=size, n_init=4, random_state=seed).fit_predict(points_nd)
+    # ties broken by index, so the same embeddings give the same pick on any machine
+    by_typicality = sorted(range(len(typical_n)), key=lambda i: (-float(typical_n[i]), i))
+    best: dict[int, int] = {}
+    for i in by_typicality:  # most typical first: the first seen of each cluster wins
+        best.setdefault(int(clusters[i]), i)
+    picked = list(best.values())
+    if len(picked) < size:  # identical embeddings can leave a cluster empty: fill with the next most typical
+        picked += [i for i in by_typicality if i not in best.values()][:size - len(picked)]
     return sorted(picked)
