@@ -172,6 +172,7 @@ def test_typical_selection_asks_the_budget_and_chooses_other_texts_than_active(a
     assert len({i for ids in chosen for i in ids}) == BUDGET  # no text chosen twice
     assert {i for ids in chosen for i in ids} != {i for ids in chosen_ids(active_run) for i in ids}
     assert json.loads(cfg.paths.results.read_text())["selection"]["strategy"] == "typical"
+    assert "by the most typical text of each k-means cluster" in cfg.paths.report_md.read_text()
 
 
 def test_without_a_budget_below_the_pool_nothing_changes(tmp_path, tiny_models):

@@ -136,9 +136,10 @@ def selection_sentence(results: dict[str, Any]) -> str | None:
     selection = results.get("selection")
     if selection is None:
         return None
-    how = ("the student's most uncertain texts (predictive entropy)"
-           + (", spread over k-means clusters of its embeddings" if selection["diversity"] == "kmeans" else "")
-           if selection["strategy"] == "active" else "a seeded random draw")
+    how = {"active": "the student's most uncertain texts (predictive entropy)"
+                     + (", spread over k-means clusters of its embeddings" if selection["diversity"] == "kmeans" else ""),
+           "typical": "the most typical text of each k-means cluster of the student's embeddings",
+           "random": "a seeded random draw"}[selection["strategy"]]
     return (f"Teacher budget: the teacher was asked about **{selection['budget']:,}** of the {selection['pool']:,} "
             f"texts without gold labels, chosen in {len(selection['rounds'])} rounds by {how}; each round's student "
             "trains on the labelled texts and the texts chosen before it.")
