@@ -1,7 +1,7 @@
 """Benchmark: does distillation beat the labels alone and SetFit, and does a teacher budget keep it? (real models)
 
     python benchmarks/efficacy.py [--tasks sentiment news-topics sentiment3 news-topics-5] [--labels 32 200]
-        [--seeds 0 1 2] [--methods teacher labels_only setfit ...] [--out DIR] [--smoke]
+        [--seeds 0 1 2] [--methods teacher labels_only setfit ...] [--out DIR] [--smoke] [--report-only]
 
 For each task and label count, every method is measured on the same splits (the built-in job's, with
 `data.num_labelled: N`; the rest of the training split is the unlabelled pool): one kdistill run gives the
@@ -176,6 +176,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     parser.add_argument("--out", default=None, help="run folders and partial.json (default: benchmarks/runs/NAME)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings, written to efficacy_smoke.*")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the results of the cells finished so far (a suite run in pieces)")
     args = parser.parse_args()
     args.name = "efficacy_smoke" if args.smoke else "efficacy"
     args.tasks = args.tasks or (["sentiment"] if args.smoke else list(TASKS))
@@ -188,7 +190,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     suite = Suite(args)
-    for task in args.tasks:
+    for task in args.tasks if not args.report_only else []:
         for n_labels in args.labels:
             suite.run_task(task, n_labels)
     summary = {"settings": suite.settings, "rows": suite.rows(), "seconds": suite.seconds}
