@@ -23,8 +23,9 @@ NUM_LABELLED, BUDGET, ROUNDS = 20, 15, 3
 
 
 def budget_config(root: Path, models: dict, **teacher) -> RunConfig:
-    """The tiny job with 20 gold labels (a pool of 80 texts), one seed, one epoch: the budget's rounds are the news."""
-    teacher = {"budget": BUDGET, "selection": {"rounds": ROUNDS}, **teacher}
+    """The tiny job with 20 gold labels (a pool of 80 texts), one seed, one epoch, active selection (the default is
+    random): the budget's rounds are the news."""
+    teacher = {"budget": BUDGET, "selection": {"rounds": ROUNDS, "strategy": "active"}, **teacher}
     root.mkdir(parents=True, exist_ok=True)
     return from_dict(RunConfig, tiny_config_dict(root, models, data={"num_labelled": NUM_LABELLED}, teacher=teacher,
                                                  training={"epochs": 1},

@@ -119,10 +119,10 @@ class SelectionConfig:
     """How `teacher.budget` pool texts are chosen: in rounds, each scored by a student trained on what the teacher
     has answered so far."""
 
-    strategy: Literal["active", "typical", "random"] = "active"
-    """active: the texts the current student is least sure of (predictive entropy), spread over k-means clusters of
-    its embeddings; typical: the most representative text of each k-means cluster of its embeddings (TypiClust);
-    random: a seeded random draw each round (the baseline to compare active selection with)."""
+    strategy: Literal["random", "active", "typical"] = "random"
+    """random: a seeded random draw each round (measured best on the default job's pool, docs/how-it-works.md);
+    active: the texts the current student is least sure of (predictive entropy), spread over k-means clusters of its
+    embeddings; typical: the most representative text of each k-means cluster of its embeddings (TypiClust)."""
     rounds: int = 4
     """Rounds of selection; each trains one student and asks the teacher about budget / rounds new texts."""
     diversity: Literal["kmeans", "none"] = "kmeans"
