@@ -1,10 +1,12 @@
 """A teacher budget (teacher.budget): which pool texts the teacher is asked about, chosen in rounds.
 
 Round r trains a student (the config's, on its first evaluation seed, with the run's objective) on the
-labelled texts plus the pool texts the teacher has answered so far; scores the pool texts not yet asked
-(`kdistill.train.selection`: the student's uncertainty, spread over k-means clusters; the most typical text
-of each cluster; or a seeded random draw); and asks the teacher about budget / rounds of them. After the last round the run goes on as
-without a budget, on the labelled texts plus the chosen ones (`PreparedData.with_selection`).
+labelled texts plus the pool texts the teacher has answered so far; picks budget / rounds of the pool texts
+not yet asked (`kdistill.train.selection`: a seeded random draw, the default; the student's most uncertain
+texts, spread over k-means clusters; or the most typical text of each cluster); and asks the teacher about
+them. Under random selection the round's student only draws the card's curve of quality against teacher
+calls. After the last round the run goes on as without a budget, on the labelled texts plus the chosen
+ones (`PreparedData.with_selection`).
 
 Each round is recorded atomically in selection/rounds.json, under a key of everything that decides the
 choice, so `--resume` reuses the rounds done and a killed run chooses the same texts. Each round's texts

@@ -11,8 +11,9 @@ pool (Zhdanov, 2019, "Diverse mini-batch active learning").
 
 Typical selection does the opposite: it takes the most representative text of each k-means cluster of
 the candidates, no uncertainty at all. With a teacher that is itself wrong on the hard texts, the most
-uncertain texts are where its answers are noise (measured on the default job: docs/how-it-works.md);
-at small budgets typical texts teach more (Hacohen et al., 2022, "Active learning on a budget").
+uncertain texts are where its answers are noise (measured on the default job: docs/how-it-works.md).
+At small budgets typical texts taught more than uncertain ones in Hacohen et al., 2022 ("Active learning
+on a budget"); on the default job neither beat a random draw (docs/how-it-works.md), so random is the default.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def pick_active(entropy_n: torch.Tensor, embeddings_nd: torch.Tensor, size: int,
 
 
 def typicality(embeddings_nd: torch.Tensor, neighbours: int = TYPICALITY_NEIGHBOURS) -> torch.Tensor:
-    """(N,) how typical each row is of the rows around it: the inverse of its mean cosine distance to its
-    ``neighbours`` nearest other rows (higher: a denser neighbourhood)."""
+    """(N,) how typical each row is of the rows around it: the inverse of its mean distance to its ``neighbours``
+    nearest other rows, as unit vectors (Euclidean between unit vectors: the order cosine distance gives;
+    higher: a denser neighbourhood)."""
     from sklearn.neighbors import NearestNeighbors
 
     points_nd = F.normalize(embeddings_nd.double(), dim=-1).numpy()
