@@ -6,8 +6,9 @@
 For each task and label count, every method is measured on the same splits (the built-in job's, with
 `data.num_labelled: N`; the rest of the training split is the unlabelled pool): one kdistill run gives the
 teacher, the labels-only and the distilled student on the full pool; one run per teacher budget (25 % and
-50 % of the pool, chosen actively, as the most typical texts or at random) gives a budget's distilled student; SetFit trains on the same
-labelled texts and is scored on the same test texts. Each task keeps its own job's settings. Writes
+50 % of the pool, chosen actively, as the most typical texts or at random) gives a budget's distilled
+student; SetFit trains on the same labelled texts and is scored on the same test texts. Each task keeps its
+own job's settings. `--report-only` runs nothing and writes the results of the cells finished so far. Writes
 benchmarks/results/efficacy.{json,md} (`--smoke`: efficacy_smoke.*, tiny settings for an end-to-end check).
 Resumable: each finished (task, labels, method, seed) cell is kept in OUT/partial.json and not run again,
 and a killed kdistill run resumes where it stopped.
