@@ -67,19 +67,13 @@ def acceptance(stats: dict[tuple[str, int, str], dict[str, Any]], n_labels: int)
                                                     "distilled_full", "labels_only"),
         "distilled ≥ SetFit + 1 point": check(lambda t: m(t, "distilled_full") >= m(t, "setfit") + 0.01,
                                               "distilled_full", "setfit"),
-        **{f"active {p} % within 1 point of the full pool": check(
-            lambda t, p=p: m(t, f"active_{p}") >= m(t, "distilled_full") - 0.01, f"active_{p}", "distilled_full")
-           for p in (25, 50)},
-        **{f"active {p} % above random {p} %": check(
-            lambda t, p=p: m(t, f"active_{p}") > m(t, f"random_{p}"), f"active_{p}", f"random_{p}")
-           for p in (25, 50)},
-        # not the checks: the same two for typical selection, the strategy tried when active lost
-        **{f"typical {p} % within 1 point of the full pool": check(
-            lambda t, p=p: m(t, f"typical_{p}") >= m(t, "distilled_full") - 0.01, f"typical_{p}", "distilled_full")
-           for p in (25, 50)},
-        **{f"typical {p} % above random {p} %": check(
-            lambda t, p=p: m(t, f"typical_{p}") > m(t, f"random_{p}"), f"typical_{p}", f"random_{p}")
-           for p in (25, 50)},
+        # the checks are active selection's; typical's are the same two, for the strategy tried when active lost
+        **{f"{strategy} {p} % within 1 point of the full pool": check(
+            lambda t, x=f"{strategy}_{p}": m(t, x) >= m(t, "distilled_full") - 0.01, f"{strategy}_{p}", "distilled_full")
+           for strategy in ("active", "typical") for p in (25, 50)},
+        **{f"{strategy} {p} % above random {p} %": check(
+            lambda t, x=f"{strategy}_{p}", r=f"random_{p}": m(t, x) > m(t, r), f"{strategy}_{p}", f"random_{p}")
+           for strategy in ("active", "typical") for p in (25, 50)},
     }
 
 

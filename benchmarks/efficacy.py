@@ -191,9 +191,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     suite = Suite(args)
-    for task in args.tasks if not args.report_only else []:
-        for n_labels in args.labels:
-            suite.run_task(task, n_labels)
+    if not args.report_only:
+        for task in args.tasks:
+            for n_labels in args.labels:
+                suite.run_task(task, n_labels)
     summary = {"settings": suite.settings, "rows": suite.rows(), "seconds": suite.seconds}
     atomic_write_json(HERE / "results" / f"{args.name}.json", summary)
     atomic_write_text(HERE / "results" / f"{args.name}.md", markdown(summary))

@@ -64,10 +64,10 @@ def analyse(task: str, n_labels: int, runs: Path) -> dict:
     position = {i: n for n, i in enumerate(order)}
     cells = json.loads((runs / "partial.json").read_text(encoding="utf-8"))["cells"]
 
-    def describe(name: str, chosen: list[str]) -> dict:
+    def describe(name: str, chosen: list[str], method: str) -> dict:
         probs = torch.stack([answers[i] for i in chosen])
         chosen_nd = pool_nd[[position[i] for i in chosen]]
-        f1 = [c["macro_f1"] for c in cells.values() if (c["task"], c["n_labels"], c["method"]) == (task, n_labels, name)]
+        f1 = [c["macro_f1"] for c in cells.values() if (c["task"], c["n_labels"], c["method"]) == (task, n_labels, method)]
         return {"method": name, "chosen": len(chosen),
                 "teacher_right": sum(labels[int(p.argmax())] == pool[i].label for i, p in zip(chosen, probs)) / len(chosen),
                 "gold_classes": {label: sum(pool[i].label == label for i in chosen) for label in labels},
@@ -76,14 +76,12 @@ def analyse(task: str, n_labels: int, runs: Path) -> dict:
                 "test_to_nearest_chosen": float((1 - test_nd @ chosen_nd.T).min(dim=1).values.median()),
                 "distilled_macro_f1_median": statistics.median(f1) if f1 else None}
 
-    rows = [describe("whole pool", order)]
+    rows = [describe("whole pool", order, "distilled_full")]
     for folder in sorted((runs / task / f"labels{n_labels}").glob("*_*")):
         record = folder / cfg.name / "selection" / "rounds.json"
         if record.exists():
             rounds = json.loads(record.read_text(encoding="utf-8"))["rounds"]
-            rows.append(describe(folder.name, [i for r in rounds for i in r["chosen"]]))
-    full = [c["macro_f1"] for c in cells.values() if (c["task"], c["n_labels"], c["method"]) == (task, n_labels, "distilled_full")]
-    rows[0]["distilled_macro_f1_median"] = statistics.median(full) if full else None
+            rows.append(describe(folder.name, [i for r in rounds for i in r["chosen"]], folder.name))
     return {"task": task, "n_labels": n_labels, "pool": len(pool), "test": len(data.test), "rows": rows}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from kdistill.config import load_config
@@ -28,14 +27,12 @@ def fine_tune(config: str, labels: int, epochs: int, out: Path) -> dict:
     cfg = load_config(config, {"data.num_labelled": labels, "teacher.finetune_epochs": epochs,
                                "output_dir": str(out)})
     data = prepare_data(cfg.data, cfg.task)
-    start = time.perf_counter()
     folder = finetune(cfg, data, cfg.members[0], progress=False)
     record = json.loads(folder.with_name(folder.name + ".training.json").read_text(encoding="utf-8"))
     curve = [h["val_macro_f1"] for h in record["history"] if "val_macro_f1" in h]
     return {"epochs": epochs, "learning_rate": cfg.members[0].finetune_learning_rate, "steps": record["steps"],
             "best_val_macro_f1": record["best_val_macro_f1"], "best_epoch": curve.index(max(curve)) + 1,
             "val_macro_f1_per_epoch": curve, "seconds": record["seconds"],
-            "reused": time.perf_counter() - start < 0.5 * record["seconds"],
             "labelled": len(data.labelled), "validation": len(data.validation)}
 
 

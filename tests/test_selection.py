@@ -165,9 +165,18 @@ def test_random_selection_is_seeded_and_differs_from_active(active_run, tmp_path
     assert {i for ids in first for i in ids} != {i for ids in chosen_ids(active_run) for i in ids}
 
 
-def test_typical_selection_asks_the_budget_and_chooses_other_texts_than_active(active_run, tmp_path, tiny_models):
+def test_typical_selection_asks_the_budget_and_chooses_other_texts_than_active(active_run, tmp_path, tiny_models,
+                                                                              monkeypatch):
+    picks = []
+
+    def recording_pick_typical(*args, **kwargs):
+        picks.append(pick_typical(*args, **kwargs))
+        return picks[-1]
+
+    monkeypatch.setattr(selection_recipe, "pick_typical", recording_pick_typical)
     cfg = budget_config(tmp_path / "typical", tiny_models, selection={"rounds": ROUNDS, "strategy": "typical"})
     api.run(cfg, progress=False)
+    assert len(picks) == ROUNDS  # every round chose by typicality, not by another strategy
     chosen = chosen_ids(cfg.run_dir)
     assert [len(ids) for ids in chosen] == round_sizes(BUDGET, ROUNDS)
     assert len({i for ids in chosen for i in ids}) == BUDGET  # no text chosen twice

@@ -73,17 +73,33 @@ def pick_active(entropy_n: torch.Tensor, embeddings_nd: torch.Tensor, size: int,
     shortlist = by_uncertainty[:PREFILTER_FACTOR * size]
     if len(shortlist) == size:
         return sorted(shortlist)
+    clusters = _kmeans(embeddings_nd[shortlist], size, seed)
+    # the shortlist runs most uncertain first: the first seen of each cluster is its most uncertain
+    return _first_of_each_cluster(shortlist, dict(zip(shortlist, clusters)), size)
+
+
+def _unit(embeddings_nd: torch.Tensor) -> np.ndarray:
+    """Unit rows: a cluster or a neighbourhood is a direction of meaning, not a text's length or norm."""
+    return F.normalize(embeddings_nd.double(), dim=-1).numpy()
+
+
+def _kmeans(embeddings_nd: torch.Tensor, clusters: int, seed: int) -> np.ndarray:
+    """(N,) the k-means cluster of each row's unit vector."""
     from sklearn.cluster import KMeans
 
-    # unit vectors: a cluster is a direction of meaning, not a text's length or norm
-    points_nd = F.normalize(embeddings_nd[shortlist].double(), dim=-1).numpy()
-    clusters = KMeans(n_clusters=size, n_init=4, random_state=seed).fit_predict(points_nd)
+    return KMeans(n_clusters=clusters, n_init=4, random_state=seed).fit_predict(_unit(embeddings_nd))
+
+
+def _first_of_each_cluster(ranked: list[int], cluster_of: dict[int, int], size: int) -> list[int]:
+    """``size`` indices, in ascending order: the best-ranked index of each cluster. Identical embeddings can
+    leave a cluster empty; the next best-ranked indices fill the batch then."""
     best: dict[int, int] = {}
-    for rank, cluster in enumerate(clusters):  # the shortlist runs most uncertain first: the first seen wins
-        best.setdefault(int(cluster), shortlist[rank])
+    for i in ranked:
+        best.setdefault(int(cluster_of[i]), i)
     picked = list(best.values())
-    if len(picked) < size:  # identical embeddings can leave a cluster empty: fill with the next most uncertain
-        picked += [i for i in shortlist if i not in best.values()][:size - len(picked)]
+    if len(picked) < size:
+        taken = set(picked)
+        picked += [i for i in ranked if i not in taken][:size - len(picked)]
     return sorted(picked)
 
 
@@ -93,7 +109,7 @@ def typicality(embeddings_nd: torch.Tensor, neighbours: int = TYPICALITY_NEIGHBO
     higher: a denser neighbourhood)."""
     from sklearn.neighbors import NearestNeighbors
 
-    points_nd = F.normalize(embeddings_nd.double(), dim=-1).numpy()
+    points_nd = _unit(embeddings_nd)
     k = min(neighbours, len(points_nd) - 1)
     if k < 1:
         return torch.ones(len(points_nd), dtype=torch.float64)
@@ -107,17 +123,8 @@ def pick_typical(embeddings_nd: torch.Tensor, size: int, *, seed: int) -> list[i
     clusters of all the candidates' unit embeddings (TypiClust, Hacohen et al., 2022)."""
     if size >= len(embeddings_nd):
         return list(range(len(embeddings_nd)))
-    from sklearn.cluster import KMeans
-
     typical_n = typicality(embeddings_nd)
-    points_nd = F.normalize(embeddings_nd.double(), dim=-1).numpy()
-    clusters = KMeans(n_clusters=size, n_init=4, random_state=seed).fit_predict(points_nd)
     # ties broken by index, so the same embeddings give the same pick on any machine
     by_typicality = sorted(range(len(typical_n)), key=lambda i: (-float(typical_n[i]), i))
-    best: dict[int, int] = {}
-    for i in by_typicality:  # most typical first: the first seen of each cluster wins
-        best.setdefault(int(clusters[i]), i)
-    picked = list(best.values())
-    if len(picked) < size:  # identical embeddings can leave a cluster empty: fill with the next most typical
-        picked += [i for i in by_typicality if i not in best.values()][:size - len(picked)]
-    return sorted(picked)
+    clusters = _kmeans(embeddings_nd, size, seed)
+    return _first_of_each_cluster(by_typicality, dict(enumerate(clusters)), size)
